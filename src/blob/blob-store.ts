@@ -1,0 +1,364 @@
+import { randomBytes } from 'node:crypto'
+import { LRUCache } from 'lru-cache'
+import { pack, unpack } from 'msgpackr'
+import type { RepoKeys } from '../crypto/index.js'
+import { listAll, type ObjectStore } from '../store/index.js'
+import { decodeBlob } from './codec.js'
+import type { BlobWorkerPool, EncodedChunk } from './pool.js'
+import { SegmentBuilder, segmentKey, type BlobRef } from './segment.js'
+
+/** Where sealed blob bytes come from; the portal supplies a caching one. */
+export interface SegmentSource {
+  read(seg: string, off: number, len: number): Promise<Buffer>
+}
+
+export interface BlobStoreOptions {
+  pool: BlobWorkerPool
+  /** Seal a segment once it reaches this many bytes. */
+  segmentSize?: number
+  /** Sealed segments allowed in memory while they upload; writers wait beyond this. */
+  maxUploads?: number
+  source?: SegmentSource
+  /** Decoded-blob memory cache, in bytes. */
+  cacheBytes?: number
+}
+
+export interface PlacedChunk {
+  /** Byte range of the input this blob holds. */
+  start: number
+  end: number
+  /** The stored blob; absent for an all-zero chunk, which is not stored (it reads as a hole). */
+  ref?: BlobRef
+}
+
+export interface BlobStats {
+  blobsStored: number
+  blobsDeduplicated: number
+  rawBytes: number
+  storedBytes: number
+  segmentsUploaded: number
+  indexObjects: number
+}
+
+export class BlobReadError extends Error {
+  constructor(readonly ref: BlobRef, cause: unknown) {
+    super(`blob ${ref.id.toString('hex').slice(0, 16)} (segment ${ref.seg} @${ref.off}+${ref.len}): ${(cause as Error).message}`, { cause })
+    this.name = 'BlobReadError'
+  }
+}
+
+interface SealedSegment {
+  builder: SegmentBuilder
+  data: Buffer
+  upload?: Promise<void>
+  error?: unknown
+}
+
+const ENCODE_BATCH_BYTES = 4 * 1024 * 1024
+
+export function indexKey(id: string): string {
+  return `index/${id}`
+}
+
+export function indexAad(id: string): string {
+  return `index:${id}`
+}
+
+/**
+ * The content-addressed blob layer: splits data into chunks, stores each
+ * distinct chunk once (encoded by the worker pool), packs blobs into
+ * segments, records which segment holds which blob in index objects, and reads
+ * blobs back with one ranged GET each.
+ */
+export class BlobStore {
+  readonly stats: BlobStats = { blobsStored: 0, blobsDeduplicated: 0, rawBytes: 0, storedBytes: 0, segmentsUploaded: 0, indexObjects: 0 }
+  private readonly known = new Map<string, BlobRef>()
+  private open?: SegmentBuilder
+  private readonly sealed = new Map<string, SealedSegment>()
+  private unindexed: BlobRef[] = []
+  private readonly decoded: LRUCache<string, Buffer>
+  private readonly segmentSize: number
+  private readonly maxUploads: number
+  private readonly source: SegmentSource
+
+  constructor(
+    private readonly store: ObjectStore,
+    private readonly keys: RepoKeys,
+    private readonly options: BlobStoreOptions,
+  ) {
+    this.segmentSize = options.segmentSize ?? 8 * 1024 * 1024
+    this.maxUploads = options.maxUploads ?? 2
+    this.source = options.source ?? {
+      read: (seg, off, len) => store.get(segmentKey(seg), { start: off, end: off + len }),
+    }
+    this.decoded = new LRUCache<string, Buffer>({ maxSize: options.cacheBytes ?? 32 * 1024 * 1024, sizeCalculation: (b) => Math.max(1, b.length) })
+  }
+
+  /** Number of distinct blobs this store knows of (index plus this session). */
+  get knownBlobs(): number {
+    return this.known.size
+  }
+
+  /** Bytes of sealed segments not yet confirmed in the bucket. */
+  get pendingUploadBytes(): number {
+    let n = this.open?.byteLength ?? 0
+    for (const s of this.sealed.values()) n += s.data.length
+    return n
+  }
+
+  /** Loads every index object so later writes deduplicate against the whole repository. */
+  async loadIndex(): Promise<void> {
+    for await (const obj of listAll(this.store, 'index/')) {
+      const id = obj.key.slice('index/'.length)
+      const body = this.keys.open('data', await this.store.get(obj.key), indexAad(id), `index ${id}`)
+      for (const [seg, rows] of unpack(body) as [string, [Uint8Array, number, number, number][]][]) {
+        for (const [rawId, off, len, raw] of rows) {
+          const blobId = Buffer.from(rawId)
+          this.known.set(blobId.toString('latin1'), { id: blobId, seg, off, len, raw })
+        }
+      }
+    }
+  }
+
+  lookup(id: Buffer): BlobRef | undefined {
+    return this.known.get(id.toString('latin1'))
+  }
+
+  /**
+   * Stores `data` as content-defined chunks. With `final: false` the last chunk
+   * is not stored (its end is where the data stops, not a content boundary);
+   * `consumed` says how many leading bytes were stored, and the caller passes
+   * the rest again with the data that follows.
+   */
+  async putChunked(data: Buffer, final = true): Promise<{ chunks: PlacedChunk[]; consumed: number }> {
+    if (data.length === 0) return { chunks: [], consumed: 0 }
+    const sab = toShared(data)
+    let cuts = await this.options.pool.cuts(sab, 0, data.length)
+    if (!final) cuts = cuts.slice(0, -1)
+    const ranges: [number, number][] = cuts.map((end, i) => [i === 0 ? 0 : cuts[i - 1], end])
+    const encoded = await this.encodeRanges(sab, ranges)
+    const chunks = this.place(ranges, encoded)
+    await this.waitForUploadRoom()
+    return { chunks, consumed: cuts.length ? cuts[cuts.length - 1] : 0 }
+  }
+
+  /**
+   * A writer for one stream of bytes (a file written front to back). Finding
+   * cut points is sequential — each piece starts where the previous chunk
+   * ended — but encoding is not: while one piece's chunks encode on the
+   * workers, the next piece's cut points are already being found.
+   */
+  chunkedWriter(): ChunkedWriter {
+    return new ChunkedWriter(this)
+  }
+
+  /** Stores each buffer whole as one blob (small files); all-zero buffers are not stored (undefined). */
+  async putWhole(items: Buffer[]): Promise<(BlobRef | undefined)[]> {
+    if (items.length === 0) return []
+    const total = items.reduce((n, b) => n + b.length, 0)
+    const sab = new SharedArrayBuffer(Math.max(1, total))
+    const view = Buffer.from(sab)
+    const ranges: [number, number][] = []
+    let at = 0
+    for (const item of items) {
+      item.copy(view, at)
+      ranges.push([at, at + item.length])
+      at += item.length
+    }
+    const encoded = await this.encodeRanges(sab, ranges)
+    const refs = this.place(ranges, encoded).map((c) => c.ref)
+    await this.waitForUploadRoom()
+    return refs
+  }
+
+  /** Seals the open segment, waits for every upload, and records new blobs in an index object. */
+  async flush(): Promise<void> {
+    this.sealOpen()
+    for (const [seg, s] of this.sealed) {
+      if (s.error !== undefined) this.startUpload(seg, s)
+    }
+    await Promise.all([...this.sealed.values()].map((s) => s.upload))
+    const failed = [...this.sealed.values()].find((s) => s.error !== undefined)
+    if (failed) throw failed.error
+    if (this.unindexed.length > 0) {
+      const refs = this.unindexed
+      this.unindexed = []
+      const id = randomBytes(16).toString('hex')
+      const bySegment = new Map<string, [Buffer, number, number, number][]>()
+      for (const r of refs) {
+        let rows = bySegment.get(r.seg)
+        if (!rows) bySegment.set(r.seg, (rows = []))
+        rows.push([r.id, r.off, r.len, r.raw])
+      }
+      try {
+        await this.store.put(indexKey(id), this.keys.seal('data', pack([...bySegment]), indexAad(id)))
+      } catch (err) {
+        this.unindexed = refs.concat(this.unindexed)
+        throw err
+      }
+      this.stats.indexObjects++
+    }
+  }
+
+  /** Reads and decodes one blob; damage surfaces as BlobReadError, never as wrong bytes. */
+  async read(ref: BlobRef): Promise<Buffer> {
+    const cacheKey = ref.id.toString('latin1')
+    const hit = this.decoded.get(cacheKey)
+    if (hit) return hit
+    let sealed = this.pendingBytes(ref)
+    try {
+      sealed ??= await this.source.read(ref.seg, ref.off, ref.len)
+      if (sealed.length !== ref.len) throw new Error(`read ${sealed.length} of ${ref.len} bytes`)
+      const data = decodeBlob(this.keys, ref.id, sealed, ref.raw)
+      this.decoded.set(cacheKey, data)
+      return data
+    } catch (err) {
+      throw new BlobReadError(ref, err)
+    }
+  }
+
+  /** @internal Encodes ranges of a shared buffer on the pool, in batches of a few MiB. */
+  async encodeRanges(sab: SharedArrayBuffer, ranges: [number, number][]): Promise<EncodedChunk[]> {
+    const batches: [number, number][][] = []
+    let batch: [number, number][] = []
+    let bytes = 0
+    for (const r of ranges) {
+      batch.push(r)
+      bytes += r[1] - r[0]
+      if (bytes >= ENCODE_BATCH_BYTES) {
+        batches.push(batch)
+        batch = []
+        bytes = 0
+      }
+    }
+    if (batch.length) batches.push(batch)
+    const results = await Promise.all(batches.map((b) => this.options.pool.encode(sab, b[0][0], b[b.length - 1][1], b)))
+    return results.flat()
+  }
+
+  /** @internal Finds cut points of sab[start, end) on the pool. */
+  cuts(sab: SharedArrayBuffer, start: number, end: number): Promise<number[]> {
+    return this.options.pool.cuts(sab, start, end)
+  }
+
+  /** @internal Adds encoded chunks to segments (or finds them already stored), in input order. */
+  place(ranges: [number, number][], encoded: EncodedChunk[]): PlacedChunk[] {
+    const chunks: PlacedChunk[] = []
+    for (let i = 0; i < ranges.length; i++) {
+      const e = encoded[i]
+      const [start, end] = ranges[i]
+      if (e.zero) {
+        chunks.push({ start, end })
+        continue
+      }
+      const key = e.id.toString('latin1')
+      let ref = this.known.get(key)
+      if (ref) {
+        this.stats.blobsDeduplicated++
+      } else {
+        if (this.open && this.open.byteLength + e.sealed.length > this.segmentSize && this.open.blobCount > 0) this.sealOpen()
+        this.open ??= new SegmentBuilder()
+        ref = this.open.add(e.id, e.sealed, e.rawLength)
+        this.known.set(key, ref)
+        this.stats.blobsStored++
+        this.stats.rawBytes += e.rawLength
+        this.stats.storedBytes += e.sealed.length
+      }
+      chunks.push({ start, end, ref })
+    }
+    return chunks
+  }
+
+  /** Waits while too many sealed segments are in memory (backpressure on writers). */
+  async waitForUploadRoom(): Promise<void> {
+    while (this.sealed.size >= this.maxUploads) {
+      const oldest = this.sealed.values().next().value!
+      await oldest.upload
+      if (oldest.error !== undefined) throw oldest.error
+    }
+  }
+
+  private sealOpen(): void {
+    const builder = this.open
+    if (!builder || builder.blobCount === 0) return
+    this.open = undefined
+    const s: SealedSegment = { builder, data: builder.finish(this.keys) }
+    this.sealed.set(builder.id, s)
+    this.startUpload(builder.id, s)
+  }
+
+  private startUpload(seg: string, s: SealedSegment): void {
+    s.error = undefined
+    s.upload = this.store.put(segmentKey(seg), s.data).then(
+      () => {
+        this.sealed.delete(seg)
+        this.unindexed.push(...s.builder.blobs)
+        this.stats.segmentsUploaded++
+      },
+      (err) => {
+        s.error = err
+      },
+    )
+  }
+
+  private pendingBytes(ref: BlobRef): Buffer | undefined {
+    const fromOpen = this.open?.slice(ref)
+    if (fromOpen) return fromOpen
+    const s = this.sealed.get(ref.seg)
+    return s ? s.data.subarray(ref.off, ref.off + ref.len) : undefined
+  }
+}
+
+/** Encodes pieces concurrently (at most this many in flight) while cut points advance. */
+const WRITER_MAX_IN_FLIGHT = 3
+
+export class ChunkedWriter {
+  private carry: Buffer = Buffer.alloc(0)
+  private offset = 0
+  private readonly inFlight: Promise<PlacedChunk[]>[] = []
+  private readonly done: PlacedChunk[] = []
+
+  constructor(private readonly blobs: BlobStore) {}
+
+  /** Adds the next bytes of the stream. Resolves once they are queued (with backpressure). */
+  async write(piece: Buffer): Promise<void> {
+    const data = this.carry.length ? Buffer.concat([this.carry, piece]) : piece
+    await this.submit(data, false)
+  }
+
+  /** Stores the rest and returns every chunk of the stream, in order, with stream offsets. */
+  async end(): Promise<PlacedChunk[]> {
+    if (this.carry.length) await this.submit(this.carry, true)
+    while (this.inFlight.length) this.done.push(...(await this.inFlight.shift()!))
+    await this.blobs.waitForUploadRoom()
+    return this.done
+  }
+
+  private async submit(data: Buffer, final: boolean): Promise<void> {
+    const sab = toShared(data)
+    let cuts = await this.blobs.cuts(sab, 0, data.length)
+    if (!final) cuts = cuts.slice(0, -1)
+    const consumed = cuts.length ? cuts[cuts.length - 1] : 0
+    const base = this.offset
+    const ranges: [number, number][] = cuts.map((end, i) => [i === 0 ? 0 : cuts[i - 1], end])
+    const previous = this.inFlight[this.inFlight.length - 1]
+    this.inFlight.push(
+      (async () => {
+        const encoded = await this.blobs.encodeRanges(sab, ranges)
+        // Place strictly in stream order: wait for the piece before this one.
+        if (previous) await previous.catch(() => undefined)
+        return this.blobs.place(ranges, encoded).map((c) => ({ start: c.start + base, end: c.end + base, ref: c.ref }))
+      })(),
+    )
+    this.offset += consumed
+    this.carry = data.subarray(consumed)
+    while (this.inFlight.length >= WRITER_MAX_IN_FLIGHT) this.done.push(...(await this.inFlight.shift()!))
+    await this.blobs.waitForUploadRoom()
+  }
+}
+
+function toShared(data: Buffer): SharedArrayBuffer {
+  const sab = new SharedArrayBuffer(data.length)
+  Buffer.from(sab).set(data)
+  return sab
+}

@@ -1,0 +1,15 @@
+export { createChunker, gearTable, type ChunkParams, type Chunker } from './chunker.js'
+export { encodeBlob, decodeBlob, blobAad, BlobCorruptError, BLOB_ID_BYTES, type EncodedBlob } from './codec.js'
+export { BlobWorkerPool, type EncodedChunk } from './pool.js'
+export {
+  SegmentBuilder,
+  SegmentCorruptError,
+  readSegmentIndex,
+  verifySegment,
+  segmentKey,
+  newSegmentId,
+  SEGMENT_MAGIC,
+  TRAILER_BYTES,
+  type BlobRef,
+} from './segment.js'
+export { BlobStore, ChunkedWriter, BlobReadError, indexKey, indexAad, type BlobStoreOptions, type BlobStats, type PlacedChunk, type SegmentSource } from './blob-store.js'

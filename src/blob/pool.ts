@@ -1,0 +1,109 @@
+import { availableParallelism } from 'node:os'
+import { Worker } from 'node:worker_threads'
+import type { ChunkParams } from './chunker.js'
+import type { EncodedReply, WorkerReply, WorkerRequest } from './worker-protocol.js'
+
+export interface EncodedChunk {
+  id: Buffer
+  sealed: Buffer
+  rawLength: number
+  zero: boolean
+}
+
+interface Pending {
+  resolve: (reply: WorkerReply) => void
+  reject: (err: Error) => void
+}
+
+interface Slot {
+  worker: Worker
+  busy: number
+  pending: Map<number, Pending>
+}
+
+/**
+ * Built files run the worker as plain JS. Source files (under vitest or tsx)
+ * have no loader inside a worker thread, so a tiny bootstrap registers tsx's
+ * ESM hooks first (tsx is a dev dependency; it never runs in production).
+ */
+function workerSource(): { source: string | URL; eval: boolean } {
+  const here = import.meta.url
+  if (!here.endsWith('.ts')) return { source: new URL('./worker.js', here), eval: false }
+  const target = JSON.stringify(new URL('./worker.ts', here).href)
+  return { source: `import('tsx/esm/api').then((tsx) => { tsx.register(); return import(${target}) })`, eval: true }
+}
+
+/**
+ * A fixed set of blob worker threads. Requests go to the least-busy worker;
+ * idle workers do not keep the process alive.
+ */
+export class BlobWorkerPool {
+  private readonly slots: Slot[] = []
+  private seq = 0
+  private closed = false
+
+  constructor(
+    private readonly init: { master: Buffer; repoId: string; chunking: ChunkParams },
+    readonly size = Math.max(1, Math.min(4, availableParallelism())),
+  ) {
+    for (let i = 0; i < size; i++) this.slots.push(this.spawn())
+  }
+
+  /** Cut points for sab[start, end). */
+  async cuts(sab: SharedArrayBuffer, start: number, end: number): Promise<number[]> {
+    const reply = await this.request({ op: 'cuts', seq: 0, sab, start, end })
+    return reply.cuts!
+  }
+
+  /** Encodes each range of sab[start, end) as one blob. */
+  async encode(sab: SharedArrayBuffer, start: number, end: number, ranges: [number, number][]): Promise<EncodedChunk[]> {
+    const reply = await this.request({ op: 'encode', seq: 0, sab, start, end, ranges })
+    return reply.blobs!.map((b: EncodedReply) => ({ id: Buffer.from(b.id), sealed: Buffer.from(b.sealed), rawLength: b.rawLength, zero: b.zero }))
+  }
+
+  async close(): Promise<void> {
+    this.closed = true
+    await Promise.all(this.slots.map((s) => s.worker.terminate()))
+  }
+
+  private request(req: WorkerRequest): Promise<WorkerReply> {
+    if (this.closed) return Promise.reject(new Error('blob worker pool is closed'))
+    const slot = this.slots.reduce((a, b) => (b.busy < a.busy ? b : a))
+    req.seq = ++this.seq
+    return new Promise<WorkerReply>((resolve, reject) => {
+      if (slot.busy++ === 0) slot.worker.ref()
+      slot.pending.set(req.seq, { resolve, reject })
+      slot.worker.postMessage(req)
+    })
+  }
+
+  private spawn(): Slot {
+    const { source, eval: isEval } = workerSource()
+    const worker = new Worker(source, { eval: isEval, workerData: { ...this.init, master: new Uint8Array(this.init.master) } })
+    const slot: Slot = { worker, busy: 0, pending: new Map() }
+    worker.unref()
+    worker.on('message', (reply: WorkerReply) => {
+      const pending = slot.pending.get(reply.seq)
+      if (!pending) return
+      slot.pending.delete(reply.seq)
+      if (--slot.busy === 0) worker.unref()
+      if (reply.error) pending.reject(new Error(`blob worker failed: ${reply.error}`))
+      else pending.resolve(reply)
+    })
+    const fail = (err: Error) => {
+      for (const p of slot.pending.values()) p.reject(err)
+      slot.pending.clear()
+      slot.busy = 0
+      if (!this.closed) {
+        // Replace the dead worker so later requests still have somewhere to go.
+        const index = this.slots.indexOf(slot)
+        if (index >= 0) this.slots[index] = this.spawn()
+      }
+    }
+    worker.on('error', (err) => fail(err))
+    worker.on('exit', (code) => {
+      if (!this.closed && slot.pending.size > 0) fail(new Error(`blob worker exited with code ${code}`))
+    })
+    return slot
+  }
+}

@@ -1,0 +1,55 @@
+/**
+ * Blob worker thread: finds chunk boundaries and encodes chunks (keyed hash,
+ * zstd, AES-GCM) off the main thread. Input regions arrive in
+ * SharedArrayBuffers, so neither phase copies them; sealed blobs travel back
+ * as transferred ArrayBuffers.
+ */
+import { parentPort, workerData } from 'node:worker_threads'
+import { RepoKeys } from '../crypto/keys.js'
+import { createChunker, gearTable, type ChunkParams } from './chunker.js'
+import { encodeBlob } from './codec.js'
+import type { WorkerReply, WorkerRequest } from './worker-protocol.js'
+
+const init = workerData as { master: Uint8Array; repoId: string; chunking: ChunkParams }
+const keys = new RepoKeys(Buffer.from(init.master), init.repoId)
+const chunker = createChunker(init.chunking, gearTable(keys.key('chunker')))
+
+parentPort!.on('message', (req: WorkerRequest) => {
+  try {
+    const region = Buffer.from(req.sab, req.start, req.end - req.start)
+    if (req.op === 'cuts') {
+      const cuts = chunker.cuts(region).map((c) => c + req.start)
+      const reply: WorkerReply = { seq: req.seq, cuts }
+      parentPort!.postMessage(reply)
+      return
+    }
+    const blobs = req.ranges.map(([s, e]) => {
+      const data = region.subarray(s - req.start, e - req.start)
+      if (isZero(data)) return { id: new ArrayBuffer(0), sealed: new ArrayBuffer(0), rawLength: data.length, zero: true }
+      const blob = encodeBlob(keys, data)
+      return { id: toArrayBuffer(blob.id), sealed: toArrayBuffer(blob.sealed), rawLength: blob.rawLength, zero: false }
+    })
+    const reply: WorkerReply = { seq: req.seq, blobs }
+    parentPort!.postMessage(reply, blobs.map((b) => b.sealed))
+  } catch (err) {
+    const reply: WorkerReply = { seq: req.seq, error: (err as Error).stack ?? String(err) }
+    parentPort!.postMessage(reply)
+  }
+})
+
+const ZEROS = Buffer.alloc(64 * 1024)
+
+function isZero(data: Buffer): boolean {
+  for (let at = 0; at < data.length; at += ZEROS.length) {
+    const part = data.subarray(at, at + ZEROS.length)
+    if (!part.equals(ZEROS.subarray(0, part.length))) return false
+  }
+  return true
+}
+
+function toArrayBuffer(buf: Buffer): ArrayBuffer {
+  // Small Buffers share Node's pool slab; copy to a private ArrayBuffer we can transfer.
+  const out = new ArrayBuffer(buf.length)
+  new Uint8Array(out).set(buf)
+  return out
+}

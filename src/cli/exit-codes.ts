@@ -1,0 +1,56 @@
+import { ConfigError, DecryptError, KeyFileError, WrongKeyError } from '../crypto/index.js'
+import { NoRepositoryError, RepositoryExistsError } from '../repo/index.js'
+import { NotFoundError, StoreAuthError, StoreConfigError, StoreUnavailableError } from '../store/index.js'
+
+/** Exit statuses, documented in `s0fs --help`. */
+export const EXIT = {
+  ok: 0,
+  error: 1,
+  usage: 2,
+  notFound: 3,
+  exists: 4,
+  wrongKey: 5,
+  unavailable: 6,
+  busy: 7,
+  damaged: 8,
+} as const
+
+export const EXIT_HELP = `Exit status:
+  0  success
+  1  error not covered below
+  2  bad arguments (usage)
+  3  not found (repository, volume, snapshot, path)
+  4  already exists
+  5  wrong key, or access denied by the storage
+  6  storage unreachable or failing
+  7  busy: another writer holds the volume
+  8  damaged data detected`
+
+/** A failure in how the command was called; printed with a hint to --help. */
+export class UsageError extends Error {
+  constructor(message: string) {
+    super(message)
+    this.name = 'UsageError'
+  }
+}
+
+/** An error that carries its own exit status. */
+export class CliError extends Error {
+  constructor(message: string, readonly exitCode: number) {
+    super(message)
+    this.name = 'CliError'
+  }
+}
+
+export function exitCodeFor(err: unknown): number {
+  if (err instanceof CliError) return err.exitCode
+  if (err instanceof UsageError || err instanceof StoreConfigError) return EXIT.usage
+  if (err instanceof NoRepositoryError || err instanceof NotFoundError) return EXIT.notFound
+  if (err instanceof RepositoryExistsError) return EXIT.exists
+  if (err instanceof WrongKeyError || err instanceof KeyFileError || err instanceof StoreAuthError) return EXIT.wrongKey
+  if (err instanceof StoreUnavailableError) return EXIT.unavailable
+  if (err instanceof DecryptError) return EXIT.damaged
+  if (err instanceof ConfigError) return /MAC mismatch/.test(err.message) ? EXIT.damaged : EXIT.error
+  const named = (err as { exitCode?: number }).exitCode
+  return typeof named === 'number' ? named : EXIT.error
+}

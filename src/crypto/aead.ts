@@ -1,0 +1,91 @@
+import { createCipheriv, createDecipheriv, createHmac, createSecretKey, randomBytes, type KeyObject } from 'node:crypto'
+
+/**
+ * Bulk authenticated encryption: AES-256-GCM (node:crypto, AES-NI; measured
+ * ~5x faster here than libsodium-wrappers' WASM XChaCha20-Poly1305).
+ *
+ * Nonces cannot repeat under one key by construction: every sealer draws a
+ * random 128-bit salt, encrypts under key = HMAC(purposeKey, salt), and uses a
+ * 96-bit counter as the nonce. Two sealers share a key only if their salts
+ * collide (probability ~n²/2¹²⁹), and one sealer never reuses a counter value.
+ *
+ * Sealed layout: version(1) | salt(16) | nonce(12) | ciphertext | tag(16).
+ * The associated data (kind + identity of the object) is not stored: the
+ * reader supplies what it expects, so a swapped or renamed object fails.
+ */
+
+const VERSION = 1
+const SALT = 16
+const NONCE = 12
+const TAG = 16
+export const SEAL_OVERHEAD = 1 + SALT + NONCE + TAG
+
+export class DecryptError extends Error {
+  constructor(what: string) {
+    super(`cannot decrypt ${what}: wrong key, or the object was corrupted or swapped`)
+    this.name = 'DecryptError'
+  }
+}
+
+export class Sealer {
+  private readonly salt = randomBytes(SALT)
+  private readonly key: KeyObject
+  private counter = 0n
+
+  constructor(purposeKey: Buffer) {
+    this.key = deriveSessionKey(purposeKey, this.salt)
+  }
+
+  seal(plaintext: Buffer | Buffer[], aad: Buffer | string): Buffer {
+    const parts = Array.isArray(plaintext) ? plaintext : [plaintext]
+    const length = parts.reduce((n, p) => n + p.length, 0)
+    const out = Buffer.allocUnsafe(SEAL_OVERHEAD + length)
+    out[0] = VERSION
+    this.salt.copy(out, 1)
+    const nonce = out.subarray(1 + SALT, 1 + SALT + NONCE)
+    nonce.writeUInt32BE(0, 0)
+    nonce.writeBigUInt64BE(this.counter++, 4)
+    const cipher = createCipheriv('aes-256-gcm', this.key, nonce)
+    cipher.setAAD(typeof aad === 'string' ? Buffer.from(aad) : aad)
+    let at = 1 + SALT + NONCE
+    for (const part of parts) at += cipher.update(part).copy(out, at)
+    cipher.final()
+    cipher.getAuthTag().copy(out, at)
+    return out
+  }
+}
+
+/** Opens sealed data, caching the per-salt key (one per writer session). */
+export class Opener {
+  private readonly keys = new Map<string, KeyObject>()
+
+  constructor(private readonly purposeKey: Buffer) {}
+
+  open(sealed: Buffer, aad: Buffer | string, what = 'object'): Buffer {
+    if (sealed.length < SEAL_OVERHEAD || sealed[0] !== VERSION) throw new DecryptError(what)
+    const salt = sealed.subarray(1, 1 + SALT)
+    const nonce = sealed.subarray(1 + SALT, 1 + SALT + NONCE)
+    const tag = sealed.subarray(sealed.length - TAG)
+    const saltHex = salt.toString('latin1')
+    let key = this.keys.get(saltHex)
+    if (!key) {
+      key = deriveSessionKey(this.purposeKey, salt)
+      if (this.keys.size > 256) this.keys.clear()
+      this.keys.set(saltHex, key)
+    }
+    try {
+      const decipher = createDecipheriv('aes-256-gcm', key, nonce)
+      decipher.setAAD(typeof aad === 'string' ? Buffer.from(aad) : aad)
+      decipher.setAuthTag(tag)
+      const body = decipher.update(sealed.subarray(1 + SALT + NONCE, sealed.length - TAG))
+      decipher.final()
+      return body
+    } catch {
+      throw new DecryptError(what)
+    }
+  }
+}
+
+function deriveSessionKey(purposeKey: Buffer, salt: Buffer): KeyObject {
+  return createSecretKey(createHmac('sha256', purposeKey).update(salt).digest())
+}

@@ -1,0 +1,1002 @@
+import type { BlobStore } from '../blob/index.js'
+import type { Tree } from '../meta/btree.js'
+import type { Wal, WalLocation, WalRecord } from '../portal/wal.js'
+import { fsError, FsError } from './errors.js'
+import {
+  DATA_HEADER,
+  decodeDataHeader,
+  decodeExtents,
+  decodeKv,
+  decodePunch,
+  decodeTruncate,
+  encodeDataHeader,
+  encodeExtents,
+  encodeKv,
+  encodePunch,
+  encodeTruncate,
+  REC,
+  type ExtentsRecord,
+} from './journal.js'
+import { Mutex } from './mutex.js'
+import { Overlay, type Piece } from './overlay.js'
+import { checkAccess, checkSticky, chmodResult, inGroup, isOwnerOrRoot, mayAccess, R_OK, W_OK, X_OK, type Cred } from './perms.js'
+import {
+  cookieKey,
+  cookiePrefix,
+  decodeDirent,
+  decodeExtent,
+  decodeInode,
+  decodeSuper,
+  direntKey,
+  encodeDirent,
+  encodeExtent,
+  encodeInode,
+  encodeSuper,
+  extentKey,
+  extentPrefix,
+  FIRST_COOKIE,
+  inodeKey,
+  isDir,
+  isLnk,
+  isReg,
+  orphanKey,
+  orphanPrefix,
+  prefixEnd,
+  readU64,
+  ROOT_INO,
+  S_IFDIR,
+  S_IFLNK,
+  S_IFMT,
+  S_IFREG,
+  S_ISGID,
+  S_ISUID,
+  superKey,
+  xattrKey,
+  xattrPrefix,
+  type Extent,
+  type Inode,
+  type Superblock,
+  type Timespec,
+} from './records.js'
+
+export const NAME_MAX = 255
+export const PATH_MAX = 4096
+export const XATTR_NAME_MAX = 255
+export const XATTR_SIZE_MAX = 65536
+/** Largest file offset: JavaScript integers are exact to 2^53. */
+export const MAX_FILE_SIZE = 2 ** 53 - 1
+/** No extent is longer than the chunker's maximum chunk, so the extent covering x starts after x − this. */
+export const MAX_EXTENT_LEN = 4 * 1024 * 1024
+const LINK_MAX = 65000
+
+export const RENAME_NOREPLACE = 1
+export const RENAME_EXCHANGE = 2
+export const XATTR_CREATE = 1
+export const XATTR_REPLACE = 2
+export const FALLOC_FL_KEEP_SIZE = 1
+export const FALLOC_FL_PUNCH_HOLE = 2
+export const FALLOC_FL_ZERO_RANGE = 0x10
+
+export interface SetAttr {
+  mode?: number
+  uid?: number
+  gid?: number
+  size?: number
+  atime?: Timespec | 'now'
+  mtime?: Timespec | 'now'
+  ctime?: Timespec
+}
+
+export interface DirEntry {
+  name: Buffer
+  ino: number
+  type: number
+  /** Pass as `cookie` to continue after this entry. */
+  next: number
+}
+
+export interface StatFs {
+  blockSize: number
+  blocks: number
+  blocksFree: number
+  files: number
+  filesFree: number
+  nameMax: number
+}
+
+export interface FileSystemOptions {
+  tree: Tree
+  blobs: BlobStore
+  /** The log; without one the filesystem is read-only. */
+  wal?: Wal
+  now?: () => Timespec
+  /** Called whenever a file gains pending data (the flusher listens). */
+  onDirty?: (ino: number) => void
+}
+
+export function nowTimespec(): Timespec {
+  const ms = performance.timeOrigin + performance.now()
+  const s = Math.floor(ms / 1000)
+  return { s, ns: Math.min(999_999_999, Math.floor((ms - s * 1000) * 1e6)) }
+}
+
+function validName(name: Buffer): void {
+  if (name.length === 0) throw fsError('ENOENT', 'empty name')
+  if (name.length > NAME_MAX) throw fsError('ENAMETOOLONG', `name is ${name.length} bytes (max ${NAME_MAX})`)
+  if (name.includes(0x2f) || name.includes(0)) throw fsError('EINVAL', 'name contains / or NUL')
+}
+
+function isDotName(name: Buffer): boolean {
+  return (name.length === 1 && name[0] === 0x2e) || (name.length === 2 && name[0] === 0x2e && name[1] === 0x2e)
+}
+
+/**
+ * The POSIX filesystem over one volume's metadata tree and blob store. Every
+ * operation works on inode numbers (the FUSE adapter resolves nothing by
+ * path). Metadata changes go to the tree and, as absolute records, to the
+ * log; written bytes go to the log and stay "pending" (an overlay per file)
+ * until the flusher stores them as blobs.
+ */
+export class FileSystem {
+  readonly tree: Tree
+  readonly blobs: BlobStore
+  readonly wal?: Wal
+  readonly lock = new Mutex()
+  /** Pending (not yet stored) bytes per file. */
+  readonly overlays = new Map<number, Overlay>()
+  /** Files with pending bytes, with the time of their last write (ms). */
+  readonly dirty = new Map<number, number>()
+  /** Log files still referenced by pending pieces (file number → piece count). */
+  readonly walFileRefs = new Map<number, number>()
+  /** Kernel/handle references that keep an unlinked inode alive. */
+  private readonly pins = new Map<number, number>()
+  private readonly now: () => Timespec
+  private readonly onDirty?: (ino: number) => void
+  private superblock?: Superblock
+  private failure?: Error
+  /** Reads in flight that may touch log files (log files are not dropped meanwhile). */
+  readsInFlight = 0
+
+  constructor(options: FileSystemOptions) {
+    this.tree = options.tree
+    this.blobs = options.blobs
+    this.wal = options.wal
+    this.now = options.now ?? nowTimespec
+    this.onDirty = options.onDirty
+  }
+
+  get readOnly(): boolean {
+    return !this.wal
+  }
+
+  /** Initializes an empty tree as a new volume: superblock and root directory. */
+  static async format(tree: Tree, root: { uid: number; gid: number; mode?: number }, now = nowTimespec()): Promise<void> {
+    const sb: Superblock = { nextIno: ROOT_INO + 1, created: now.s }
+    const rootInode: Inode = {
+      ino: ROOT_INO,
+      mode: S_IFDIR | (root.mode ?? 0o755),
+      uid: root.uid,
+      gid: root.gid,
+      nlink: 2,
+      size: 0,
+      atime: now,
+      mtime: now,
+      ctime: now,
+      rdev: 0,
+      parent: ROOT_INO,
+      nextCookie: FIRST_COOKIE,
+    }
+    await tree.put(superKey, encodeSuper(sb))
+    await tree.put(inodeKey(ROOT_INO), encodeInode(rootInode))
+  }
+
+  /** Stops all writes after an unrecoverable failure (log write error, lost lease). */
+  fail(err: Error): void {
+    this.failure ??= err
+  }
+
+  get failed(): Error | undefined {
+    return this.failure
+  }
+
+  // --- lookups ---------------------------------------------------------------
+
+  async getInode(ino: number): Promise<Inode> {
+    const raw = await this.tree.get(inodeKey(ino))
+    if (!raw) throw fsError('ENOENT', `inode ${ino}`)
+    return decodeInode(ino, raw)
+  }
+
+  private async tryInode(ino: number): Promise<Inode | undefined> {
+    const raw = await this.tree.get(inodeKey(ino))
+    return raw ? decodeInode(ino, raw) : undefined
+  }
+
+  async lookup(cred: Cred, parent: number, name: Buffer): Promise<Inode> {
+    return this.lock.run(async () => {
+      const dir = await this.getInode(parent)
+      if (!isDir(dir.mode)) throw fsError('ENOTDIR')
+      if (name.length > NAME_MAX) throw fsError('ENAMETOOLONG')
+      checkAccess(cred, dir, X_OK)
+      if (name.length === 1 && name[0] === 0x2e) return dir
+      if (name.length === 2 && name[0] === 0x2e && name[1] === 0x2e) return this.getInode(dir.parent)
+      const raw = await this.tree.get(direntKey(parent, name))
+      if (!raw) throw fsError('ENOENT')
+      return this.getInode(decodeDirent(raw).ino)
+    })
+  }
+
+  async getattr(ino: number): Promise<Inode> {
+    return this.lock.run(() => this.getInode(ino))
+  }
+
+  async readlink(ino: number): Promise<Buffer> {
+    const inode = await this.getattr(ino)
+    if (!isLnk(inode.mode) || !inode.target) throw fsError('EINVAL', 'not a symbolic link')
+    return inode.target
+  }
+
+  // --- creating --------------------------------------------------------------
+
+  async mknod(cred: Cred, parent: number, name: Buffer, mode: number, rdev = 0, umask = 0): Promise<Inode> {
+    const type = mode & S_IFMT || S_IFREG
+    if (type === S_IFDIR || type === S_IFLNK) throw fsError('EINVAL', 'use mkdir or symlink')
+    return this.createNode(cred, parent, name, type | (mode & 0o7777 & ~umask), { rdev })
+  }
+
+  async create(cred: Cred, parent: number, name: Buffer, mode: number, umask = 0, exclusive = true): Promise<Inode> {
+    try {
+      return await this.createNode(cred, parent, name, S_IFREG | (mode & 0o7777 & ~umask), {})
+    } catch (err) {
+      if (!exclusive && err instanceof FsError && err.code === 'EEXIST') return this.lookup(cred, parent, name)
+      throw err
+    }
+  }
+
+  async mkdir(cred: Cred, parent: number, name: Buffer, mode: number, umask = 0): Promise<Inode> {
+    return this.createNode(cred, parent, name, S_IFDIR | (mode & 0o7777 & ~umask), {})
+  }
+
+  async symlink(cred: Cred, parent: number, name: Buffer, target: Buffer): Promise<Inode> {
+    if (target.length === 0) throw fsError('ENOENT', 'empty symlink target')
+    if (target.length >= 4096) throw fsError('ENAMETOOLONG', 'symlink target too long')
+    return this.createNode(cred, parent, name, S_IFLNK | 0o777, { target })
+  }
+
+  private async createNode(cred: Cred, parent: number, name: Buffer, mode: number, extra: { rdev?: number; target?: Buffer }): Promise<Inode> {
+    validName(name)
+    return this.mutate(async (tx) => {
+      const dir = await this.getInode(parent)
+      if (!isDir(dir.mode)) throw fsError('ENOTDIR')
+      if (dir.nlink === 0) throw fsError('ENOENT', 'directory was removed')
+      checkAccess(cred, dir, W_OK | X_OK)
+      if (isDotName(name) || (await this.tree.get(direntKey(parent, name)))) throw fsError('EEXIST')
+      const now = this.now()
+      const sb = await this.getSuper()
+      const ino = sb.nextIno++
+      let gid = cred.gid
+      let bits = mode
+      // A setgid directory hands its group down, and its setgid bit to subdirectories.
+      if (dir.mode & S_ISGID) {
+        gid = dir.gid
+        if (isDir(mode)) bits |= S_ISGID
+      } else if (!isDir(mode) && bits & S_ISGID && cred.uid !== 0 && !inGroup(cred, gid)) {
+        bits &= ~S_ISGID
+      }
+      const inode: Inode = {
+        ino,
+        mode: bits,
+        uid: cred.uid,
+        gid,
+        nlink: isDir(mode) ? 2 : 1,
+        size: extra.target?.length ?? 0,
+        atime: now,
+        mtime: now,
+        ctime: now,
+        rdev: extra.rdev ?? 0,
+        parent,
+        nextCookie: FIRST_COOKIE,
+        target: extra.target,
+      }
+      const cookie = dir.nextCookie++
+      if (isDir(mode)) dir.nlink++
+      dir.mtime = dir.ctime = now
+      tx.push([superKey, encodeSuper(sb)])
+      tx.push([inodeKey(ino), encodeInode(inode)])
+      tx.push([direntKey(parent, name), encodeDirent({ ino, type: mode & S_IFMT, cookie })])
+      tx.push([cookieKey(parent, cookie), name])
+      tx.push([inodeKey(parent), encodeInode(dir)])
+      return inode
+    })
+  }
+
+  async link(cred: Cred, ino: number, newParent: number, newName: Buffer): Promise<Inode> {
+    validName(newName)
+    return this.mutate(async (tx) => {
+      const inode = await this.getInode(ino)
+      const dir = await this.getInode(newParent)
+      if (!isDir(dir.mode)) throw fsError('ENOTDIR')
+      checkAccess(cred, dir, W_OK | X_OK)
+      if (isDotName(newName) || (await this.tree.get(direntKey(newParent, newName)))) throw fsError('EEXIST')
+      if (isDir(inode.mode)) throw fsError('EPERM', 'hard links to directories are not allowed')
+      if (inode.nlink >= LINK_MAX) throw fsError('EMLINK')
+      const now = this.now()
+      const cookie = dir.nextCookie++
+      inode.nlink++
+      inode.ctime = now
+      dir.mtime = dir.ctime = now
+      tx.push([direntKey(newParent, newName), encodeDirent({ ino, type: inode.mode & S_IFMT, cookie })])
+      tx.push([cookieKey(newParent, cookie), newName])
+      tx.push([inodeKey(ino), encodeInode(inode)])
+      tx.push([inodeKey(newParent), encodeInode(dir)])
+      if (this.pins.has(ino)) tx.push([orphanKey(ino), null])
+      return inode
+    })
+  }
+
+  // --- removing --------------------------------------------------------------
+
+  async unlink(cred: Cred, parent: number, name: Buffer): Promise<void> {
+    if (name.length > NAME_MAX) throw fsError('ENAMETOOLONG')
+    await this.mutate(async (tx) => {
+      const dir = await this.getInode(parent)
+      if (!isDir(dir.mode)) throw fsError('ENOTDIR')
+      checkAccess(cred, dir, W_OK | X_OK)
+      if (isDotName(name)) throw fsError('EISDIR')
+      const entryRaw = await this.tree.get(direntKey(parent, name))
+      if (!entryRaw) throw fsError('ENOENT')
+      const entry = decodeDirent(entryRaw)
+      const victim = await this.getInode(entry.ino)
+      if (isDir(victim.mode)) throw fsError('EISDIR')
+      checkSticky(cred, dir, victim)
+      const now = this.now()
+      tx.push([direntKey(parent, name), null])
+      tx.push([cookieKey(parent, entry.cookie), null])
+      dir.mtime = dir.ctime = now
+      tx.push([inodeKey(parent), encodeInode(dir)])
+      await this.dropLink(tx, victim, now)
+    })
+  }
+
+  async rmdir(cred: Cred, parent: number, name: Buffer): Promise<void> {
+    if (name.length > NAME_MAX) throw fsError('ENAMETOOLONG')
+    await this.mutate(async (tx) => {
+      const dir = await this.getInode(parent)
+      if (!isDir(dir.mode)) throw fsError('ENOTDIR')
+      checkAccess(cred, dir, W_OK | X_OK)
+      if (name.length === 1 && name[0] === 0x2e) throw fsError('EINVAL', 'cannot remove "."')
+      if (isDotName(name)) throw fsError('ENOTEMPTY')
+      const entryRaw = await this.tree.get(direntKey(parent, name))
+      if (!entryRaw) throw fsError('ENOENT')
+      const entry = decodeDirent(entryRaw)
+      const victim = await this.getInode(entry.ino)
+      if (!isDir(victim.mode)) throw fsError('ENOTDIR')
+      checkSticky(cred, dir, victim)
+      if (await this.hasEntries(victim.ino)) throw fsError('ENOTEMPTY')
+      const now = this.now()
+      tx.push([direntKey(parent, name), null])
+      tx.push([cookieKey(parent, entry.cookie), null])
+      dir.nlink--
+      dir.mtime = dir.ctime = now
+      tx.push([inodeKey(parent), encodeInode(dir)])
+      victim.nlink = 0
+      victim.ctime = now
+      await this.retire(tx, victim)
+    })
+  }
+
+  private async hasEntries(dirIno: number): Promise<boolean> {
+    const prefix = cookiePrefix(dirIno)
+    for await (const _ of this.tree.entries(prefix, prefixEnd(prefix))) return true
+    return false
+  }
+
+  /** One name of `victim` is gone: drop a link, and the inode with its last one. */
+  private async dropLink(tx: [string, Buffer | null][], victim: Inode, now: Timespec): Promise<void> {
+    victim.nlink--
+    victim.ctime = now
+    if (victim.nlink > 0) tx.push([inodeKey(victim.ino), encodeInode(victim)])
+    else await this.retire(tx, victim)
+  }
+
+  /** An inode without names: delete it now, or keep it as an orphan while something holds it open. */
+  private async retire(tx: [string, Buffer | null][], victim: Inode): Promise<void> {
+    if (this.pins.has(victim.ino)) {
+      tx.push([inodeKey(victim.ino), encodeInode(victim)])
+      tx.push([orphanKey(victim.ino), Buffer.alloc(0)])
+      return
+    }
+    await this.purgeInto(tx, victim.ino)
+  }
+
+  /** Deletes an inode and everything it owns (extents, xattrs, pending bytes). */
+  private async purgeInto(tx: [string, Buffer | null][], ino: number): Promise<void> {
+    tx.push([inodeKey(ino), null])
+    tx.push([orphanKey(ino), null])
+    for (const prefix of [extentPrefix(ino), xattrPrefix(ino)]) {
+      for await (const [key] of this.tree.entries(prefix, prefixEnd(prefix))) tx.push([key, null])
+    }
+    const overlay = this.overlays.get(ino)
+    if (overlay) {
+      overlay.clear()
+      this.overlays.delete(ino)
+      this.dirty.delete(ino)
+    }
+  }
+
+  // --- renaming --------------------------------------------------------------
+
+  async rename(cred: Cred, parent: number, name: Buffer, newParent: number, newName: Buffer, flags = 0): Promise<void> {
+    validName(newName)
+    if (name.length > NAME_MAX) throw fsError('ENAMETOOLONG')
+    if ((flags & ~(RENAME_NOREPLACE | RENAME_EXCHANGE)) !== 0 || flags === (RENAME_NOREPLACE | RENAME_EXCHANGE)) throw fsError('EINVAL', 'bad rename flags')
+    if (isDotName(name) || isDotName(newName)) throw fsError(isDotName(name) ? 'EINVAL' : 'EEXIST')
+    await this.mutate(async (tx) => {
+      const srcDir = await this.getInode(parent)
+      const dstDir = parent === newParent ? srcDir : await this.getInode(newParent)
+      if (!isDir(srcDir.mode) || !isDir(dstDir.mode)) throw fsError('ENOTDIR')
+      checkAccess(cred, srcDir, W_OK | X_OK)
+      checkAccess(cred, dstDir, W_OK | X_OK)
+      const srcRaw = await this.tree.get(direntKey(parent, name))
+      if (!srcRaw) throw fsError('ENOENT')
+      const srcEntry = decodeDirent(srcRaw)
+      const src = await this.getInode(srcEntry.ino)
+      const dstRaw = await this.tree.get(direntKey(newParent, newName))
+      const dstEntry = dstRaw ? decodeDirent(dstRaw) : undefined
+      const dst = dstEntry ? await this.getInode(dstEntry.ino) : undefined
+      if (flags & RENAME_NOREPLACE && dst) throw fsError('EEXIST')
+      if (flags & RENAME_EXCHANGE && !dst) throw fsError('ENOENT')
+      checkSticky(cred, srcDir, src)
+      if (dst) checkSticky(cred, dstDir, dst)
+      // A directory cannot move into itself or below itself.
+      if (isDir(src.mode) && parent !== newParent) await this.assertNotAncestor(src.ino, newParent)
+      if (dst && flags & RENAME_EXCHANGE && isDir(dst.mode) && parent !== newParent) await this.assertNotAncestor(dst.ino, parent)
+      if (dst && dst.ino === src.ino) return // two names of one inode: POSIX says do nothing
+      // Moving a directory to another parent rewrites its "..": that needs write access to it.
+      if (!cred.kernelChecked && isDir(src.mode) && parent !== newParent && !mayAccess(cred, src, W_OK)) throw fsError('EACCES')
+      const now = this.now()
+      const sameDir = parent === newParent
+      if (flags & RENAME_EXCHANGE) {
+        const d = dst!
+        tx.push([direntKey(parent, name), encodeDirent({ ino: d.ino, type: d.mode & S_IFMT, cookie: srcEntry.cookie })])
+        tx.push([direntKey(newParent, newName), encodeDirent({ ino: src.ino, type: src.mode & S_IFMT, cookie: dstEntry!.cookie })])
+        if (!sameDir) {
+          if (isDir(src.mode) !== isDir(d.mode)) {
+            const delta = isDir(src.mode) ? 1 : -1
+            dstDir.nlink += delta
+            srcDir.nlink -= delta
+          }
+          src.parent = newParent
+          d.parent = parent
+        }
+        src.ctime = d.ctime = now
+        tx.push([inodeKey(src.ino), encodeInode(src)])
+        tx.push([inodeKey(d.ino), encodeInode(d)])
+      } else {
+        if (dst) {
+          if (isDir(src.mode) && !isDir(dst.mode)) throw fsError('ENOTDIR')
+          if (!isDir(src.mode) && isDir(dst.mode)) throw fsError('EISDIR')
+          if (isDir(dst.mode) && (await this.hasEntries(dst.ino))) throw fsError('ENOTEMPTY')
+          tx.push([cookieKey(newParent, dstEntry!.cookie), null])
+          if (isDir(dst.mode)) {
+            dst.nlink = 0
+            dst.ctime = now
+            dstDir.nlink--
+            await this.retire(tx, dst)
+          } else {
+            await this.dropLink(tx, dst, now)
+          }
+        }
+        const cookie = dstDir.nextCookie++
+        tx.push([direntKey(parent, name), null])
+        tx.push([cookieKey(parent, srcEntry.cookie), null])
+        tx.push([direntKey(newParent, newName), encodeDirent({ ino: src.ino, type: src.mode & S_IFMT, cookie })])
+        tx.push([cookieKey(newParent, cookie), newName])
+        if (!sameDir && isDir(src.mode)) {
+          srcDir.nlink--
+          dstDir.nlink++
+        }
+        src.parent = newParent
+        src.ctime = now
+        tx.push([inodeKey(src.ino), encodeInode(src)])
+      }
+      srcDir.mtime = srcDir.ctime = now
+      dstDir.mtime = dstDir.ctime = now
+      tx.push([inodeKey(parent), encodeInode(srcDir)])
+      if (!sameDir) tx.push([inodeKey(newParent), encodeInode(dstDir)])
+    })
+  }
+
+  private async assertNotAncestor(ancestor: number, dirIno: number): Promise<void> {
+    let at = dirIno
+    for (let depth = 0; depth < 10_000; depth++) {
+      if (at === ancestor) throw fsError('EINVAL', 'cannot move a directory into itself')
+      if (at === ROOT_INO) return
+      at = (await this.getInode(at)).parent
+    }
+    throw fsError('ELOOP')
+  }
+
+  // --- attributes --------------------------------------------------------------
+
+  async setattr(cred: Cred, ino: number, set: SetAttr): Promise<Inode> {
+    if (set.size !== undefined) {
+      if (set.size < 0) throw fsError('EINVAL')
+      if (set.size > MAX_FILE_SIZE) throw fsError('EFBIG')
+    }
+    return this.mutate(async (tx) => {
+      const inode = await this.getInode(ino)
+      const now = this.now()
+      let changed = false
+      if (set.mode !== undefined) {
+        if (!cred.kernelChecked && !isOwnerOrRoot(cred, inode)) throw fsError('EPERM', 'only the owner may chmod')
+        inode.mode = chmodResult(cred, inode, set.mode)
+        changed = true
+      }
+      if (set.uid !== undefined || set.gid !== undefined) {
+        const uid = set.uid ?? inode.uid
+        const gid = set.gid ?? inode.gid
+        if (!cred.kernelChecked && cred.uid !== 0) {
+          if (uid !== inode.uid) throw fsError('EPERM', 'only root may change the owner')
+          if (cred.uid !== inode.uid) throw fsError('EPERM', 'only the owner may change the group')
+          if (gid !== inode.gid && !inGroup(cred, gid)) throw fsError('EPERM', 'not a member of that group')
+        }
+        if (!isDir(inode.mode) && (uid !== inode.uid || gid !== inode.gid)) {
+          // Changing owner or group strips setuid, and setgid where it means "run as group".
+          inode.mode &= ~S_ISUID
+          if (inode.mode & 0o010) inode.mode &= ~S_ISGID
+        }
+        inode.uid = uid
+        inode.gid = gid
+        changed = true
+      }
+      if (set.atime !== undefined || set.mtime !== undefined) {
+        const explicit = (set.atime !== undefined && set.atime !== 'now') || (set.mtime !== undefined && set.mtime !== 'now')
+        if (!cred.kernelChecked && !isOwnerOrRoot(cred, inode)) {
+          if (explicit) throw fsError('EPERM', 'only the owner may set explicit times')
+          if (!mayAccess(cred, inode, W_OK)) throw fsError('EACCES')
+        }
+        if (set.atime !== undefined) inode.atime = set.atime === 'now' ? now : set.atime
+        if (set.mtime !== undefined) inode.mtime = set.mtime === 'now' ? now : set.mtime
+        changed = true
+      }
+      if (set.size !== undefined) {
+        if (isDir(inode.mode)) throw fsError('EISDIR')
+        if (!isReg(inode.mode)) throw fsError('EINVAL')
+        checkAccess(cred, inode, W_OK)
+        this.requireWritable()
+        await this.truncateInto(inode, set.size, now, true)
+        if (cred.uid !== 0 && !cred.kernelChecked) this.killSuid(inode)
+        changed = true
+      }
+      inode.ctime = set.ctime ?? now
+      if (changed || set.ctime) tx.push([inodeKey(ino), encodeInode(inode)])
+      return inode
+    })
+  }
+
+  private killSuid(inode: Inode): void {
+    inode.mode &= ~S_ISUID
+    if (inode.mode & 0o010) inode.mode &= ~S_ISGID
+  }
+
+  /** Sets a file's size: drops extents and pending bytes beyond it (logged as one truncate record). */
+  private async truncateInto(inode: Inode, size: number, now: Timespec, log: boolean): Promise<void> {
+    if (log) this.wal!.append(REC.truncate, encodeTruncate(inode.ino, size, now))
+    if (size < inode.size) {
+      this.overlays.get(inode.ino)?.truncate(size)
+      await this.cutExtents(inode.ino, size, Number.MAX_SAFE_INTEGER)
+    }
+    inode.size = size
+    inode.mtime = inode.ctime = now
+  }
+
+  /** Removes file extents within [start, end), trimming the ones that straddle its edges. */
+  private async cutExtents(ino: number, start: number, end: number): Promise<void> {
+    const prefix = extentPrefix(ino)
+    const from = extentKey(ino, Math.max(0, start - MAX_EXTENT_LEN))
+    const affected: Extent[] = []
+    for await (const [key, val] of this.tree.entries(from, end === Number.MAX_SAFE_INTEGER ? prefixEnd(prefix) : extentKey(ino, end))) {
+      const e = decodeExtent(readU64(key, 9), val)
+      if (e.off + e.len > start) affected.push(e)
+    }
+    for (const e of affected) {
+      await this.tree.delete(extentKey(ino, e.off))
+      if (e.off < start) await this.tree.put(extentKey(ino, e.off), encodeExtent({ ...e, len: start - e.off }))
+      if (e.off + e.len > end) {
+        const cut = end - e.off
+        await this.tree.put(extentKey(ino, end), encodeExtent({ off: end, len: e.len - cut, blob: e.blob, blobOff: e.blobOff + cut }))
+      }
+    }
+  }
+
+  // --- data --------------------------------------------------------------------
+
+  /** Permission check for open(2); truncates with O_TRUNC. */
+  async open(cred: Cred, ino: number, flags: number): Promise<Inode> {
+    const inode = await this.getattr(ino)
+    const acc = flags & 3
+    const want = acc === 0 ? R_OK : acc === 1 ? W_OK : R_OK | W_OK
+    if (isDir(inode.mode) && acc !== 0) throw fsError('EISDIR')
+    checkAccess(cred, inode, want)
+    if (acc !== 0 && this.readOnly) throw fsError('EROFS')
+    if (flags & 0o1000 && acc !== 0 && isReg(inode.mode)) return this.setattr({ ...cred, kernelChecked: true }, ino, { size: 0 })
+    return inode
+  }
+
+  async read(ino: number, offset: number, length: number): Promise<Buffer> {
+    let plan: { extents: Extent[]; pieces: Piece[]; start: number; end: number }
+    this.readsInFlight++
+    try {
+      plan = await this.lock.run(async () => {
+        const inode = await this.getInode(ino)
+        if (isDir(inode.mode)) throw fsError('EISDIR')
+        const start = Math.min(offset, inode.size)
+        const end = Math.min(inode.size, offset + length)
+        if (end <= start) return { extents: [], pieces: [], start, end: start }
+        return { extents: await this.extentsIn(ino, start, end), pieces: this.overlays.get(ino)?.covering(start, end) ?? [], start, end }
+      })
+      return await this.assemble(plan.start, plan.end, plan.extents, plan.pieces)
+    } finally {
+      this.readsInFlight--
+    }
+  }
+
+  /** Extents intersecting [start, end), in order. */
+  async extentsIn(ino: number, start: number, end: number): Promise<Extent[]> {
+    const out: Extent[] = []
+    for await (const [key, val] of this.tree.entries(extentKey(ino, Math.max(0, start - MAX_EXTENT_LEN)), extentKey(ino, end))) {
+      const e = decodeExtent(readU64(key, 9), val)
+      if (e.off + e.len > start) out.push(e)
+    }
+    return out
+  }
+
+  /** Builds the bytes of [start, end) from extents, with pending pieces on top; holes read as zeros. */
+  async assemble(start: number, end: number, extents: Extent[], pieces: Piece[]): Promise<Buffer> {
+    const out = Buffer.alloc(end - start)
+    await Promise.all(
+      extents.map(async (e) => {
+        const from = Math.max(start, e.off)
+        const to = Math.min(end, e.off + e.len)
+        if (to <= from) return
+        const data = await this.blobs.read(e.blob)
+        data.copy(out, from - start, e.blobOff + (from - e.off), e.blobOff + (to - e.off))
+      }),
+    )
+    await Promise.all(
+      pieces.map(async (p) => {
+        const payload = await this.wal!.read(p.loc)
+        payload.copy(out, p.start - start, p.srcOff, p.srcOff + (p.end - p.start))
+      }),
+    )
+    return out
+  }
+
+  async write(cred: Cred, ino: number, offset: number, data: Buffer): Promise<number> {
+    if (offset < 0) throw fsError('EINVAL')
+    if (offset + data.length > MAX_FILE_SIZE) throw fsError('EFBIG')
+    this.requireWritable()
+    return this.lock.run(async () => {
+      const inode = await this.getInode(ino)
+      if (isDir(inode.mode)) throw fsError('EISDIR')
+      if (!isReg(inode.mode)) throw fsError('EINVAL')
+      if (data.length === 0) return 0
+      const now = this.now()
+      const loc = this.wal!.append(REC.data, Buffer.concat([encodeDataHeader(ino, offset, now), data]))
+      this.applyWrite(inode, offset, data.length, loc, now)
+      const record = encodeInode(inode)
+      await this.tree.put(inodeKey(ino), record)
+      if (inode.mode & (S_ISUID | S_ISGID) && cred.uid !== 0 && !cred.kernelChecked) {
+        // A write by someone else strips setuid; the data record does not imply that, so log it.
+        this.killSuid(inode)
+        const stripped = encodeInode(inode)
+        await this.tree.put(inodeKey(ino), stripped)
+        this.wal!.append(REC.kv, encodeKv([[inodeKey(ino), stripped]]))
+      }
+      return data.length
+    })
+  }
+
+  private applyWrite(inode: Inode, offset: number, length: number, loc: WalLocation, now: Timespec): void {
+    this.overlayOf(inode.ino).insert(offset, offset + length, loc, DATA_HEADER)
+    if (offset + length > inode.size) inode.size = offset + length
+    inode.mtime = inode.ctime = now
+    if (!this.dirty.has(inode.ino)) this.onDirty?.(inode.ino)
+    this.dirty.set(inode.ino, Date.now())
+  }
+
+  async fallocate(cred: Cred, ino: number, mode: number, offset: number, length: number): Promise<void> {
+    if (offset < 0 || length <= 0) throw fsError('EINVAL')
+    if (offset + length > MAX_FILE_SIZE) throw fsError('EFBIG')
+    if (mode & ~(FALLOC_FL_KEEP_SIZE | FALLOC_FL_PUNCH_HOLE | FALLOC_FL_ZERO_RANGE)) throw fsError('EOPNOTSUPP')
+    if (mode & FALLOC_FL_PUNCH_HOLE && !(mode & FALLOC_FL_KEEP_SIZE)) throw fsError('EOPNOTSUPP')
+    this.requireWritable()
+    await this.mutate(async (tx) => {
+      const inode = await this.getInode(ino)
+      if (isDir(inode.mode)) throw fsError('EISDIR')
+      if (!isReg(inode.mode)) throw fsError('ENODEV')
+      checkAccess(cred, inode, W_OK)
+      const now = this.now()
+      if (mode & (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_ZERO_RANGE)) {
+        const end = Math.min(offset + length, mode & FALLOC_FL_KEEP_SIZE ? inode.size : offset + length)
+        if (end > offset) {
+          this.wal!.append(REC.punch, encodePunch(ino, offset, end - offset, now))
+          await this.applyPunch(ino, offset, end)
+        }
+        inode.mtime = inode.ctime = now
+      }
+      if (!(mode & FALLOC_FL_KEEP_SIZE) && offset + length > inode.size) {
+        await this.truncateInto(inode, offset + length, now, true)
+      }
+      tx.push([inodeKey(ino), encodeInode(inode)])
+    })
+  }
+
+  private async applyPunch(ino: number, start: number, end: number): Promise<void> {
+    this.overlays.get(ino)?.remove(start, end)
+    await this.cutExtents(ino, start, end)
+  }
+
+  // --- directories -------------------------------------------------------------
+
+  /**
+   * Entries after `cookie` (0 starts at ".", 1 after ".", 2 after ".."), at
+   * most `limit`. Cookies are per-entry and never reused, so a listing
+   * continues correctly while the directory changes.
+   */
+  async readdir(cred: Cred, ino: number, cookie: number, limit = 1024): Promise<DirEntry[]> {
+    return this.lock.run(async () => {
+      const dir = await this.getInode(ino)
+      if (!isDir(dir.mode)) throw fsError('ENOTDIR')
+      checkAccess(cred, dir, R_OK)
+      const out: DirEntry[] = []
+      if (cookie < 1) out.push({ name: Buffer.from('.'), ino, type: S_IFDIR, next: 1 })
+      if (cookie < 2 && out.length < limit) out.push({ name: Buffer.from('..'), ino: dir.parent, type: S_IFDIR, next: 2 })
+      const prefix = cookiePrefix(ino)
+      for await (const [key, name] of this.tree.entries(cookieKey(ino, Math.max(cookie + 1, FIRST_COOKIE)), prefixEnd(prefix))) {
+        if (out.length >= limit) break
+        const entryRaw = await this.tree.get(direntKey(ino, name))
+        if (!entryRaw) continue
+        const entry = decodeDirent(entryRaw)
+        out.push({ name, ino: entry.ino, type: entry.type, next: readU64(key, 9) })
+      }
+      return out
+    })
+  }
+
+  // --- extended attributes -------------------------------------------------------
+
+  private xattrAllowed(cred: Cred, inode: Inode, name: Buffer, write: boolean): void {
+    const text = name.toString('latin1')
+    if (text.startsWith('user.')) {
+      // user.* lives only on regular files and directories (like ext4).
+      if (!isReg(inode.mode) && !isDir(inode.mode)) throw fsError(write ? 'EPERM' : 'ENODATA')
+      checkAccess(cred, inode, write ? W_OK : R_OK)
+    } else if (text.startsWith('trusted.')) {
+      if (cred.uid !== 0) throw fsError(write ? 'EPERM' : 'ENODATA')
+    } else if (text.startsWith('security.')) {
+      if (write && !cred.kernelChecked && cred.uid !== 0 && cred.uid !== inode.uid) throw fsError('EPERM')
+    } else if (text.startsWith('system.')) {
+      throw fsError('EOPNOTSUPP', 'POSIX ACLs are not supported')
+    } else {
+      throw fsError('EOPNOTSUPP', 'unknown xattr namespace')
+    }
+  }
+
+  async getxattr(cred: Cred, ino: number, name: Buffer): Promise<Buffer> {
+    if (name.length > XATTR_NAME_MAX) throw fsError('ERANGE')
+    return this.lock.run(async () => {
+      const inode = await this.getInode(ino)
+      this.xattrAllowed(cred, inode, name, false)
+      const value = await this.tree.get(xattrKey(ino, name))
+      if (!value) throw fsError('ENODATA')
+      return value
+    })
+  }
+
+  async setxattr(cred: Cred, ino: number, name: Buffer, value: Buffer, flags = 0): Promise<void> {
+    if (name.length === 0 || name.length > XATTR_NAME_MAX) throw fsError('ERANGE')
+    if (value.length > XATTR_SIZE_MAX) throw fsError('E2BIG')
+    await this.mutate(async (tx) => {
+      const inode = await this.getInode(ino)
+      this.xattrAllowed(cred, inode, name, true)
+      const exists = (await this.tree.get(xattrKey(ino, name))) !== undefined
+      if (flags & XATTR_CREATE && exists) throw fsError('EEXIST')
+      if (flags & XATTR_REPLACE && !exists) throw fsError('ENODATA')
+      inode.ctime = this.now()
+      tx.push([xattrKey(ino, name), Buffer.from(value)])
+      tx.push([inodeKey(ino), encodeInode(inode)])
+    })
+  }
+
+  async listxattr(cred: Cred, ino: number): Promise<Buffer[]> {
+    return this.lock.run(async () => {
+      const inode = await this.getInode(ino)
+      const prefix = xattrPrefix(ino)
+      const out: Buffer[] = []
+      for await (const [key] of this.tree.entries(prefix, prefixEnd(prefix))) {
+        const name = Buffer.from(key.slice(prefix.length), 'latin1')
+        if (name.toString('latin1').startsWith('trusted.') && cred.uid !== 0) continue
+        out.push(name)
+      }
+      void inode
+      return out
+    })
+  }
+
+  async removexattr(cred: Cred, ino: number, name: Buffer): Promise<void> {
+    if (name.length > XATTR_NAME_MAX) throw fsError('ERANGE')
+    await this.mutate(async (tx) => {
+      const inode = await this.getInode(ino)
+      this.xattrAllowed(cred, inode, name, true)
+      if (!(await this.tree.get(xattrKey(ino, name)))) throw fsError('ENODATA')
+      inode.ctime = this.now()
+      tx.push([xattrKey(ino, name), null])
+      tx.push([inodeKey(ino), encodeInode(inode)])
+    })
+  }
+
+  // --- whole filesystem ------------------------------------------------------------
+
+  async statfs(): Promise<StatFs> {
+    const sb = await this.lock.run(() => this.getSuper())
+    const blockSize = 4096
+    const blocks = 2 ** 40 // 4 PiB: object storage has no meaningful capacity
+    return { blockSize, blocks, blocksFree: blocks, files: 2 ** 32, filesFree: 2 ** 32 - sb.nextIno, nameMax: NAME_MAX }
+  }
+
+  /** Keeps an inode alive while the kernel or a handle refers to it (unlinked-but-open files). */
+  pin(ino: number): void {
+    this.pins.set(ino, (this.pins.get(ino) ?? 0) + 1)
+  }
+
+  /** Drops references; an unlinked inode is deleted when its last reference goes. */
+  async unpin(ino: number, count = 1): Promise<void> {
+    const left = (this.pins.get(ino) ?? 0) - count
+    if (left > 0) {
+      this.pins.set(ino, left)
+      return
+    }
+    this.pins.delete(ino)
+    if (this.readOnly) return
+    await this.mutate(async (tx) => {
+      if (!(await this.tree.get(orphanKey(ino)))) return
+      const inode = await this.tryInode(ino)
+      if (inode && inode.nlink === 0) await this.purgeInto(tx, ino)
+    })
+  }
+
+  /** Deletes orphans left by a previous session (nothing holds them open any more). */
+  async purgeOrphans(): Promise<number> {
+    const orphans: number[] = []
+    for await (const [key] of this.tree.entries(orphanPrefix, prefixEnd(orphanPrefix))) orphans.push(readU64(key, 1))
+    for (const ino of orphans) {
+      await this.mutate(async (tx) => {
+        if (!this.pins.has(ino)) await this.purgeInto(tx, ino)
+      })
+    }
+    return orphans.length
+  }
+
+  // --- log replay ---------------------------------------------------------------------
+
+  /** Re-applies one log record after a crash (the same effects as the live operation, not logged again). */
+  async replay(record: WalRecord): Promise<void> {
+    await this.lock.run(async () => {
+      switch (record.kind) {
+        case REC.kv:
+          for (const [key, val] of decodeKv(record.payload)) {
+            if (val) await this.tree.put(key, val)
+            else await this.tree.delete(key)
+          }
+          this.superblock = undefined
+          return
+        case REC.data: {
+          const h = decodeDataHeader(record.payload)
+          const inode = await this.tryInode(h.ino)
+          if (!inode) return
+          this.applyWrite(inode, h.off, h.length, record.loc, h.time)
+          await this.tree.put(inodeKey(h.ino), encodeInode(inode))
+          return
+        }
+        case REC.truncate: {
+          const t = decodeTruncate(record.payload)
+          const inode = await this.tryInode(t.ino)
+          if (!inode) return
+          await this.truncateInto(inode, t.size, t.time, false)
+          await this.tree.put(inodeKey(t.ino), encodeInode(inode))
+          return
+        }
+        case REC.punch: {
+          const p = decodePunch(record.payload)
+          await this.applyPunch(p.ino, p.off, p.off + p.len)
+          return
+        }
+        case REC.extents:
+          await this.applyExtents(decodeExtents(record.payload), false)
+          return
+        default:
+          throw new Error(`unknown log record kind ${record.kind} at seq ${record.seq}`)
+      }
+    })
+  }
+
+  /**
+   * Replaces the pending bytes of [start, end) by stored extents. Callers hold
+   * the lock and have checked the range is unchanged since it was read.
+   */
+  async applyExtents(r: ExtentsRecord, log: boolean): Promise<void> {
+    if (log) this.wal!.append(REC.extents, encodeExtents(r))
+    await this.cutExtents(r.ino, r.start, r.end)
+    for (const e of r.extents) await this.tree.put(extentKey(r.ino, e.off), encodeExtent(e))
+    const overlay = this.overlays.get(r.ino)
+    if (overlay) {
+      for (const p of overlay.covering(r.start, r.end)) if (p.loc.seq <= r.maxSeq) overlay.remove(p.start, p.end)
+      if (overlay.isEmpty) {
+        this.overlays.delete(r.ino)
+        this.dirty.delete(r.ino)
+      }
+    }
+  }
+
+  // --- internals ------------------------------------------------------------------------
+
+  private requireWritable(): void {
+    if (this.failure) throw fsError('EIO', this.failure.message)
+    if (this.readOnly) throw fsError('EROFS')
+  }
+
+  private overlayOf(ino: number): Overlay {
+    let overlay = this.overlays.get(ino)
+    if (!overlay) {
+      overlay = new Overlay({
+        added: (p) => this.walFileRefs.set(p.loc.file, (this.walFileRefs.get(p.loc.file) ?? 0) + 1),
+        removed: (p) => {
+          const n = (this.walFileRefs.get(p.loc.file) ?? 1) - 1
+          if (n > 0) this.walFileRefs.set(p.loc.file, n)
+          else this.walFileRefs.delete(p.loc.file)
+        },
+      })
+      this.overlays.set(ino, overlay)
+    }
+    return overlay
+  }
+
+  private async getSuper(): Promise<Superblock> {
+    if (!this.superblock) {
+      const raw = await this.tree.get(superKey)
+      if (!raw) throw fsError('EIO', 'volume has no superblock')
+      this.superblock = decodeSuper(raw)
+    }
+    return this.superblock
+  }
+
+  /**
+   * Runs a metadata change under the lock: `fn` reads what it needs and
+   * queues key changes; they are then applied to the tree and logged as one
+   * absolute record. A failure before that point changes nothing.
+   */
+  private async mutate<T>(fn: (tx: [string, Buffer | null][]) => Promise<T>): Promise<T> {
+    this.requireWritable()
+    return this.lock.run(async () => {
+      const tx: [string, Buffer | null][] = []
+      let result: T
+      try {
+        result = await fn(tx)
+      } catch (err) {
+        this.superblock = undefined // fn may have advanced nextIno in the cached copy
+        throw err
+      }
+      if (tx.length === 0) return result
+      // Load every page the change touches first, so applying it cannot stop half-way.
+      for (const [key] of tx) await this.tree.get(key)
+      for (const [key, val] of tx) {
+        if (val) await this.tree.put(key, val)
+        else await this.tree.delete(key)
+      }
+      this.wal!.append(REC.kv, encodeKv(tx))
+      return result
+    })
+  }
+}

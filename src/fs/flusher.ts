@@ -1,0 +1,206 @@
+import type { BlobRef } from '../blob/index.js'
+import type { FileSystem } from './filesystem.js'
+import type { Piece } from './overlay.js'
+import { decodeInode, inodeKey, isReg, type Extent } from './records.js'
+
+/**
+ * Turns pending (logged, not yet stored) bytes into blobs.
+ *
+ * For each dirty file it plans regions: a small file is stored whole; in a
+ * large file each dirty span grows to the edges of the extents it touches, so
+ * a few changed bytes rewrite only the chunk(s) around them. It reads each
+ * region as it was (extents plus pending pieces), stores it — content-defined
+ * chunks for large regions — waits until the segments are in the bucket, and
+ * only then swaps the region's pending pieces for the new extents, and only
+ * if nothing touched the region meanwhile (otherwise the newer bytes stay
+ * pending for the next round). All-zero chunks become holes.
+ */
+
+/** Files up to this size are stored as one blob. */
+export const SMALL_FILE = 1024 * 1024
+/** Large regions are read and chunked in pieces of this size. */
+const STREAM_PIECE = 8 * 1024 * 1024
+/** Small files are encoded in batches of about this many bytes. */
+const SMALL_BATCH = 8 * 1024 * 1024
+
+interface Region {
+  ino: number
+  start: number
+  end: number
+  extents: Extent[]
+  pieces: Piece[]
+  maxSeq: number
+  fingerprint: string
+  whole: boolean
+  /** Filled by storing: the region's new extents. */
+  result?: Extent[]
+}
+
+export interface FlushResult {
+  files: number
+  regions: number
+  bytes: number
+  skipped: number
+}
+
+export interface FlushOptions {
+  /** Only these files (default: every dirty file). */
+  inodes?: number[]
+  /** The caller already holds the filesystem lock (commit's final pass): nothing can change meanwhile. */
+  locked?: boolean
+  /** Stop planning once this many pending bytes are selected (bounds memory); the rest waits. */
+  maxBytes?: number
+}
+
+function fingerprint(extents: Extent[], pieces: Piece[], end: number, size: number): string {
+  const parts: (string | number)[] = [Math.min(end, size)]
+  for (const e of extents) parts.push('e', e.off, e.len, e.blob.seg, e.blob.off, e.blobOff)
+  for (const p of pieces) parts.push('p', p.start, p.end, p.loc.seq, p.srcOff)
+  return parts.join(',')
+}
+
+export async function flushPending(fs: FileSystem, options: FlushOptions = {}): Promise<FlushResult> {
+  const withLock = <T>(fn: () => Promise<T>): Promise<T> => (options.locked ? fn() : fs.lock.run(fn))
+  const regions = await withLock(() => planRegions(fs, options))
+  const result: FlushResult = { files: new Set(regions.map((r) => r.ino)).size, regions: regions.length, bytes: 0, skipped: 0 }
+  if (regions.length === 0) return result
+  fs.readsInFlight++
+  try {
+    await storeSmall(fs, regions.filter((r) => r.whole))
+    for (const r of regions.filter((r) => !r.whole)) await storeLarge(fs, r)
+  } finally {
+    fs.readsInFlight--
+  }
+  await fs.blobs.flush()
+  await withLock(async () => {
+    for (const r of regions) {
+      if (!options.locked && !(await unchanged(fs, r))) {
+        result.skipped++
+        continue
+      }
+      await fs.applyExtents({ ino: r.ino, start: r.start, end: r.end, maxSeq: r.maxSeq, extents: r.result! }, true)
+      result.bytes += r.end - r.start
+    }
+  })
+  return result
+}
+
+async function planRegions(fs: FileSystem, options: FlushOptions): Promise<Region[]> {
+  const regions: Region[] = []
+  let selected = 0
+  for (const ino of options.inodes ?? [...fs.dirty.keys()]) {
+    if (options.maxBytes !== undefined && selected >= options.maxBytes) break
+    const overlay = fs.overlays.get(ino)
+    if (!overlay || overlay.isEmpty) continue
+    const raw = await fs.tree.get(inodeKey(ino))
+    if (!raw) continue
+    const inode = decodeInode(ino, raw)
+    if (!isReg(inode.mode)) continue
+    const spans: [number, number][] = []
+    if (inode.size <= SMALL_FILE) {
+      spans.push([0, inode.size])
+    } else {
+      for (const p of overlay.pieces) {
+        const last = spans[spans.length - 1]
+        if (last && p.start <= last[1]) last[1] = Math.max(last[1], p.end)
+        else spans.push([p.start, p.end])
+      }
+      // Grow each span to the edges of the extents it touches, so chunks are rewritten whole.
+      for (const span of spans) {
+        const touched = await fs.extentsIn(ino, span[0], span[1])
+        if (touched.length) {
+          span[0] = Math.min(span[0], touched[0].off)
+          span[1] = Math.max(span[1], touched[touched.length - 1].off + touched[touched.length - 1].len)
+        }
+        span[1] = Math.min(span[1], inode.size)
+      }
+      mergeSpans(spans)
+    }
+    for (const [start, end] of spans) {
+      if (end <= start) {
+        // Nothing left inside the file (pending bytes beyond a later truncate are already gone).
+        regions.push({ ino, start, end, extents: [], pieces: [], maxSeq: overlay.maxSeq, fingerprint: fingerprint([], [], end, inode.size), whole: true })
+        continue
+      }
+      const extents = await fs.extentsIn(ino, start, end)
+      const pieces = overlay.covering(start, end)
+      const maxSeq = pieces.reduce((m, p) => Math.max(m, p.loc.seq), 0)
+      regions.push({ ino, start, end, extents, pieces, maxSeq, fingerprint: fingerprint(extents, pieces, end, inode.size), whole: inode.size <= SMALL_FILE })
+      selected += pieces.reduce((n, p) => n + p.end - p.start, 0)
+    }
+  }
+  return regions
+}
+
+function mergeSpans(spans: [number, number][]): void {
+  spans.sort((a, b) => a[0] - b[0])
+  for (let i = 1; i < spans.length; ) {
+    if (spans[i][0] <= spans[i - 1][1]) {
+      spans[i - 1][1] = Math.max(spans[i - 1][1], spans[i][1])
+      spans.splice(i, 1)
+    } else i++
+  }
+}
+
+async function unchanged(fs: FileSystem, r: Region): Promise<boolean> {
+  const raw = await fs.tree.get(inodeKey(r.ino))
+  if (!raw) return false
+  const inode = decodeInode(r.ino, raw)
+  const overlay = fs.overlays.get(r.ino)
+  const extents = r.end > r.start ? await fs.extentsIn(r.ino, r.start, r.end) : []
+  const pieces = overlay && r.end > r.start ? overlay.covering(r.start, r.end) : []
+  return fingerprint(extents, pieces, r.end, inode.size) === r.fingerprint
+}
+
+function isZero(buf: Buffer): boolean {
+  for (let i = 0; i < buf.length; i += 8192) {
+    const end = Math.min(buf.length, i + 8192)
+    for (let j = i; j < end; j++) if (buf[j] !== 0) return false
+  }
+  return true
+}
+
+async function storeSmall(fs: FileSystem, regions: Region[]): Promise<void> {
+  let batch: { region: Region; data: Buffer }[] = []
+  let bytes = 0
+  const flushBatch = async () => {
+    const contents = batch.filter((b) => b.data.length > 0 && !isZero(b.data))
+    const refs = await fs.blobs.putWhole(contents.map((b) => b.data))
+    const byRegion = new Map<Region, BlobRef>()
+    contents.forEach((b, i) => refs[i] && byRegion.set(b.region, refs[i]))
+    for (const { region } of batch) {
+      const ref = byRegion.get(region)
+      region.result = ref ? [{ off: region.start, len: region.end - region.start, blob: ref, blobOff: 0 }] : []
+    }
+    batch = []
+    bytes = 0
+  }
+  for (const region of regions) {
+    const data = region.end > region.start ? await fs.assemble(region.start, region.end, region.extents, region.pieces) : Buffer.alloc(0)
+    batch.push({ region, data })
+    bytes += data.length
+    if (bytes >= SMALL_BATCH) await flushBatch()
+  }
+  if (batch.length) await flushBatch()
+}
+
+async function storeLarge(fs: FileSystem, region: Region): Promise<void> {
+  const writer = fs.blobs.chunkedWriter()
+  for (let at = region.start; at < region.end; at += STREAM_PIECE) {
+    const to = Math.min(region.end, at + STREAM_PIECE)
+    const extents = region.extents.filter((e) => e.off < to && e.off + e.len > at)
+    const pieces = region.pieces.filter((p) => p.start < to && p.end > at).map((p) => clipPiece(p, at, to))
+    await writer.write(await fs.assemble(at, to, extents, pieces))
+  }
+  const chunks = await writer.end()
+  region.result = []
+  for (const c of chunks) {
+    // A chunk of zeros is not stored: it reads the same as a hole.
+    if (c.ref) region.result.push({ off: region.start + c.start, len: c.end - c.start, blob: c.ref, blobOff: 0 })
+  }
+}
+
+function clipPiece(p: Piece, start: number, end: number): Piece {
+  const s = Math.max(p.start, start)
+  return { start: s, end: Math.min(p.end, end), loc: p.loc, srcOff: p.srcOff + (s - p.start) }
+}

@@ -1,0 +1,89 @@
+import { Packr } from 'msgpackr'
+import { decodeExtent, encodeExtent, type Extent, type Timespec } from './records.js'
+
+/**
+ * Log record kinds. Every record states an absolute outcome (set these keys,
+ * these bytes, this size), never a delta, so replaying the log from any point
+ * at or before the committed head reproduces exactly the state at the end.
+ */
+export const REC = {
+  /** Metadata changes: keys to set or delete. */
+  kv: 1,
+  /** Bytes written to a file (size grows to cover them, mtime set). */
+  data: 2,
+  /** File size set (shrinking drops data beyond it). */
+  truncate: 3,
+  /** A hole punched (fallocate PUNCH_HOLE). */
+  punch: 4,
+  /** Pending bytes of a range replaced by stored blobs. */
+  extents: 5,
+} as const
+
+const packr = new Packr({ useRecords: false })
+
+export const DATA_HEADER = 28
+
+export function encodeKv(changes: [string, Buffer | null][]): Buffer {
+  return packr.pack(changes.map(([k, v]) => [Buffer.from(k, 'latin1'), v]))
+}
+
+export function decodeKv(payload: Buffer): [string, Buffer | null][] {
+  return (packr.unpack(payload) as [Uint8Array, Uint8Array | null][]).map(([k, v]) => [
+    Buffer.from(k).toString('latin1'),
+    v ? Buffer.from(v) : null,
+  ])
+}
+
+export function encodeDataHeader(ino: number, off: number, time: Timespec): Buffer {
+  const h = Buffer.allocUnsafe(DATA_HEADER)
+  h.writeBigUInt64LE(BigInt(ino), 0)
+  h.writeBigUInt64LE(BigInt(off), 8)
+  h.writeBigUInt64LE(BigInt(time.s), 16)
+  h.writeUInt32LE(time.ns, 24)
+  return h
+}
+
+export function decodeDataHeader(payload: Buffer): { ino: number; off: number; time: Timespec; length: number } {
+  return {
+    ino: Number(payload.readBigUInt64LE(0)),
+    off: Number(payload.readBigUInt64LE(8)),
+    time: { s: Number(payload.readBigUInt64LE(16)), ns: payload.readUInt32LE(24) },
+    length: payload.length - DATA_HEADER,
+  }
+}
+
+export function encodeTruncate(ino: number, size: number, time: Timespec): Buffer {
+  return packr.pack([ino, size, time.s, time.ns])
+}
+
+export function decodeTruncate(payload: Buffer): { ino: number; size: number; time: Timespec } {
+  const [ino, size, s, ns] = packr.unpack(payload) as number[]
+  return { ino, size, time: { s, ns } }
+}
+
+export function encodePunch(ino: number, off: number, len: number, time: Timespec): Buffer {
+  return packr.pack([ino, off, len, time.s, time.ns])
+}
+
+export function decodePunch(payload: Buffer): { ino: number; off: number; len: number; time: Timespec } {
+  const [ino, off, len, s, ns] = packr.unpack(payload) as number[]
+  return { ino, off, len, time: { s, ns } }
+}
+
+export interface ExtentsRecord {
+  ino: number
+  start: number
+  end: number
+  /** Pending pieces of [start, end) with a sequence number up to this one are now in the extents. */
+  maxSeq: number
+  extents: Extent[]
+}
+
+export function encodeExtents(r: ExtentsRecord): Buffer {
+  return packr.pack([r.ino, r.start, r.end, r.maxSeq, r.extents.map((e) => [e.off, encodeExtent(e)])])
+}
+
+export function decodeExtents(payload: Buffer): ExtentsRecord {
+  const [ino, start, end, maxSeq, rows] = packr.unpack(payload) as [number, number, number, number, [number, Uint8Array][]]
+  return { ino, start, end, maxSeq, extents: rows.map(([off, b]) => decodeExtent(off, Buffer.from(b))) }
+}

@@ -1,0 +1,190 @@
+import { Packr } from 'msgpackr'
+import type { BlobRef } from '../blob/index.js'
+
+/**
+ * How the filesystem lays its records out in the metadata tree. Keys are
+ * binary strings: a one-byte kind, then big-endian integers, so that all
+ * records of one inode (and all entries of one directory) are adjacent and
+ * ordered.
+ *
+ *   00                          superblock
+ *   01 ino                      inode
+ *   02 parent name              directory entry → child inode, cookie
+ *   03 parent cookie            directory order (stable readdir offsets) → name
+ *   04 ino offset               file extent → blob slice
+ *   05 ino name                 extended attribute → value
+ *   06 ino                      orphan: unlinked while still open
+ */
+
+const packr = new Packr({ useRecords: false })
+
+export const KIND = { super: 0, inode: 1, dirent: 2, cookie: 3, extent: 4, xattr: 5, orphan: 6 } as const
+
+export const ROOT_INO = 1
+/** Cookies 1 and 2 are "." and ".."; real entries start here. */
+export const FIRST_COOKIE = 3
+
+function u64(n: number): string {
+  const hi = Math.floor(n / 0x1_0000_0000)
+  const lo = n >>> 0
+  return String.fromCharCode(hi >>> 24, (hi >>> 16) & 255, (hi >>> 8) & 255, hi & 255, lo >>> 24, (lo >>> 16) & 255, (lo >>> 8) & 255, lo & 255)
+}
+
+export function readU64(key: string, at: number): number {
+  let hi = 0
+  let lo = 0
+  for (let i = 0; i < 4; i++) hi = hi * 256 + key.charCodeAt(at + i)
+  for (let i = 4; i < 8; i++) lo = lo * 256 + key.charCodeAt(at + i)
+  return hi * 0x1_0000_0000 + lo
+}
+
+const K_SUPER = String.fromCharCode(KIND.super)
+const K_INODE = String.fromCharCode(KIND.inode)
+const K_DIRENT = String.fromCharCode(KIND.dirent)
+const K_COOKIE = String.fromCharCode(KIND.cookie)
+const K_EXTENT = String.fromCharCode(KIND.extent)
+const K_XATTR = String.fromCharCode(KIND.xattr)
+const K_ORPHAN = String.fromCharCode(KIND.orphan)
+
+export const superKey = K_SUPER
+export const inodeKey = (ino: number) => K_INODE + u64(ino)
+export const direntKey = (parent: number, name: Buffer) => K_DIRENT + u64(parent) + name.toString('latin1')
+export const direntPrefix = (parent: number) => K_DIRENT + u64(parent)
+export const cookieKey = (parent: number, cookie: number) => K_COOKIE + u64(parent) + u64(cookie)
+export const cookiePrefix = (parent: number) => K_COOKIE + u64(parent)
+export const extentKey = (ino: number, offset: number) => K_EXTENT + u64(ino) + u64(offset)
+export const extentPrefix = (ino: number) => K_EXTENT + u64(ino)
+export const xattrKey = (ino: number, name: Buffer) => K_XATTR + u64(ino) + name.toString('latin1')
+export const xattrPrefix = (ino: number) => K_XATTR + u64(ino)
+export const orphanKey = (ino: number) => K_ORPHAN + u64(ino)
+export const orphanPrefix = K_ORPHAN
+/** The smallest key greater than every key that starts with `prefix` (byte-string increment). */
+export function prefixEnd(prefix: string): string {
+  let i = prefix.length - 1
+  while (i >= 0 && prefix.charCodeAt(i) === 0xff) i--
+  if (i < 0) return '\uffff'
+  return prefix.slice(0, i) + String.fromCharCode(prefix.charCodeAt(i) + 1)
+}
+
+// --- values ------------------------------------------------------------------
+
+export interface Superblock {
+  nextIno: number
+  created: number
+}
+
+/** A timestamp as seconds and nanoseconds (a JS number cannot hold nanoseconds since 1970). */
+export interface Timespec {
+  s: number
+  ns: number
+}
+
+export interface Inode {
+  ino: number
+  mode: number
+  uid: number
+  gid: number
+  nlink: number
+  size: number
+  atime: Timespec
+  mtime: Timespec
+  ctime: Timespec
+  rdev: number
+  /** Directories: parent inode. Other files: the parent of the first link (a hint for path reports). */
+  parent: number
+  /** Directories: the next readdir cookie to hand out. */
+  nextCookie: number
+  /** Symlinks: the target, byte for byte. */
+  target?: Buffer
+}
+
+export function encodeSuper(s: Superblock): Buffer {
+  return packr.pack([s.nextIno, s.created])
+}
+
+export function decodeSuper(b: Buffer): Superblock {
+  const [nextIno, created] = packr.unpack(b) as [number, number]
+  return { nextIno, created }
+}
+
+export function encodeInode(i: Inode): Buffer {
+  const row: unknown[] = [i.mode, i.uid, i.gid, i.nlink, i.size, i.atime.s, i.atime.ns, i.mtime.s, i.mtime.ns, i.ctime.s, i.ctime.ns, i.rdev, i.parent, i.nextCookie]
+  if (i.target) row.push(i.target)
+  return packr.pack(row)
+}
+
+export function decodeInode(ino: number, b: Buffer): Inode {
+  const r = packr.unpack(b) as unknown[]
+  const inode: Inode = {
+    ino,
+    mode: r[0] as number,
+    uid: r[1] as number,
+    gid: r[2] as number,
+    nlink: r[3] as number,
+    size: r[4] as number,
+    atime: { s: r[5] as number, ns: r[6] as number },
+    mtime: { s: r[7] as number, ns: r[8] as number },
+    ctime: { s: r[9] as number, ns: r[10] as number },
+    rdev: r[11] as number,
+    parent: r[12] as number,
+    nextCookie: r[13] as number,
+  }
+  if (r[14]) inode.target = Buffer.from(r[14] as Uint8Array)
+  return inode
+}
+
+export interface Dirent {
+  ino: number
+  /** File type bits (mode & S_IFMT), so readdir needs no inode lookups. */
+  type: number
+  cookie: number
+}
+
+export function encodeDirent(d: Dirent): Buffer {
+  return packr.pack([d.ino, d.type, d.cookie])
+}
+
+export function decodeDirent(b: Buffer): Dirent {
+  const [ino, type, cookie] = packr.unpack(b) as [number, number, number]
+  return { ino, type, cookie }
+}
+
+/** Bytes [off, off+len) of the file are bytes [blobOff, blobOff+len) of a blob. */
+export interface Extent {
+  off: number
+  len: number
+  blob: BlobRef
+  blobOff: number
+}
+
+export function encodeExtent(e: Extent): Buffer {
+  return packr.pack([e.len, e.blob.id, Buffer.from(e.blob.seg, 'hex'), e.blob.off, e.blob.len, e.blob.raw, e.blobOff])
+}
+
+export function decodeExtent(off: number, b: Buffer): Extent {
+  const r = packr.unpack(b) as [number, Uint8Array, Uint8Array, number, number, number, number]
+  return {
+    off,
+    len: r[0],
+    blob: { id: Buffer.from(r[1]), seg: Buffer.from(r[2]).toString('hex'), off: r[3], len: r[4], raw: r[5] },
+    blobOff: r[6],
+  }
+}
+
+// --- file types ---------------------------------------------------------------
+
+export const S_IFMT = 0o170000
+export const S_IFSOCK = 0o140000
+export const S_IFLNK = 0o120000
+export const S_IFREG = 0o100000
+export const S_IFBLK = 0o060000
+export const S_IFDIR = 0o040000
+export const S_IFCHR = 0o020000
+export const S_IFIFO = 0o010000
+export const S_ISUID = 0o4000
+export const S_ISGID = 0o2000
+export const S_ISVTX = 0o1000
+
+export const isDir = (mode: number) => (mode & S_IFMT) === S_IFDIR
+export const isReg = (mode: number) => (mode & S_IFMT) === S_IFREG
+export const isLnk = (mode: number) => (mode & S_IFMT) === S_IFLNK

@@ -1,0 +1,109 @@
+import { decodeDirent, decodeInode, direntPrefix, inodeKey, KIND, prefixEnd, readU64, ROOT_INO, S_IFDIR, S_IFLNK, S_IFMT, S_IFREG } from '../fs/index.js'
+import { diffTrees, Tree, type Child, type PageStore } from '../meta/index.js'
+
+export interface DiffEntry {
+  path: string
+  type: 'file' | 'dir' | 'symlink' | 'other'
+}
+
+export interface VolumeDiff {
+  added: DiffEntry[]
+  removed: DiffEntry[]
+  modified: DiffEntry[]
+}
+
+function typeName(mode: number): DiffEntry['type'] {
+  const t = mode & S_IFMT
+  return t === S_IFREG ? 'file' : t === S_IFDIR ? 'dir' : t === S_IFLNK ? 'symlink' : 'other'
+}
+
+/** Resolves inode numbers to paths in one tree, caching directory listings. */
+class PathResolver {
+  private readonly names = new Map<number, Map<number, string>>()
+
+  constructor(private readonly tree: Tree) {}
+
+  async path(ino: number): Promise<string | undefined> {
+    const parts: string[] = []
+    let at = ino
+    for (let depth = 0; at !== ROOT_INO; depth++) {
+      if (depth > 4096) return undefined
+      const raw = await this.tree.get(inodeKey(at))
+      if (!raw) return undefined
+      const inode = decodeInode(at, raw)
+      const name = (await this.listing(inode.parent)).get(at)
+      if (name === undefined) return undefined
+      parts.unshift(name)
+      at = inode.parent
+    }
+    return '/' + parts.join('/')
+  }
+
+  async entryPath(parent: number, name: string): Promise<string | undefined> {
+    const dir = await this.path(parent)
+    return dir === undefined ? undefined : dir === '/' ? `/${name}` : `${dir}/${name}`
+  }
+
+  private async listing(dir: number): Promise<Map<number, string>> {
+    let map = this.names.get(dir)
+    if (!map) {
+      map = new Map()
+      const prefix = direntPrefix(dir)
+      for await (const [key, val] of this.tree.entries(prefix, prefixEnd(prefix))) {
+        const entry = decodeDirent(val)
+        if (!map.has(entry.ino)) map.set(entry.ino, Buffer.from(key.slice(prefix.length), 'latin1').toString('utf8'))
+      }
+      this.names.set(dir, map)
+    }
+    return map
+  }
+}
+
+/**
+ * Path-level changes between two roots: names added or removed (a rename is
+ * both), and files whose content, attributes or xattrs changed. Reads only the
+ * pages that differ, plus what it takes to name the paths.
+ */
+export async function diffRoots(pages: PageStore, a: Child | undefined, b: Child | undefined): Promise<VolumeDiff> {
+  const changes = await diffTrees(pages, a, b)
+  const before = new PathResolver(new Tree(pages, a))
+  const after = new PathResolver(new Tree(pages, b))
+  const out: VolumeDiff = { added: [], removed: [], modified: [] }
+  const touchedNames = new Set<number>()
+  const modifiedInodes = new Set<number>()
+  for (const c of changes) {
+    const kind = c.key.charCodeAt(0)
+    if (kind === KIND.dirent) {
+      const parent = readU64(c.key, 1)
+      const name = Buffer.from(c.key.slice(9), 'latin1').toString('utf8')
+      const oldEntry = c.before ? decodeDirent(c.before) : undefined
+      const newEntry = c.after ? decodeDirent(c.after) : undefined
+      if (oldEntry && newEntry && oldEntry.ino === newEntry.ino) continue
+      if (oldEntry) {
+        const path = await before.entryPath(parent, name)
+        if (path) out.removed.push({ path, type: typeName(oldEntry.type) })
+        touchedNames.add(oldEntry.ino)
+      }
+      if (newEntry) {
+        const path = await after.entryPath(parent, name)
+        if (path) out.added.push({ path, type: typeName(newEntry.type) })
+        touchedNames.add(newEntry.ino)
+      }
+    } else if (kind === KIND.inode || kind === KIND.extent || kind === KIND.xattr) {
+      modifiedInodes.add(readU64(c.key, 1))
+    }
+  }
+  const treeB = new Tree(pages, b)
+  for (const ino of modifiedInodes) {
+    if (touchedNames.has(ino)) continue
+    const raw = await treeB.get(inodeKey(ino))
+    if (!raw) continue
+    const inode = decodeInode(ino, raw)
+    // A directory whose entries changed shows up through those entries; its own times are noise.
+    if ((inode.mode & S_IFMT) === S_IFDIR) continue
+    const path = await after.path(ino)
+    if (path) out.modified.push({ path, type: typeName(inode.mode) })
+  }
+  for (const list of [out.added, out.removed, out.modified]) list.sort((x, y) => (x.path < y.path ? -1 : x.path > y.path ? 1 : 0))
+  return out
+}

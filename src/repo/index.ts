@@ -1,0 +1,13 @@
+export {
+  Repository,
+  RepositoryExistsError,
+  NoRepositoryError,
+  CONFIG_KEY,
+  writerGuarantee,
+  type InitOptions,
+  type RepoInfo,
+  type VolumeInfo,
+  type SnapshotInfo,
+} from './repository.js'
+export { VolumeSession, type SessionOptions, type CommitResult, type RecoveryReport } from './session.js'
+export { diffRoots, type VolumeDiff, type DiffEntry } from './diff.js'

@@ -1,0 +1,257 @@
+import { randomBytes } from 'node:crypto'
+import { promises as fsp } from 'node:fs'
+import path from 'node:path'
+import { FileSystem, flushPending } from '../fs/index.js'
+import { Mutex } from '../fs/mutex.js'
+import {
+  acquireLease,
+  HeadConflictError,
+  LeaseLostError,
+  PackWriter,
+  packKey,
+  Tree,
+  type Lease,
+  type PageRef,
+  type VolumeHead,
+} from '../meta/index.js'
+import { Wal } from '../portal/index.js'
+import type { Repository } from './repository.js'
+
+export interface SessionOptions {
+  /** Node-local directory for the log (and, with the mount, the cache). */
+  portalDir: string
+  /** Open read-only: no lease, no log; writes fail with EROFS. */
+  readOnly?: boolean
+  /** Open this snapshot (read-only) instead of the volume's head. */
+  snapshot?: string
+  leaseTtlMs?: number
+  /** Who holds the lease, as shown to a refused second writer. */
+  purpose?: string
+  onLeaseLost?: (err: LeaseLostError) => void
+  /** Warnings (stale logs, recovery) go here. */
+  log?: (message: string) => void
+}
+
+export interface CommitResult {
+  generation: number
+  root: PageRef | null
+  pages: number
+  /** Log sequence number covered by this commit. */
+  walSeq: number
+  ms: number
+}
+
+export interface RecoveryReport {
+  replayedRecords: number
+  tornBytes: number
+  staleLogQuarantined?: string
+  orphansPurged: number
+}
+
+/**
+ * One open volume: its filesystem, and for a writer the lease, the log and
+ * the commit protocol.
+ *
+ * Commit: flush pending bytes to blobs (no lock held), then under the lock
+ * flush what arrived meanwhile, freeze the tree and note the log position;
+ * then, with writers running again, persist the frozen tree's new pages as one
+ * pack, check the lease, and move the head by compare-and-swap. The head
+ * records the log position it covers, so after a crash the log is replayed
+ * from just after it.
+ */
+export class VolumeSession {
+  readonly fs: FileSystem
+  recovery?: RecoveryReport
+  private readonly commitLock = new Mutex()
+  private committedSeq: number
+  private closed = false
+
+  private constructor(
+    readonly repo: Repository,
+    readonly name: string,
+    private head: VolumeHead,
+    private etag: string,
+    readonly lease: Lease | undefined,
+    readonly wal: Wal | undefined,
+    fs: FileSystem,
+    readonly snapshotName?: string,
+  ) {
+    this.fs = fs
+    this.committedSeq = wal?.seq ?? 0
+  }
+
+  get volumeId(): string {
+    return this.head.volumeId
+  }
+  get generation(): number {
+    return this.head.generation
+  }
+  get currentHead(): VolumeHead {
+    return { ...this.head }
+  }
+  get readOnly(): boolean {
+    return !this.wal
+  }
+  /** Whether anything changed since the last commit. */
+  get hasUncommitted(): boolean {
+    return (this.wal?.seq ?? 0) > this.committedSeq || this.fs.dirty.size > 0
+  }
+
+  static async open(repo: Repository, name: string, options: SessionOptions): Promise<VolumeSession> {
+    const log = options.log ?? (() => {})
+    if (options.snapshot) {
+      const snap = await repo.refs.requireSnapshot(options.snapshot)
+      const tree = new Tree(repo.pages, snap.root ?? undefined)
+      const head: VolumeHead = { kind: 'volume', name: snap.volume, volumeId: snap.volumeId, generation: snap.generation, root: snap.root, created: snap.created, updated: snap.created }
+      return new VolumeSession(repo, snap.volume, head, '', undefined, undefined, new FileSystem({ tree, blobs: await repo.blobStore() }), snap.name)
+    }
+    if (options.readOnly) {
+      const { head, etag } = await repo.refs.requireVolume(name)
+      const tree = new Tree(repo.pages, head.root ?? undefined)
+      return new VolumeSession(repo, name, head, etag, undefined, undefined, new FileSystem({ tree, blobs: await repo.blobStore() }))
+    }
+    const found = await repo.refs.requireVolume(name)
+    let session: VolumeSession | undefined
+    const lease = await acquireLease(repo.store, repo.keys, name, found.head.volumeId, {
+      ttlMs: options.leaseTtlMs,
+      purpose: options.purpose,
+      onLost: (err) => {
+        session?.fs.fail(err)
+        options.onLeaseLost?.(err)
+      },
+    })
+    try {
+      // Read the head after taking the lease: it cannot move under us from here on.
+      const { head, etag } = await repo.refs.requireVolume(name)
+      const tree = new Tree(repo.pages, head.root ?? undefined)
+      const walDir = path.join(options.portalDir, 'volumes', head.volumeId, 'wal')
+      const report: RecoveryReport = { replayedRecords: 0, tornBytes: 0, orphansPurged: 0 }
+      const recovered = await Wal.recover(walDir, repo.keys, head.volumeId)
+      let wal: Wal
+      let replayFrom: number | undefined
+      if (recovered) {
+        report.tornBytes = recovered.tornBytes
+        const h = recovered.header
+        if (head.writer?.session === h.session) replayFrom = head.writer.walSeq
+        else if (head.generation === h.baseGeneration) replayFrom = 0
+        if (replayFrom === undefined) {
+          // The head moved on without this log (another writer, or a restore): it no longer applies.
+          const quarantine = `${walDir}.stale-${new Date().toISOString().replace(/[:.]/g, '-')}`
+          await fsp.rename(walDir, quarantine)
+          report.staleLogQuarantined = quarantine
+          log(`volume ${name}: local log of session ${h.session.slice(0, 8)} does not continue head generation ${head.generation}; kept it aside at ${quarantine}`)
+        }
+      }
+      if (recovered && replayFrom !== undefined) wal = await Wal.resume(walDir, repo.keys, recovered, replayFrom)
+      else wal = await Wal.create(walDir, repo.keys, { volumeId: head.volumeId, session: randomBytes(12).toString('hex'), baseGeneration: head.generation })
+      const fs = new FileSystem({ tree, blobs: await repo.blobStore(), wal })
+      session = new VolumeSession(repo, name, head, etag, lease, wal, fs)
+      if (recovered && replayFrom !== undefined) {
+        for (const record of recovered.records) {
+          if (record.seq <= replayFrom) continue
+          await fs.replay(record)
+          report.replayedRecords++
+        }
+        session.committedSeq = replayFrom
+        if (report.replayedRecords > 0) log(`volume ${name}: replayed ${report.replayedRecords} log records after an unclean shutdown`)
+      }
+      report.orphansPurged = await fs.purgeOrphans()
+      session.recovery = report
+      lease.startRenewing()
+      return session
+    } catch (err) {
+      await lease.release().catch(() => undefined)
+      throw err
+    }
+  }
+
+  /** Makes everything so far durable on local disk (the log). */
+  async syncLocal(): Promise<void> {
+    if (!this.wal) return
+    if (this.fs.failed) throw this.fs.failed
+    await this.wal.sync()
+  }
+
+  /** Publishes everything so far as a new head generation; returns undefined when nothing changed. */
+  async commit(): Promise<CommitResult | undefined> {
+    if (!this.wal || !this.lease) return undefined
+    return this.commitLock.run(() => this.commitLocked())
+  }
+
+  private async commitLocked(): Promise<CommitResult | undefined> {
+    const wal = this.wal!
+    const lease = this.lease!
+    if (this.fs.failed) throw this.fs.failed
+    const started = performance.now()
+    await flushPending(this.fs)
+    const frozen = await this.fs.lock.run(async () => {
+      await flushPending(this.fs, { locked: true })
+      const seq = wal.seq
+      if (seq === this.committedSeq) return undefined
+      wal.rotate()
+      return { root: this.fs.tree.freeze(), seq }
+    })
+    if (!frozen) return undefined
+    await wal.sync()
+    const pack = new PackWriter(this.repo.keys)
+    const persisted = frozen.root ? Tree.persist(frozen.root, pack) : { ref: null, written: [] }
+    try {
+      if (pack.pageCount > 0) await this.repo.store.put(packKey(pack.id), pack.finish())
+      lease.assertValid()
+      const next: VolumeHead = {
+        ...this.head,
+        generation: this.head.generation + 1,
+        root: persisted.ref,
+        updated: new Date().toISOString(),
+        writer: { session: wal.header.session, leaseEpoch: lease.epoch, walSeq: frozen.seq },
+      }
+      this.etag = await this.repo.refs.updateVolume(next, this.etag)
+      this.head = next
+    } catch (err) {
+      Tree.abandon(persisted.written)
+      if (err instanceof HeadConflictError || err instanceof LeaseLostError) this.fs.fail(err)
+      throw err
+    }
+    this.committedSeq = frozen.seq
+    this.fs.tree.compact()
+    await wal.dropThrough(frozen.seq, (file) => this.fs.walFileRefs.has(file) || this.fs.readsInFlight > 0)
+    return { generation: this.head.generation, root: persisted.ref, pages: pack.pageCount, walSeq: frozen.seq, ms: performance.now() - started }
+  }
+
+  /** Commits, then records the head as an immutable snapshot. */
+  async snapshot(snapshotName: string): Promise<void> {
+    if (!this.readOnly) await this.commit()
+    await this.repo.refs.createSnapshot({
+      kind: 'snapshot',
+      name: snapshotName,
+      volume: this.name,
+      volumeId: this.head.volumeId,
+      generation: this.head.generation,
+      root: this.head.root,
+      created: new Date().toISOString(),
+    })
+  }
+
+  /** Final commit, then lease released and log closed. The log is kept if the commit failed. */
+  async close(): Promise<void> {
+    if (this.closed) return
+    this.closed = true
+    try {
+      if (!this.readOnly && !this.fs.failed) await this.commit()
+    } finally {
+      await this.wal?.close()
+      await this.lease?.release().catch(() => undefined)
+    }
+  }
+
+  /**
+   * Simulates a crash for tests: drops what is in memory and log writes not
+   * yet issued, commits nothing. The lease is released so the test can reopen
+   * at once (a real crash leaves it to expire, or to the same host's next mount).
+   */
+  async abandon(): Promise<void> {
+    this.closed = true
+    await this.wal?.abandon()
+    await this.lease?.release().catch(() => undefined)
+  }
+}

@@ -1,0 +1,254 @@
+import { randomBytes } from 'node:crypto'
+import { readdirSync, readFileSync } from 'node:fs'
+import path from 'node:path'
+import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import {
+  BlobReadError,
+  BlobStore,
+  BlobWorkerPool,
+  createChunker,
+  decodeBlob,
+  gearTable,
+  verifySegment,
+  type BlobRef,
+} from '../../src/blob/index.js'
+import { RepoKeys } from '../../src/crypto/index.js'
+import { listAll, MemoryStore, type ObjectStore } from '../../src/store/index.js'
+
+const chunking = { min: 256 * 1024, avg: 1024 * 1024, max: 4 * 1024 * 1024 }
+
+function setup() {
+  const keys = new RepoKeys(randomBytes(32), 'test-repo')
+  const pool = new BlobWorkerPool({ master: keys.master, repoId: keys.repoId, chunking }, 2)
+  const name = `blob-${randomBytes(4).toString('hex')}`
+  const store = new MemoryStore(name)
+  return { keys, pool, store, blobs: new BlobStore(store, keys, { pool }) }
+}
+
+/** Text files to store: Node's type declarations (real source text). */
+function corpus(maxBytes: number): { name: string; data: Buffer }[] {
+  const dir = path.join(import.meta.dirname, '../../node_modules/@types/node')
+  const files: { name: string; data: Buffer }[] = []
+  let total = 0
+  for (const name of readdirSync(dir).filter((n) => n.endsWith('.d.ts')).sort()) {
+    if (total > maxBytes) break
+    const data = readFileSync(path.join(dir, name))
+    if (data.length < 64) continue
+    files.push({ name, data })
+    total += data.length
+  }
+  return files
+}
+
+describe('content-defined chunking', () => {
+  it('cuts within bounds and finds the same boundaries after an insertion', () => {
+    const chunker = createChunker(chunking, gearTable(randomBytes(32)))
+    const data = randomBytes(16 * 1024 * 1024)
+    const cuts = chunker.cuts(data)
+    const sizes = cuts.map((c, i) => c - (i ? cuts[i - 1] : 0))
+    expect(cuts[cuts.length - 1]).toBe(data.length)
+    for (const s of sizes.slice(0, -1)) {
+      expect(s).toBeGreaterThanOrEqual(chunking.min)
+      expect(s).toBeLessThanOrEqual(chunking.max)
+    }
+    const shifted = Buffer.concat([randomBytes(1000), data])
+    const shiftedCuts = new Set(chunker.cuts(shifted).map((c) => c - 1000))
+    const shared = cuts.filter((c) => shiftedCuts.has(c)).length
+    expect(shared).toBeGreaterThanOrEqual(cuts.length - 2)
+  })
+})
+
+describe('blob store', () => {
+  let env: ReturnType<typeof setup>
+  beforeAll(() => {
+    env = setup()
+  })
+  afterAll(async () => {
+    await env.pool.close()
+  })
+
+  it('stores the same 100 MiB twice but uploads it once', async () => {
+    const { blobs, store } = env
+    const data = randomBytes(100 * 1024 * 1024)
+    const first = await blobs.putChunked(data)
+    await blobs.flush()
+    const afterFirst = { ...store.counters }
+    const second = await blobs.putChunked(data)
+    await blobs.flush()
+    expect(store.counters.put).toBe(afterFirst.put)
+    expect(store.counters.bytesOut).toBe(afterFirst.bytesOut)
+    expect(second.chunks.map((c) => c.ref!.id.toString('hex'))).toEqual(first.chunks.map((c) => c.ref!.id.toString('hex')))
+    expect(afterFirst.bytesOut).toBeLessThan(data.length * 1.01)
+    // Read back through the store, chunk by chunk.
+    const parts = await Promise.all(first.chunks.map((c) => blobs.read(c.ref!)))
+    expect(Buffer.concat(parts).equals(data)).toBe(true)
+  }, 120_000)
+
+  it('stores 1,000 files of 4 KiB in at most 5 PUTs', async () => {
+    const { blobs, store } = env
+    const before = store.counters.put
+    const files = Array.from({ length: 1000 }, () => randomBytes(4096))
+    const refs = (await blobs.putWhole(files)) as BlobRef[]
+    await blobs.flush()
+    expect(store.counters.put - before).toBeLessThanOrEqual(5)
+    for (const i of [0, 500, 999]) expect((await blobs.read(refs[i])).equals(files[i])).toBe(true)
+  })
+
+  it('keeps chunks of a stream content-defined across calls with a carried tail', async () => {
+    const { blobs } = env
+    const data = randomBytes(12 * 1024 * 1024)
+    const whole = await blobs.putChunked(data)
+    // The same bytes fed in 3 MiB pieces, carrying the unconsumed tail each time.
+    const ids: string[] = []
+    let carry = Buffer.alloc(0)
+    for (let at = 0; at < data.length; at += 3 * 1024 * 1024) {
+      const piece = Buffer.concat([carry, data.subarray(at, at + 3 * 1024 * 1024)])
+      const final = at + 3 * 1024 * 1024 >= data.length
+      const out = await blobs.putChunked(piece, final)
+      ids.push(...out.chunks.map((c) => c.ref!.id.toString('hex')))
+      carry = piece.subarray(out.consumed)
+    }
+    expect(ids).toEqual(whole.chunks.map((c) => c.ref!.id.toString('hex')))
+  })
+
+  it('finds known blobs again after reloading the index from the bucket', async () => {
+    const { keys, store, pool } = env
+    const data = randomBytes(300_000)
+    const writer = new BlobStore(store, keys, { pool })
+    const [ref] = (await writer.putWhole([data])) as BlobRef[]
+    await writer.flush()
+    const reader = new BlobStore(store, keys, { pool })
+    await reader.loadIndex()
+    expect(reader.lookup(ref.id)).toEqual(ref)
+    expect((await reader.read(ref)).equals(data)).toBe(true)
+  })
+})
+
+describe('damage is detected, never returned as data', () => {
+  let env: ReturnType<typeof setup>
+  let refs: BlobRef[]
+  let files: Buffer[]
+
+  beforeAll(async () => {
+    env = setup()
+    files = [randomBytes(5000), Buffer.from('text '.repeat(2000)), randomBytes(2 * 1024 * 1024)]
+    refs = (await env.blobs.putWhole(files)) as BlobRef[]
+    await env.blobs.flush()
+  })
+  afterAll(async () => {
+    await env.pool.close()
+  })
+
+  async function readAll(store: ObjectStore, keys: RepoKeys): Promise<'ok' | 'error'> {
+    const fresh = new BlobStore(store, keys, { pool: env.pool })
+    try {
+      for (let i = 0; i < refs.length; i++) {
+        const data = await fresh.read(refs[i])
+        if (!data.equals(files[i])) throw new Error('WRONG DATA RETURNED')
+      }
+      return 'ok'
+    } catch (err) {
+      if ((err as Error).message === 'WRONG DATA RETURNED') throw err
+      expect(err).toBeInstanceOf(BlobReadError)
+      return 'error'
+    }
+  }
+
+  function verifyAll(segs: Map<string, Buffer>, keys: RepoKeys): 'ok' | 'error' {
+    try {
+      for (const [key, data] of segs) {
+        verifySegment(keys, key.split('/').pop()!, data, (ref, sealed) => decodeBlob(keys, ref.id, sealed, ref.raw))
+      }
+      return 'ok'
+    } catch {
+      return 'error'
+    }
+  }
+
+  async function segments(store: ObjectStore): Promise<Map<string, Buffer>> {
+    const out = new Map<string, Buffer>()
+    for await (const o of listAll(store, 'seg/')) out.set(o.key, await store.get(o.key))
+    return out
+  }
+
+  it('flipping any sampled byte of a segment fails the read or the verification', async () => {
+    const original = await segments(env.store)
+    expect(original.size).toBe(1)
+    const [key, data] = [...original][0]
+    expect(verifyAll(original, env.keys)).toBe('ok')
+    // The header, the first record, the index and the trailer byte by byte; a sample of the rest.
+    const positions = new Set<number>()
+    for (let i = 0; i < 600; i++) positions.add(i)
+    for (let i = data.length - 600; i < data.length; i++) positions.add(i)
+    for (let i = 0; i < 300; i++) positions.add(Math.floor(Math.random() * data.length))
+    for (const pos of positions) {
+      const damaged = Buffer.from(data)
+      damaged[pos] ^= 0x40
+      const readOutcome = await (async () => {
+        const store = new MemoryStore(`dmg-${randomBytes(4).toString('hex')}`)
+        await store.put(key, damaged)
+        return readAll(store, env.keys)
+      })()
+      const verifyOutcome = verifyAll(new Map([[key, damaged]]), env.keys)
+      // The bytes of a record are read; the header, index and trailer are verified.
+      expect(readOutcome === 'error' || verifyOutcome === 'error', `byte ${pos}`).toBe(true)
+      expect(verifyOutcome, `byte ${pos}`).toBe('error')
+    }
+  }, 120_000)
+
+  it('a truncated segment, a swapped segment, or the wrong key is an error', async () => {
+    const original = await segments(env.store)
+    const [key, data] = [...original][0]
+    // Cut inside the last record: reading it fails. Cut inside the index: the records still
+    // read correctly, and verification reports the damage.
+    const truncated = new MemoryStore(`trunc-${randomBytes(4).toString('hex')}`)
+    await truncated.put(key, data.subarray(0, data.length >> 1))
+    expect(await readAll(truncated, env.keys)).toBe('error')
+    expect(verifyAll(new Map([[key, data.subarray(0, data.length >> 1)]]), env.keys)).toBe('error')
+    expect(verifyAll(new Map([[key, data.subarray(0, data.length - 100)]]), env.keys)).toBe('error')
+
+    // Another segment with blobs at the same offsets, placed under this segment's name.
+    const other = setup()
+    await other.blobs.putWhole(files.map((f) => Buffer.from(f)))
+    await other.blobs.flush()
+    const otherData = [...(await segments(other.store)).values()][0]
+    const swapped = new MemoryStore(`swap-${randomBytes(4).toString('hex')}`)
+    await swapped.put(key, otherData)
+    expect(await readAll(swapped, env.keys)).toBe('error')
+    await other.pool.close()
+
+    const wrongKeys = new RepoKeys(randomBytes(32), env.keys.repoId)
+    expect(await readAll(env.store, wrongKeys)).toBe('error')
+  })
+})
+
+describe('nothing readable in the bucket', () => {
+  it('finds no 16-byte plaintext substring and no file name in any object', async () => {
+    const env = setup()
+    try {
+      const files = corpus(1024 * 1024)
+      expect(files.length).toBeGreaterThan(3)
+      await env.blobs.putWhole(files.map((f) => f.data))
+      await env.blobs.putChunked(Buffer.concat(files.map((f) => f.data)))
+      await env.blobs.flush()
+      const windows = new Set<string>()
+      for (const f of files) {
+        for (let i = 0; i + 16 <= f.data.length; i++) windows.add(f.data.toString('latin1', i, i + 16))
+      }
+      let scanned = 0
+      for await (const o of listAll(env.store, '')) {
+        const bytes = await env.store.get(o.key)
+        scanned += bytes.length
+        const text = bytes.toString('latin1')
+        for (let i = 0; i + 16 <= text.length; i++) {
+          if (windows.has(text.slice(i, i + 16))) throw new Error(`plaintext found in ${o.key} at ${i}: ${JSON.stringify(text.slice(i, i + 16))}`)
+        }
+        for (const f of files) expect(text.includes(f.name)).toBe(false)
+      }
+      expect(scanned).toBeGreaterThan(100_000)
+    } finally {
+      await env.pool.close()
+    }
+  }, 60_000)
+})
+

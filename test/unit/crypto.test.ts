@@ -1,0 +1,121 @@
+import { randomBytes } from 'node:crypto'
+import { chmodSync, statSync, writeFileSync } from 'node:fs'
+import path from 'node:path'
+import { describe, expect, it } from 'vitest'
+import {
+  addSlot,
+  createKeyFile,
+  DecryptError,
+  encodeConfig,
+  newConfig,
+  Opener,
+  parseConfig,
+  readKeyFile,
+  RepoKeys,
+  Sealer,
+  unlock,
+  verifyConfig,
+  WrongKeyError,
+} from '../../src/crypto/index.js'
+import { tempDir } from '../helpers/stores.js'
+
+describe('AEAD', () => {
+  const key = randomBytes(32)
+
+  it('round-trips and binds the associated data', () => {
+    const sealer = new Sealer(key)
+    const opener = new Opener(key)
+    const sealed = sealer.seal(Buffer.from('hello world'), 'blob:1')
+    expect(opener.open(sealed, 'blob:1').toString()).toBe('hello world')
+    expect(() => opener.open(sealed, 'blob:2')).toThrow(DecryptError)
+    expect(() => new Opener(randomBytes(32)).open(sealed, 'blob:1')).toThrow(DecryptError)
+  })
+
+  it('detects a flip of any single byte', () => {
+    const sealer = new Sealer(key)
+    const opener = new Opener(key)
+    const sealed = sealer.seal(randomBytes(100), 'x')
+    for (let i = 0; i < sealed.length; i++) {
+      const copy = Buffer.from(sealed)
+      copy[i] ^= 0x01
+      expect(() => opener.open(copy, 'x'), `byte ${i}`).toThrow(DecryptError)
+    }
+    expect(() => opener.open(sealed.subarray(0, sealed.length - 1), 'x')).toThrow(DecryptError)
+  })
+
+  it('never repeats a nonce: counters within a sealer, fresh salts across sealers', () => {
+    const a = new Sealer(key)
+    const b = new Sealer(key)
+    const seen = new Set<string>()
+    for (const s of [a, b]) {
+      for (let i = 0; i < 1000; i++) {
+        const sealed = s.seal(Buffer.alloc(0), '')
+        const saltAndNonce = sealed.subarray(1, 1 + 16 + 12).toString('hex')
+        expect(seen.has(saltAndNonce)).toBe(false)
+        seen.add(saltAndNonce)
+      }
+    }
+  })
+})
+
+describe('repository keys and key slots', () => {
+  it('derives independent subkeys and keyed content IDs', () => {
+    const keys = new RepoKeys(randomBytes(32), 'repo')
+    expect(keys.key('data').equals(keys.key('meta'))).toBe(false)
+    const other = new RepoKeys(randomBytes(32), 'repo')
+    const data = Buffer.from('same content')
+    expect(keys.contentId(data).equals(keys.contentId(data))).toBe(true)
+    // Content IDs are keyed: another repository cannot confirm that we store a known file.
+    expect(keys.contentId(data).equals(other.contentId(data))).toBe(false)
+    expect(keys.nameKey('volume', 'a')).not.toBe(keys.nameKey('volume', 'b'))
+  })
+
+  it('opens with any slot, refuses a wrong passphrase or key file, and never re-encrypts on slot changes', async () => {
+    const config = newConfig({ conditionalWrites: true, backend: 'memory' })
+    const master = randomBytes(32)
+    await addSlot(config, master, { kind: 'passphrase', passphrase: 'correct horse' })
+    const keyFile = randomBytes(32)
+    await addSlot(config, master, { kind: 'keyfile', key: keyFile })
+    expect((await unlock(config, { kind: 'passphrase', passphrase: 'correct horse' })).master.equals(master)).toBe(true)
+    expect((await unlock(config, { kind: 'keyfile', key: keyFile })).master.equals(master)).toBe(true)
+    await expect(unlock(config, { kind: 'passphrase', passphrase: 'wrong' })).rejects.toThrow(WrongKeyError)
+    await expect(unlock(config, { kind: 'keyfile', key: randomBytes(32) })).rejects.toThrow(/wrong key file/)
+  })
+
+  it('detects any change to the config body through its MAC', async () => {
+    const config = newConfig({ conditionalWrites: true, backend: 'memory' })
+    const master = randomBytes(32)
+    await addSlot(config, master, { kind: 'passphrase', passphrase: 'pw' })
+    const keys = new RepoKeys(master, config.id)
+    const encoded = encodeConfig(config, keys)
+    verifyConfig(parseConfig(encoded, 'test'), keys, 'test')
+    const tampered = parseConfig(encoded, 'test')
+    tampered.storage.conditionalWrites = false
+    expect(() => verifyConfig(tampered, keys, 'test')).toThrow(/MAC mismatch/)
+    const future = JSON.parse(encoded.toString())
+    future.version = 99
+    expect(() => parseConfig(Buffer.from(JSON.stringify(future)), 'test')).toThrow(/format version 99/)
+    expect(() => parseConfig(Buffer.from('{"format":"something-else"}'), 'test')).toThrow(/not an s0fs repository/)
+  })
+
+  it('creates key files 0600 and refuses group- or world-readable ones', async () => {
+    const { dir, cleanup } = tempDir('s0fs-key')
+    try {
+      const file = path.join(dir, 'sub', 'key')
+      const key = await createKeyFile(file)
+      expect(statSync(file).mode & 0o777).toBe(0o600)
+      expect((await readKeyFile(file)).equals(key)).toBe(true)
+      await expect(createKeyFile(file)).rejects.toThrow(/already exists/)
+      chmodSync(file, 0o644)
+      await expect(readKeyFile(file)).rejects.toThrow(/chmod 600/)
+      const b64 = path.join(dir, 'b64')
+      writeFileSync(b64, key.toString('base64') + '\n', { mode: 0o600 })
+      expect((await readKeyFile(b64)).equals(key)).toBe(true)
+      const short = path.join(dir, 'short')
+      writeFileSync(short, 'abc', { mode: 0o600 })
+      await expect(readKeyFile(short)).rejects.toThrow(/must hold 32 bytes/)
+    } finally {
+      cleanup()
+    }
+  })
+})

@@ -1,0 +1,158 @@
+import { randomBytes } from 'node:crypto'
+import { afterEach, describe, expect, it } from 'vitest'
+import { FsError, ROOT, ROOT_INO } from '../../src/fs/index.js'
+import { LeaseHeldError } from '../../src/meta/index.js'
+import type { VolumeSession } from '../../src/repo/index.js'
+import { testRepo } from '../helpers/repo.js'
+
+const b = (s: string) => Buffer.from(s)
+
+async function writeFile(v: VolumeSession, path: string[], data: Buffer): Promise<number> {
+  let dir = ROOT_INO
+  for (const part of path.slice(0, -1)) {
+    try {
+      dir = (await v.fs.lookup(ROOT, dir, b(part))).ino
+    } catch {
+      dir = (await v.fs.mkdir(ROOT, dir, b(part), 0o755)).ino
+    }
+  }
+  const file = await v.fs.create(ROOT, dir, b(path[path.length - 1]), 0o644, 0, false)
+  await v.fs.write(ROOT, file.ino, 0, data)
+  return file.ino
+}
+
+async function readFile(v: VolumeSession, path: string[]): Promise<Buffer> {
+  let ino = ROOT_INO
+  for (const part of path) ino = (await v.fs.lookup(ROOT, ino, b(part))).ino
+  const inode = await v.fs.getattr(ino)
+  return v.fs.read(ino, 0, inode.size)
+}
+
+let cleanups: (() => Promise<void>)[] = []
+afterEach(async () => {
+  for (const c of cleanups.reverse()) await c()
+  cleanups = []
+})
+
+async function setup() {
+  const t = await testRepo()
+  cleanups.push(t.cleanup)
+  await t.repo.createVolume('vol')
+  return t
+}
+
+describe('volumes: write, commit, reopen', () => {
+  it('keeps files across commit and reopen, small and large', async () => {
+    const t = await setup()
+    const v = await t.repo.openVolume('vol', { portalDir: t.portalDir })
+    const small = b('hello s0fs')
+    const large = randomBytes(5 * 1024 * 1024 + 123)
+    await writeFile(v, ['a', 'small.txt'], small)
+    await writeFile(v, ['a', 'b', 'large.bin'], large)
+    expect((await readFile(v, ['a', 'small.txt'])).equals(small)).toBe(true)
+    const result = await v.commit()
+    expect(result?.generation).toBe(2)
+    expect((await readFile(v, ['a', 'b', 'large.bin'])).equals(large)).toBe(true)
+    await v.close()
+    const v2 = await t.repo.openVolume('vol', { portalDir: t.portalDir, readOnly: true })
+    expect((await readFile(v2, ['a', 'small.txt'])).equals(small)).toBe(true)
+    expect((await readFile(v2, ['a', 'b', 'large.bin'])).equals(large)).toBe(true)
+  })
+
+  it('rewrites only the touched chunk of a large file', async () => {
+    const t = await setup()
+    const v = await t.repo.openVolume('vol', { portalDir: t.portalDir })
+    const data = randomBytes(24 * 1024 * 1024)
+    const ino = await writeFile(v, ['big'], data)
+    await v.commit()
+    const blobs = await t.repo.blobStore()
+    const before = blobs.stats.rawBytes
+    await v.fs.write(ROOT, ino, 10 * 1024 * 1024, b('patched!'))
+    data.write('patched!', 10 * 1024 * 1024)
+    await v.commit()
+    const rewritten = blobs.stats.rawBytes - before
+    expect(rewritten).toBeGreaterThan(0)
+    expect(rewritten).toBeLessThanOrEqual(2 * 4 * 1024 * 1024)
+    expect((await readFile(v, ['big'])).equals(data)).toBe(true)
+    await v.close()
+  })
+
+  it('recovers everything fsynced after a crash, from the local log', async () => {
+    const t = await setup()
+    const v = await t.repo.openVolume('vol', { portalDir: t.portalDir })
+    await writeFile(v, ['committed.txt'], b('one'))
+    await v.commit()
+    await writeFile(v, ['synced.txt'], b('two'))
+    await v.fs.rename(ROOT, ROOT_INO, b('committed.txt'), ROOT_INO, b('renamed.txt'))
+    await v.syncLocal()
+    await v.abandon()
+    const v2 = await t.repo.openVolume('vol', { portalDir: t.portalDir })
+    expect(v2.recovery!.replayedRecords).toBeGreaterThan(0)
+    expect((await readFile(v2, ['synced.txt'])).toString()).toBe('two')
+    expect((await readFile(v2, ['renamed.txt'])).toString()).toBe('one')
+    await expect(readFile(v2, ['committed.txt'])).rejects.toBeInstanceOf(FsError)
+    await v2.close()
+  })
+
+  it('refuses a second writer with a message naming the holder', async () => {
+    const t = await setup()
+    const v = await t.repo.openVolume('vol', { portalDir: t.portalDir, purpose: 'test mount' })
+    const other = await t.reopen()
+    cleanups.push(() => other.close())
+    const err = await other.openVolume('vol', { portalDir: t.portalDir }).catch((e) => e)
+    expect(err).toBeInstanceOf(LeaseHeldError)
+    expect(err.message).toMatch(/test mount on host .*pid \d+/)
+    expect(err.message).toMatch(/valid until/)
+    await v.close()
+    const again = await other.openVolume('vol', { portalDir: t.portalDir })
+    await again.close()
+  })
+
+  it('snapshots never change; forks see only their own changes and share data', async () => {
+    const t = await setup()
+    const v = await t.repo.openVolume('vol', { portalDir: t.portalDir })
+    const payload = randomBytes(3 * 1024 * 1024)
+    await writeFile(v, ['shared.bin'], payload)
+    await writeFile(v, ['note.txt'], b('v1'))
+    await v.snapshot('snap1')
+    await writeFile(v, ['note.txt'], b('v2 changed'))
+    await v.commit()
+    const storedBefore = (await t.repo.blobStore()).stats.storedBytes
+    await t.repo.fork('snap1', 'forked')
+    const f = await t.repo.openVolume('forked', { portalDir: t.portalDir })
+    await writeFile(f, ['only-in-fork.txt'], b('fork'))
+    await f.commit()
+    expect((await readFile(f, ['note.txt'])).toString()).toBe('v1')
+    expect((await readFile(f, ['shared.bin'])).equals(payload)).toBe(true)
+    // The fork stored only its own small file: the 3 MiB are shared.
+    expect((await t.repo.blobStore()).stats.storedBytes - storedBefore).toBeLessThan(4096)
+    const s = await t.repo.openVolume('vol', { portalDir: t.portalDir, snapshot: 'snap1' })
+    expect((await readFile(s, ['note.txt'])).toString()).toBe('v1')
+    await expect(readFile(s, ['only-in-fork.txt'])).rejects.toBeInstanceOf(FsError)
+    await expect(s.fs.write(ROOT, ROOT_INO, 0, b('x'))).rejects.toMatchObject({ code: 'EROFS' })
+    expect((await readFile(v, ['note.txt'])).toString()).toBe('v2 changed')
+    await f.close()
+    await v.close()
+    const d = await t.repo.diff('snap1', 'forked')
+    expect(d).toEqual({ added: [{ path: '/only-in-fork.txt', type: 'file' }], removed: [], modified: [] })
+    const d2 = await t.repo.diff('snap1', 'vol')
+    expect(d2).toEqual({ added: [], removed: [], modified: [{ path: '/note.txt', type: 'file' }] })
+  })
+
+  it('restores a volume to a snapshot', async () => {
+    const t = await setup()
+    const v = await t.repo.openVolume('vol', { portalDir: t.portalDir })
+    await writeFile(v, ['keep.txt'], b('original'))
+    await v.snapshot('before')
+    await writeFile(v, ['keep.txt'], b('broken'))
+    await writeFile(v, ['junk.txt'], b('junk'))
+    await v.close()
+    await t.repo.restore('vol', 'before')
+    const r = await t.repo.openVolume('vol', { portalDir: t.portalDir })
+    expect((await readFile(r, ['keep.txt'])).toString()).toBe('original')
+    await expect(readFile(r, ['junk.txt'])).rejects.toBeInstanceOf(FsError)
+    expect(r.recovery!.replayedRecords).toBe(0)
+    await r.close()
+    expect(await t.repo.diff('before', 'vol')).toEqual({ added: [], removed: [], modified: [] })
+  })
+})
