@@ -1,4 +1,5 @@
 import { createHmac } from 'node:crypto'
+import { nativeAddon } from '../util/native.js'
 
 /**
  * Content-defined chunking, FastCDC style (Xia et al., 2016/2020): a gear
@@ -19,6 +20,8 @@ export interface ChunkParams {
 
 export interface Chunker {
   readonly params: ChunkParams
+  /** Whether the native addon does the work. */
+  readonly native: boolean
   /**
    * Cut points (exclusive end offsets) for `data`. The last cut is always
    * `data.length`; when `final` is false it is an artificial cut (the data
@@ -37,14 +40,30 @@ export function gearTable(chunkerKey: Buffer): Uint32Array {
   return table
 }
 
-export function createChunker(params: ChunkParams, gear: Uint32Array): Chunker {
+/** The chunker: the native addon's loop when it is built (~3x faster here), else the JS one. */
+export function createChunker(params: ChunkParams, gear: Uint32Array, implementation: 'auto' | 'js' = 'auto'): Chunker {
+  const js = createJsChunker(params, gear)
+  const native = implementation === 'auto' ? nativeAddon() : undefined
+  if (!native) return js
+  const { strict, loose } = masks(params)
+  return {
+    params,
+    native: true,
+    cuts: (data) => Array.from(native.cuts(data, gear, params.min, params.avg, params.max, strict, loose)),
+  }
+}
+
+function masks(params: ChunkParams): { strict: number; loose: number } {
+  const bits = Math.round(Math.log2(params.avg))
+  // Masks take the hash's high bits: after a left shift they depend on the last 32 bytes.
+  return { strict: highBits(bits + 2), loose: highBits(bits - 2) }
+}
+
+function createJsChunker(params: ChunkParams, gear: Uint32Array): Chunker {
   if (!(params.min > 0 && params.min <= params.avg && params.avg <= params.max)) {
     throw new Error(`invalid chunk sizes min=${params.min} avg=${params.avg} max=${params.max}`)
   }
-  const bits = Math.round(Math.log2(params.avg))
-  // Masks take the hash's high bits: after a left shift they depend on the last 32 bytes.
-  const maskStrict = highBits(bits + 2)
-  const maskLoose = highBits(bits - 2)
+  const { strict: maskStrict, loose: maskLoose } = masks(params)
   const { min, avg, max } = params
 
   function nextCut(data: Uint8Array, start: number, end: number): number {
@@ -67,6 +86,7 @@ export function createChunker(params: ChunkParams, gear: Uint32Array): Chunker {
 
   return {
     params,
+    native: false,
     cuts(data: Uint8Array): number[] {
       const out: number[] = []
       let at = 0

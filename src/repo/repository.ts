@@ -12,7 +12,7 @@ import {
   type KeySlot,
   type RepoConfig,
 } from '../crypto/index.js'
-import { BlobStore, BlobWorkerPool } from '../blob/index.js'
+import { BlobStore, BlobWorkerPool, createChunker, gearTable } from '../blob/index.js'
 import { FileSystem, ROOT } from '../fs/index.js'
 import {
   newVolumeId,
@@ -235,7 +235,8 @@ export class Repository {
   blobStore(): Promise<BlobStore> {
     this.blobs ??= (async () => {
       this.pool = new BlobWorkerPool({ master: this.keys.master, repoId: this.id, chunking: this.config.chunking })
-      const blobs = new BlobStore(this.store, this.keys, { pool: this.pool })
+      const chunker = createChunker(this.config.chunking, gearTable(this.keys.key('chunker')))
+      const blobs = new BlobStore(this.store, this.keys, { pool: this.pool, localChunker: chunker.native ? chunker : undefined })
       // Until the index is in, a blob already in the bucket may be stored again: harmless, and GC repacks it.
       blobs.loadIndex().catch(() => undefined)
       return blobs

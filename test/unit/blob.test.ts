@@ -41,6 +41,17 @@ function corpus(maxBytes: number): { name: string; data: Buffer }[] {
 }
 
 describe('content-defined chunking', () => {
+  it('native and JavaScript chunkers cut at exactly the same places', () => {
+    // The addon is built by `npm install`; CI has a compiler, so it must be there.
+    const gear = gearTable(randomBytes(32))
+    const native = createChunker(chunking, gear)
+    expect(native.native).toBe(process.env.S0FS_NATIVE !== '0')
+    const js = createChunker(chunking, gear, 'js')
+    for (const data of [randomBytes(9 * 1024 * 1024), Buffer.alloc(5 * 1024 * 1024), Buffer.from('abc'), Buffer.alloc(0), Buffer.from(readFileSync(path.join(import.meta.dirname, '../../package-lock.json')))]) {
+      expect(native.cuts(data)).toEqual(js.cuts(data))
+    }
+  })
+
   it('cuts within bounds and finds the same boundaries after an insertion', () => {
     const chunker = createChunker(chunking, gearTable(randomBytes(32)))
     const data = randomBytes(16 * 1024 * 1024)

@@ -1,0 +1,10 @@
+{
+  "targets": [
+    {
+      "target_name": "s0fs_native",
+      "sources": ["src/chunker.c"],
+      "cflags": ["-O3", "-Wall"],
+      "defines": ["NAPI_VERSION=8"]
+    }
+  ]
+}

@@ -1,0 +1,29 @@
+import { existsSync } from 'node:fs'
+import { createRequire } from 'node:module'
+
+/** The optional native addon (native/, built at `npm install`); undefined means: use the JS fallback. */
+export interface NativeAddon {
+  cuts(data: Uint8Array, gear: Uint32Array, min: number, avg: number, max: number, maskStrict: number, maskLoose: number): Float64Array
+}
+
+let loaded: NativeAddon | null | undefined
+
+export function nativeAddon(): NativeAddon | undefined {
+  if (loaded === undefined) {
+    loaded = null
+    if (process.env.S0FS_NATIVE !== '0') {
+      // src/util/native.ts and dist/src/util/native.js both sit below the package root.
+      const url = import.meta.url
+      const root = new URL(url.includes('/dist/') ? '../../../' : '../../', url)
+      const file = new URL('native/build/Release/s0fs_native.node', root).pathname
+      if (existsSync(file)) {
+        try {
+          loaded = createRequire(url)(file) as NativeAddon
+        } catch {
+          loaded = null
+        }
+      }
+    }
+  }
+  return loaded ?? undefined
+}
