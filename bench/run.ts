@@ -1,12 +1,14 @@
 /**
  * Benchmark entry point (`npm run bench`, `s0fs bench`).
  *   --workload micro   store-pipeline micro-benchmarks (MiB/s)
+ *   --workload meta    snapshot/fork latency, commit size, cold open at 10k and 100k files
  *   --json             print results as JSON
  */
 import { parseArgs } from 'node:util'
+import { runMeta } from './meta.js'
 import { runMicro } from './micro.js'
 
-const WORKLOADS = ['micro'] as const
+const WORKLOADS = ['micro', 'meta'] as const
 
 export async function runBench(argv: string[]): Promise<number> {
   const { values } = parseArgs({
@@ -29,6 +31,10 @@ export async function runBench(argv: string[]): Promise<number> {
   if (selected.includes('micro')) {
     log('micro: store pipeline (MiB/s, this machine, same run)')
     report.micro = await runMicro(log)
+  }
+  if (selected.includes('meta')) {
+    log('meta: metadata tree at 10k and 100k files (file:// repository)')
+    report.meta = await runMeta(log)
   }
   if (values.json) process.stdout.write(JSON.stringify(report, null, 2) + '\n')
   return 0

@@ -3,10 +3,11 @@ import { LRUCache } from 'lru-cache'
 import { pack, unpack } from 'msgpackr'
 import type { RepoKeys } from '../crypto/index.js'
 import { listAll, type ObjectStore } from '../store/index.js'
+import { BlobIndex } from './blob-index.js'
 import { decodeBlob } from './codec.js'
 import type { Chunker } from './chunker.js'
 import type { BlobWorkerPool, EncodedChunk } from './pool.js'
-import { SegmentBuilder, segmentKey, type BlobRef } from './segment.js'
+import { readSegmentIndex, SegmentBuilder, segmentKey, TRAILER_BYTES, type BlobRef } from './segment.js'
 
 /** Where sealed blob bytes come from; the portal supplies a caching one. */
 export interface SegmentSource {
@@ -79,7 +80,7 @@ export function indexAad(id: string): string {
  */
 export class BlobStore {
   readonly stats: BlobStats = { blobsStored: 0, blobsDeduplicated: 0, rawBytes: 0, storedBytes: 0, segmentsUploaded: 0, indexObjects: 0 }
-  private readonly known = new Map<string, BlobRef>()
+  private readonly known = new BlobIndex()
   private open?: SegmentBuilder
   private readonly sealed = new Map<string, SealedSegment>()
   private unindexed: BlobRef[] = []
@@ -98,7 +99,8 @@ export class BlobStore {
     this.source = options.source ?? {
       read: (seg, off, len) => store.get(segmentKey(seg), { start: off, end: off + len }),
     }
-    this.decoded = new LRUCache<string, Buffer>({ maxSize: options.cacheBytes ?? 32 * 1024 * 1024, sizeCalculation: (b) => Math.max(1, b.length) })
+    // Small blobs cost their object overhead more than their bytes: count at least 256 each.
+    this.decoded = new LRUCache<string, Buffer>({ maxSize: options.cacheBytes ?? 16 * 1024 * 1024, sizeCalculation: (b) => Math.max(256, b.length) })
   }
 
   /** Number of distinct blobs this store knows of (index plus this session). */
@@ -120,15 +122,40 @@ export class BlobStore {
       const body = this.keys.open('data', await this.store.get(obj.key), indexAad(id), `index ${id}`)
       for (const [seg, rows] of unpack(body) as [string, [Uint8Array, number, number, number][]][]) {
         for (const [rawId, off, len, raw] of rows) {
-          const blobId = Buffer.from(rawId)
-          this.known.set(blobId.toString('latin1'), { id: blobId, seg, off, len, raw })
+          this.known.set({ id: Buffer.from(rawId), seg, off, len, raw })
         }
       }
     }
   }
 
+  /**
+   * Rebuilds the blob index from the segments themselves (each carries its
+   * own sealed index): reads every segment's trailer and index, writes one
+   * new index object, then deletes the old ones. For a lost or damaged index.
+   */
+  async rebuildIndex(): Promise<{ segments: number; blobs: number }> {
+    const oldIndexes: string[] = []
+    for await (const obj of listAll(this.store, 'index/')) oldIndexes.push(obj.key)
+    this.known.clear()
+    let segments = 0
+    for await (const obj of listAll(this.store, 'seg/')) {
+      const seg = obj.key.slice(obj.key.lastIndexOf('/') + 1)
+      const trailer = await this.store.get(obj.key, { start: Math.max(0, obj.size - TRAILER_BYTES) })
+      const { indexOffset } = readSegmentIndex(this.keys, seg, trailer, obj.size)
+      const tail = await this.store.get(obj.key, { start: indexOffset })
+      for (const ref of readSegmentIndex(this.keys, seg, tail, obj.size).refs ?? []) {
+        this.known.set(ref)
+        this.unindexed.push(ref)
+      }
+      segments++
+    }
+    await this.flush()
+    await this.store.deleteMany(oldIndexes)
+    return { segments, blobs: this.known.size }
+  }
+
   lookup(id: Buffer): BlobRef | undefined {
-    return this.known.get(id.toString('latin1'))
+    return this.known.get(id)
   }
 
   /**
@@ -260,15 +287,14 @@ export class BlobStore {
         chunks.push({ start, end })
         continue
       }
-      const key = e.id.toString('latin1')
-      let ref = this.known.get(key)
+      let ref = this.known.get(e.id)
       if (ref) {
         this.stats.blobsDeduplicated++
       } else {
         if (this.open && this.open.byteLength + e.sealed.length > this.segmentSize && this.open.blobCount > 0) this.sealOpen()
         this.open ??= new SegmentBuilder()
         ref = this.open.add(e.id, e.sealed, e.rawLength)
-        this.known.set(key, ref)
+        this.known.set(ref)
         this.stats.blobsStored++
         this.stats.rawBytes += e.rawLength
         this.stats.storedBytes += e.sealed.length

@@ -34,8 +34,8 @@ function workerSource(): { source: string | URL; eval: boolean } {
 }
 
 /**
- * A fixed set of blob worker threads. Requests go to the least-busy worker;
- * idle workers do not keep the process alive.
+ * A fixed set of blob worker threads, started on first use. Requests go to
+ * the least-busy worker; idle workers do not keep the process alive.
  */
 export class BlobWorkerPool {
   private readonly slots: Slot[] = []
@@ -45,9 +45,7 @@ export class BlobWorkerPool {
   constructor(
     private readonly init: { master: Buffer; repoId: string; chunking: ChunkParams },
     readonly size = Math.max(1, Math.min(4, availableParallelism())),
-  ) {
-    for (let i = 0; i < size; i++) this.slots.push(this.spawn())
-  }
+  ) {}
 
   /** Cut points for sab[start, end). */
   async cuts(sab: SharedArrayBuffer, start: number, end: number): Promise<number[]> {
@@ -68,6 +66,8 @@ export class BlobWorkerPool {
 
   private request(req: WorkerRequest): Promise<WorkerReply> {
     if (this.closed) return Promise.reject(new Error('blob worker pool is closed'))
+    // Workers start on first use: readers never pay for them.
+    while (this.slots.length < this.size) this.slots.push(this.spawn())
     const slot = this.slots.reduce((a, b) => (b.busy < a.busy ? b : a))
     req.seq = ++this.seq
     return new Promise<WorkerReply>((resolve, reject) => {

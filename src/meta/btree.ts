@@ -164,9 +164,9 @@ export class Tree {
 
   /**
    * After a commit: replaces in-memory nodes that are persisted by their
-   * references (handing them to the page cache), so memory holds only what
-   * changed since. Safe on shared nodes: a node and its reference denote the
-   * same page.
+   * references, so memory holds only what changed since (the page cache has
+   * compact copies, see PageStore.rememberWritten). Safe on shared nodes: a
+   * node and its reference denote the same page.
    */
   compact(): void {
     const visit = (node: Node): void => {
@@ -175,18 +175,12 @@ export class Tree {
         const c = node.children[i]
         if (isPageRef(c)) continue
         visit(c)
-        if (c.ref) {
-          this.pages.remember(c)
-          node.children[i] = c.ref
-        }
+        if (c.ref) node.children[i] = c.ref
       }
     }
     if (!this.root || isPageRef(this.root)) return
     visit(this.root)
-    if (this.root.ref) {
-      this.pages.remember(this.root)
-      this.root = this.root.ref
-    }
+    if (this.root.ref) this.root = this.root.ref
   }
 
   // --- mutation internals ---------------------------------------------------

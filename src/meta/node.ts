@@ -36,6 +36,8 @@ export interface Node {
   bytes: number
   /** Set once the node is persisted; a node with a ref and no later change is never written again. */
   ref?: PageRef
+  /** Decoded pages: approximate memory held while cached. */
+  memory?: number
 }
 
 /** Bytes a leaf entry adds to its page (key, value and framing). */

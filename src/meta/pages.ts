@@ -1,6 +1,5 @@
 import { createHmac, randomBytes } from 'node:crypto'
 import { LRUCache } from 'lru-cache'
-import { Packr } from 'msgpackr'
 import { Compressor, Decompressor } from 'zstd-napi'
 import type { RepoKeys } from '../crypto/index.js'
 import type { ObjectStore } from '../store/index.js'
@@ -14,8 +13,9 @@ import { isPageRef, newBranch, newLeaf, type Child, type Node, type PageRef } fr
  * page is fetched back with one ranged GET.
  */
 
-const packr = new Packr({ useRecords: false, variableMapSize: true })
 const PAGE_ID_BYTES = 16
+const LEAF = 1
+const BRANCH = 2
 
 let compressor: Compressor | undefined
 let decompressor: Decompressor | undefined
@@ -35,39 +35,140 @@ export function pageAad(id: Buffer): string {
   return `page:${id.toString('hex')}`
 }
 
-function encodeRef(ref: PageRef): [Buffer, number, number, Buffer] {
-  return [Buffer.from(ref.pack, 'hex'), ref.off, ref.len, ref.id]
-}
-
-function decodeRef(raw: [Uint8Array, number, number, Uint8Array]): PageRef {
-  return { pack: Buffer.from(raw[0]).toString('hex'), off: raw[1], len: raw[2], id: Buffer.from(raw[3]) }
-}
-
+/**
+ * Page plaintext, a flat layout so decoding makes no copies: every leaf value
+ * is a view into the page's one buffer.
+ *
+ *   leaf:   01 | count | (keyLen key valLen val)*
+ *   branch: 02 | count | (keyLen key pack[16] off len id[16])*
+ * Integers are LEB128 varints.
+ */
 export function encodeNode(node: Node): Buffer {
-  const keys = node.keys.map((k) => Buffer.from(k, 'latin1'))
-  if (node.leaf) return packr.pack([1, keys, node.vals])
-  const refs = node.children.map((c) => {
-    const ref = isPageRef(c) ? c : c.ref
-    if (!ref) throw new Error('cannot encode a branch whose children are not persisted')
-    return encodeRef(ref)
-  })
-  return packr.pack([0, keys, refs])
+  const w = new ByteWriter(node.bytes + 64)
+  w.byte(node.leaf ? LEAF : BRANCH)
+  w.varint(node.keys.length)
+  for (let i = 0; i < node.keys.length; i++) {
+    w.varint(node.keys[i].length)
+    w.latin1(node.keys[i])
+    if (node.leaf) {
+      w.varint(node.vals[i].length)
+      w.bytes(node.vals[i])
+    } else {
+      const c = node.children[i]
+      const ref = isPageRef(c) ? c : c.ref
+      if (!ref) throw new Error('cannot encode a branch whose children are not persisted')
+      w.bytes(Buffer.from(ref.pack, 'hex'))
+      w.varint(ref.off)
+      w.varint(ref.len)
+      w.bytes(ref.id)
+    }
+  }
+  return w.finish()
 }
 
 export function decodeNode(plain: Buffer, ref: PageRef): Node {
-  let raw: [number, Uint8Array[], unknown[]]
-  try {
-    raw = packr.unpack(plain)
-  } catch (err) {
-    throw new PageCorruptError(ref, `undecodable: ${(err as Error).message}`)
+  const r = new ByteReader(plain, ref)
+  const kind = r.byte()
+  if (kind !== LEAF && kind !== BRANCH) throw new PageCorruptError(ref, `unknown page kind ${kind}`)
+  const count = r.varint()
+  const keys: string[] = new Array(count)
+  const vals: Buffer[] = []
+  const children: Child[] = []
+  for (let i = 0; i < count; i++) {
+    keys[i] = r.latin1(r.varint())
+    if (kind === LEAF) vals.push(r.bytes(r.varint()))
+    else {
+      const pack = r.bytes(16).toString('hex')
+      const off = r.varint()
+      const len = r.varint()
+      children.push({ pack, off, len, id: Buffer.from(r.bytes(PAGE_ID_BYTES)) })
+    }
   }
-  const keys = raw[1].map((k) => Buffer.from(k.buffer, k.byteOffset, k.byteLength).toString('latin1'))
-  const node =
-    raw[0] === 1
-      ? newLeaf(-1, keys, (raw[2] as Uint8Array[]).map((v) => Buffer.from(v.buffer, v.byteOffset, v.byteLength)))
-      : newBranch(-1, keys, (raw[2] as [Uint8Array, number, number, Uint8Array][]).map(decodeRef))
+  if (!r.done) throw new PageCorruptError(ref, 'trailing bytes')
+  const node = kind === LEAF ? newLeaf(-1, keys, vals) : newBranch(-1, keys, children)
   node.ref = ref
+  // What caching it costs: the page buffer, plus per-entry objects (key strings, value views).
+  node.memory = plain.byteLength + count * 200
   return node
+}
+
+class ByteWriter {
+  private buf: Buffer
+  private at = 0
+  constructor(size: number) {
+    this.buf = Buffer.allocUnsafe(Math.max(64, size))
+  }
+  private room(n: number): void {
+    if (this.at + n <= this.buf.length) return
+    const next = Buffer.allocUnsafe(Math.max(this.buf.length * 2, this.at + n))
+    this.buf.copy(next, 0, 0, this.at)
+    this.buf = next
+  }
+  byte(b: number): void {
+    this.room(1)
+    this.buf[this.at++] = b
+  }
+  varint(n: number): void {
+    this.room(10)
+    while (n >= 0x80) {
+      this.buf[this.at++] = (n % 0x80) | 0x80
+      n = Math.floor(n / 0x80)
+    }
+    this.buf[this.at++] = n
+  }
+  latin1(s: string): void {
+    this.room(s.length)
+    this.at += this.buf.write(s, this.at, 'latin1')
+  }
+  bytes(b: Buffer): void {
+    this.room(b.length)
+    b.copy(this.buf, this.at)
+    this.at += b.length
+  }
+  finish(): Buffer {
+    return this.buf.subarray(0, this.at)
+  }
+}
+
+class ByteReader {
+  private at = 0
+  constructor(
+    private readonly buf: Buffer,
+    private readonly ref: PageRef,
+  ) {}
+  get done(): boolean {
+    return this.at === this.buf.length
+  }
+  private need(n: number): void {
+    if (this.at + n > this.buf.length) throw new PageCorruptError(this.ref, 'truncated page')
+  }
+  byte(): number {
+    this.need(1)
+    return this.buf[this.at++]
+  }
+  varint(): number {
+    let n = 0
+    let scale = 1
+    for (;;) {
+      const b = this.byte()
+      n += (b & 0x7f) * scale
+      if (b < 0x80) return n
+      scale *= 0x80
+      if (scale > 2 ** 56) throw new PageCorruptError(this.ref, 'bad varint')
+    }
+  }
+  latin1(n: number): string {
+    this.need(n)
+    const s = this.buf.toString('latin1', this.at, this.at + n)
+    this.at += n
+    return s
+  }
+  bytes(n: number): Buffer {
+    this.need(n)
+    const b = this.buf.subarray(this.at, this.at + n)
+    this.at += n
+    return b
+  }
 }
 
 /** Builds one pack object from the pages of a commit. */
@@ -85,6 +186,9 @@ export class PackWriter {
     return this.parts.length
   }
 
+  /** Plaintext of each page added, by reference, for `PageStore.rememberWritten`. */
+  readonly plains = new Map<Node, Buffer>()
+
   add(node: Node): PageRef {
     const plain = encodeNode(node)
     const id = createHmac('sha256', this.keys.key('meta')).update(plain).digest().subarray(0, PAGE_ID_BYTES)
@@ -94,6 +198,7 @@ export class PackWriter {
     }
     const sealed = this.keys.seal('meta', compressor.compress(plain), pageAad(id))
     const ref: PageRef = { pack: this.id, off: this.size, len: sealed.length, id }
+    this.plains.set(node, plain)
     this.parts.push(sealed)
     this.size += sealed.length
     return ref
@@ -119,9 +224,9 @@ export class PageStore {
   constructor(
     readonly store: ObjectStore,
     readonly keys: RepoKeys,
-    cacheBytes = 32 * 1024 * 1024,
+    cacheBytes = 24 * 1024 * 1024,
   ) {
-    this.cache = new LRUCache<string, Node>({ maxSize: cacheBytes, sizeCalculation: (n) => Math.max(64, n.bytes) })
+    this.cache = new LRUCache<string, Node>({ maxSize: cacheBytes, sizeCalculation: (n) => Math.max(64, n.memory ?? n.bytes * 3) })
   }
 
   /** A cached page, or undefined (no I/O). */
@@ -153,9 +258,17 @@ export class PageStore {
     return this.peek(child) ?? this.load(child)
   }
 
-  /** Makes a just-persisted node available to later loads without a GET. */
-  remember(node: Node): void {
-    if (node.ref) this.cache.set(cacheKey(node.ref), node)
+  /**
+   * Caches the pages of a pack just stored, decoded from their plaintext:
+   * later loads need no GET, and the cached copies are compact (values are
+   * views into one buffer per page, not the many small buffers a live node
+   * accumulated).
+   */
+  rememberWritten(pack: PackWriter): void {
+    for (const [node, plain] of pack.plains) {
+      if (node.ref) this.cache.set(cacheKey(node.ref), decodeNode(plain, node.ref))
+    }
+    pack.plains.clear()
   }
 
   private async fetch(ref: PageRef): Promise<Node> {

@@ -112,6 +112,7 @@ export class Repository {
   readonly refs: RefStore
   readonly pages: PageStore
   private blobs?: Promise<BlobStore>
+  private indexLoading?: Promise<void>
   private pool?: BlobWorkerPool
 
   private constructor(
@@ -231,16 +232,21 @@ export class Repository {
     }
   }
 
-  /** The shared blob store (and its worker threads); the repository's blob index loads in the background. */
-  blobStore(): Promise<BlobStore> {
+  /**
+   * The shared blob store. Its worker threads start on the first write; with
+   * `forWriting`, the repository's blob index (for deduplication) loads in
+   * the background — until it is in, a blob already in the bucket may be
+   * stored again, which is harmless and which GC repacks.
+   */
+  blobStore(options: { forWriting?: boolean } = {}): Promise<BlobStore> {
     this.blobs ??= (async () => {
       this.pool = new BlobWorkerPool({ master: this.keys.master, repoId: this.id, chunking: this.config.chunking })
       const chunker = createChunker(this.config.chunking, gearTable(this.keys.key('chunker')))
-      const blobs = new BlobStore(this.store, this.keys, { pool: this.pool, localChunker: chunker.native ? chunker : undefined })
-      // Until the index is in, a blob already in the bucket may be stored again: harmless, and GC repacks it.
-      blobs.loadIndex().catch(() => undefined)
-      return blobs
+      return new BlobStore(this.store, this.keys, { pool: this.pool, localChunker: chunker.native ? chunker : undefined })
     })()
+    if (options.forWriting && !this.indexLoading) {
+      this.indexLoading = this.blobs.then((b) => b.loadIndex()).catch(() => undefined)
+    }
     return this.blobs
   }
 

@@ -144,7 +144,7 @@ export class VolumeSession {
       }
       if (recovered && replayFrom !== undefined) wal = await Wal.resume(walDir, repo.keys, recovered, replayFrom)
       else wal = await Wal.create(walDir, repo.keys, { volumeId: head.volumeId, session: randomBytes(12).toString('hex'), baseGeneration: head.generation })
-      const fs = new FileSystem({ tree, blobs: await repo.blobStore(), wal })
+      const fs = new FileSystem({ tree, blobs: await repo.blobStore({ forWriting: true }), wal })
       session = new VolumeSession(repo, name, head, etag, lease, wal, fs)
       if (recovered && replayFrom !== undefined) {
         for (const record of recovered.records) {
@@ -213,6 +213,7 @@ export class VolumeSession {
       throw err
     }
     this.committedSeq = frozen.seq
+    this.repo.pages.rememberWritten(pack)
     this.fs.tree.compact()
     await wal.dropThrough(frozen.seq, (file) => this.fs.walFileRefs.has(file) || this.fs.readsInFlight > 0)
     return { generation: this.head.generation, root: persisted.ref, pages: pack.pageCount, walSeq: frozen.seq, ms: performance.now() - started }

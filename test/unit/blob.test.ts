@@ -122,6 +122,26 @@ describe('blob store', () => {
     expect(ids).toEqual(whole.chunks.map((c) => c.ref!.id.toString('hex')))
   })
 
+  it('rebuilds a lost index from the segments alone', async () => {
+    const { keys, store, pool } = env
+    const data = [randomBytes(10_000), randomBytes(20_000)]
+    const writer = new BlobStore(store, keys, { pool })
+    const refs = (await writer.putWhole(data)) as BlobRef[]
+    await writer.flush()
+    const indexes = (await store.listPage('index/')).objects.map((o) => o.key)
+    await store.deleteMany(indexes.slice(0, -1).concat(indexes.slice(-1)))
+    const fresh = new BlobStore(store, keys, { pool })
+    await fresh.loadIndex()
+    expect(fresh.lookup(refs[0].id)).toBeUndefined()
+    const rebuilt = await fresh.rebuildIndex()
+    expect(rebuilt.segments).toBeGreaterThan(0)
+    expect(fresh.lookup(refs[1].id)).toEqual(refs[1])
+    expect((await store.listPage('index/')).objects).toHaveLength(1)
+    const again = new BlobStore(store, keys, { pool })
+    await again.loadIndex()
+    expect(again.lookup(refs[0].id)).toEqual(refs[0])
+  })
+
   it('finds known blobs again after reloading the index from the bucket', async () => {
     const { keys, store, pool } = env
     const data = randomBytes(300_000)

@@ -19,6 +19,7 @@ async function commit(tree: Tree, keys: RepoKeys, store: MemoryStore): Promise<{
   const pack = new PackWriter(keys)
   const { ref, written } = Tree.persist(root, pack)
   if (pack.pageCount > 0) await store.put(packKey(pack.id), pack.finish())
+  tree.pages.rememberWritten(pack)
   tree.compact()
   return { root: ref, pages: written.length }
 }
