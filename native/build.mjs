@@ -15,10 +15,15 @@ if (process.env.S0FS_NATIVE === '0') {
   console.error('s0fs: S0FS_NATIVE=0, not building the native addon')
   process.exit(0)
 }
+// Build against the headers of the Node.js that runs us when they are installed
+// (no download: this machine may have no internet access).
+const args = ['rebuild']
+const prefix = path.resolve(path.dirname(process.execPath), '..')
+if (!process.env.npm_config_nodedir && existsSync(path.join(prefix, 'include/node/node_api.h'))) args.push(`--nodedir=${prefix}`)
 const gyp = candidates[0]
 const result = gyp
-  ? spawnSync(process.execPath, [gyp, 'rebuild'], { cwd: here, stdio: ['ignore', 'ignore', 'pipe'], encoding: 'utf8' })
-  : spawnSync('node-gyp', ['rebuild'], { cwd: here, stdio: ['ignore', 'ignore', 'pipe'], encoding: 'utf8' })
+  ? spawnSync(process.execPath, [gyp, ...args], { cwd: here, stdio: ['ignore', 'ignore', 'pipe'], encoding: 'utf8' })
+  : spawnSync('node-gyp', args, { cwd: here, stdio: ['ignore', 'ignore', 'pipe'], encoding: 'utf8' })
 if (result.status === 0) {
   console.error('s0fs: built native addon (native/build/Release/s0fs_native.node)')
 } else {

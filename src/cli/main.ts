@@ -1,9 +1,10 @@
 import { commandHelp, parseCommandArgs, type Command, type Io } from './command.js'
 import { keyAddCommand, keyListCommand, keyRemoveCommand } from './commands/key.js'
+import { mountCommand, umountCommand } from './commands/mount.js'
 import { initCommand, repoInfoCommand } from './commands/repo.js'
 import { EXIT, EXIT_HELP, exitCodeFor, UsageError } from './exit-codes.js'
 
-export const COMMANDS: Command[] = [initCommand, repoInfoCommand, keyAddCommand, keyListCommand, keyRemoveCommand]
+export const COMMANDS: Command[] = [mountCommand, umountCommand, initCommand, repoInfoCommand, keyAddCommand, keyListCommand, keyRemoveCommand]
 
 export function mainHelp(): string {
   const width = Math.max(...COMMANDS.map((c) => c.path.join(' ').length)) + 2

@@ -38,7 +38,11 @@ export class FsError extends Error {
     readonly code: ErrnoName,
     message?: string,
   ) {
+    // An expected outcome (ENOENT on every negative lookup), not a bug: skip the stack trace.
+    const limit = Error.stackTraceLimit
+    Error.stackTraceLimit = 0
     super(message ? `${code}: ${message}` : code)
+    Error.stackTraceLimit = limit
     this.name = 'FsError'
     this.errno = Errno[code]
   }

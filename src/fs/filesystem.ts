@@ -37,6 +37,7 @@ import {
   FIRST_COOKIE,
   inodeKey,
   isDir,
+  KIND,
   isLnk,
   isReg,
   orphanKey,
@@ -68,6 +69,7 @@ export const MAX_FILE_SIZE = 2 ** 53 - 1
 /** No extent is longer than the chunker's maximum chunk, so the extent covering x starts after x − this. */
 export const MAX_EXTENT_LEN = 4 * 1024 * 1024
 const LINK_MAX = 65000
+const INODE_CACHE_ENTRIES = 50_000
 
 export const RENAME_NOREPLACE = 1
 export const RENAME_EXCHANGE = 2
@@ -85,6 +87,8 @@ export interface SetAttr {
   atime?: Timespec | 'now'
   mtime?: Timespec | 'now'
   ctime?: Timespec
+  /** Clear setuid/setgid (the kernel asks when an unprivileged caller truncates). */
+  killPriv?: boolean
 }
 
 export interface DirEntry {
@@ -112,6 +116,11 @@ export interface FileSystemOptions {
   now?: () => Timespec
   /** Called whenever a file gains pending data (the flusher listens). */
   onDirty?: (ino: number) => void
+  /**
+   * Awaited before bytes are accepted: the portal's admission control (waits
+   * while the cache is full of dirty data, throws ENOSPC when the disk is).
+   */
+  admit?: (bytes: number) => Promise<void>
 }
 
 export function nowTimespec(): Timespec {
@@ -148,11 +157,15 @@ export class FileSystem {
   readonly dirty = new Map<number, number>()
   /** Log files still referenced by pending pieces (file number → piece count). */
   readonly walFileRefs = new Map<number, number>()
+  /** Bytes written but not yet stored as blobs. */
+  pendingBytes = 0
   /** Kernel/handle references that keep an unlinked inode alive. */
   private readonly pins = new Map<number, number>()
   private readonly now: () => Timespec
   private readonly onDirty?: (ino: number) => void
+  admit?: (bytes: number) => Promise<void>
   private superblock?: Superblock
+  private readonly inodeCache = new Map<number, Inode>()
   private failure?: Error
   /** Reads in flight that may touch log files (log files are not dropped meanwhile). */
   readsInFlight = 0
@@ -163,6 +176,7 @@ export class FileSystem {
     this.wal = options.wal
     this.now = options.now ?? nowTimespec
     this.onDirty = options.onDirty
+    this.admit = options.admit
   }
 
   get readOnly(): boolean {
@@ -201,15 +215,33 @@ export class FileSystem {
 
   // --- lookups ---------------------------------------------------------------
 
+  /**
+   * An inode, as a private copy the caller may change (and then write back).
+   * Decoded inodes are cached: every operation reads at least one.
+   */
   async getInode(ino: number): Promise<Inode> {
-    const raw = await this.tree.get(inodeKey(ino))
-    if (!raw) throw fsError('ENOENT', `inode ${ino}`)
-    return decodeInode(ino, raw)
+    const inode = await this.tryInode(ino)
+    if (!inode) throw fsError('ENOENT', `inode ${ino}`)
+    return inode
   }
 
   private async tryInode(ino: number): Promise<Inode | undefined> {
-    const raw = await this.tree.get(inodeKey(ino))
-    return raw ? decodeInode(ino, raw) : undefined
+    let cached = this.inodeCache.get(ino)
+    if (!cached) {
+      const raw = await this.tree.get(inodeKey(ino))
+      if (!raw) return undefined
+      cached = decodeInode(ino, raw)
+      if (this.inodeCache.size >= INODE_CACHE_ENTRIES) this.inodeCache.clear()
+      this.inodeCache.set(ino, cached)
+    }
+    // Timespecs and targets are replaced, never changed in place: a shallow copy is private enough.
+    return { ...cached }
+  }
+
+  /** Writes an inode record straight to the tree (changes implied by a log record of their own). */
+  private async storeInode(inode: Inode): Promise<void> {
+    await this.tree.put(inodeKey(inode.ino), encodeInode(inode))
+    this.inodeCache.set(inode.ino, { ...inode })
   }
 
   async lookup(cred: Cred, parent: number, name: Buffer): Promise<Inode> {
@@ -569,6 +601,10 @@ export class FileSystem {
         if (cred.uid !== 0 && !cred.kernelChecked) this.killSuid(inode)
         changed = true
       }
+      if (set.killPriv) {
+        this.killSuid(inode)
+        changed = true
+      }
       inode.ctime = set.ctime ?? now
       if (changed || set.ctime) tx.push([inodeKey(ino), encodeInode(inode)])
       return inode
@@ -673,26 +709,25 @@ export class FileSystem {
     return out
   }
 
-  async write(cred: Cred, ino: number, offset: number, data: Buffer): Promise<number> {
+  async write(cred: Cred, ino: number, offset: number, data: Buffer, options: { killPriv?: boolean } = {}): Promise<number> {
     if (offset < 0) throw fsError('EINVAL')
     if (offset + data.length > MAX_FILE_SIZE) throw fsError('EFBIG')
     this.requireWritable()
+    if (this.admit) await this.admit(data.length)
     return this.lock.run(async () => {
       const inode = await this.getInode(ino)
       if (isDir(inode.mode)) throw fsError('EISDIR')
       if (!isReg(inode.mode)) throw fsError('EINVAL')
       if (data.length === 0) return 0
       const now = this.now()
-      const loc = this.wal!.append(REC.data, Buffer.concat([encodeDataHeader(ino, offset, now), data]))
+      const loc = this.wal!.append(REC.data, Buffer.concat([encodeDataHeader(ino, offset, now), data]), true)
       this.applyWrite(inode, offset, data.length, loc, now)
-      const record = encodeInode(inode)
-      await this.tree.put(inodeKey(ino), record)
-      if (inode.mode & (S_ISUID | S_ISGID) && cred.uid !== 0 && !cred.kernelChecked) {
+      await this.storeInode(inode)
+      if (inode.mode & (S_ISUID | S_ISGID) && (options.killPriv || (cred.uid !== 0 && !cred.kernelChecked))) {
         // A write by someone else strips setuid; the data record does not imply that, so log it.
         this.killSuid(inode)
-        const stripped = encodeInode(inode)
-        await this.tree.put(inodeKey(ino), stripped)
-        this.wal!.append(REC.kv, encodeKv([[inodeKey(ino), stripped]]))
+        await this.storeInode(inode)
+        this.wal!.append(REC.kv, encodeKv([[inodeKey(ino), encodeInode(inode)]]))
       }
       return data.length
     })
@@ -891,13 +926,14 @@ export class FileSystem {
             else await this.tree.delete(key)
           }
           this.superblock = undefined
+          this.inodeCache.clear()
           return
         case REC.data: {
           const h = decodeDataHeader(record.payload)
           const inode = await this.tryInode(h.ino)
           if (!inode) return
           this.applyWrite(inode, h.off, h.length, record.loc, h.time)
-          await this.tree.put(inodeKey(h.ino), encodeInode(inode))
+          await this.storeInode(inode)
           return
         }
         case REC.truncate: {
@@ -905,7 +941,7 @@ export class FileSystem {
           const inode = await this.tryInode(t.ino)
           if (!inode) return
           await this.truncateInto(inode, t.size, t.time, false)
-          await this.tree.put(inodeKey(t.ino), encodeInode(inode))
+          await this.storeInode(inode)
           return
         }
         case REC.punch: {
@@ -951,8 +987,12 @@ export class FileSystem {
     let overlay = this.overlays.get(ino)
     if (!overlay) {
       overlay = new Overlay({
-        added: (p) => this.walFileRefs.set(p.loc.file, (this.walFileRefs.get(p.loc.file) ?? 0) + 1),
+        added: (p) => {
+          this.pendingBytes += p.end - p.start
+          this.walFileRefs.set(p.loc.file, (this.walFileRefs.get(p.loc.file) ?? 0) + 1)
+        },
         removed: (p) => {
+          this.pendingBytes -= p.end - p.start
           const n = (this.walFileRefs.get(p.loc.file) ?? 1) - 1
           if (n > 0) this.walFileRefs.set(p.loc.file, n)
           else this.walFileRefs.delete(p.loc.file)
@@ -992,6 +1032,7 @@ export class FileSystem {
       // Load every page the change touches first, so applying it cannot stop half-way.
       for (const [key] of tx) await this.tree.get(key)
       for (const [key, val] of tx) {
+        if (key.charCodeAt(0) === KIND.inode) this.inodeCache.delete(readU64(key, 1))
         if (val) await this.tree.put(key, val)
         else await this.tree.delete(key)
       }

@@ -16,6 +16,9 @@ import type { PackWriter, PageStore } from './pages.js'
 export const MAX_PAGE_BYTES = 32 * 1024
 export const MIN_PAGE_BYTES = 8 * 1024
 
+/** Returned by getResident when a page on the path is not in memory. */
+export const NOT_RESIDENT = Symbol('not resident')
+
 let lastEpoch = 0
 /** Epochs are unique across all trees of the process, so two trees never both own a node. */
 function nextEpoch(): number {
@@ -53,10 +56,24 @@ export class Tree {
     return new Tree(this.pages, this.freeze())
   }
 
+  /**
+   * Reads a key. Fast path: when every page on the way is in memory (the
+   * usual case), no await happens at all; otherwise the path is loaded first.
+   */
   async get(key: string): Promise<Buffer | undefined> {
+    for (;;) {
+      const found = this.getResident(key)
+      if (found !== NOT_RESIDENT) return found
+      await this.loadPath(key)
+    }
+  }
+
+  /** The value if the whole path is in memory; NOT_RESIDENT otherwise. */
+  getResident(key: string): Buffer | undefined | typeof NOT_RESIDENT {
     let child = this.root
     while (child) {
-      const node = await this.pages.resolve(child)
+      const node = this.resident(child)
+      if (!node) return NOT_RESIDENT
       if (node.leaf) {
         const { index, found } = leafSearch(node, key)
         return found ? node.vals[index] : undefined
@@ -71,7 +88,8 @@ export class Tree {
       this.root = newLeaf(this.epoch, [key], [val])
       return
     }
-    const { leaf, stack } = await this.mutablePath(key)
+    if (!this.pathResident(key)) await this.loadPath(key)
+    const { leaf, stack } = this.mutablePath(key)
     const { index, found } = leafSearch(leaf, key)
     if (found) {
       leaf.bytes += val.length - leaf.vals[index].length
@@ -86,14 +104,32 @@ export class Tree {
 
   /** Removes a key; returns whether it existed. */
   async delete(key: string): Promise<boolean> {
-    if (!this.root || !(await this.has(key))) return false
-    const { leaf, stack } = await this.mutablePath(key)
+    if (!this.root || (await this.get(key)) === undefined) return false
+    const { leaf, stack } = this.mutablePath(key)
     const { index } = leafSearch(leaf, key)
     leaf.bytes -= leafEntryBytes(key, leaf.vals[index])
     leaf.keys.splice(index, 1)
     leaf.vals.splice(index, 1)
     await this.rebalanceUp(leaf, stack)
     return true
+  }
+
+  private resident(child: Child): Node | undefined {
+    return isPageRef(child) ? this.pages.peek(child) : child
+  }
+
+  private pathResident(key: string): boolean {
+    return this.getResident(key) !== NOT_RESIDENT
+  }
+
+  /** Loads every page from the root to the leaf for `key` into the page cache. */
+  private async loadPath(key: string): Promise<void> {
+    let child = this.root
+    while (child) {
+      const node = await this.pages.resolve(child)
+      if (node.leaf) return
+      child = node.children[childIndex(node, key)]
+    }
   }
 
   async has(key: string): Promise<boolean> {
@@ -197,20 +233,26 @@ export class Tree {
     }
   }
 
-  /** Descends to the leaf for `key`, owning (copying) every node on the way. */
-  private async mutablePath(key: string): Promise<{ leaf: Node; stack: { node: Node; index: number }[] }> {
-    const root = this.own(await this.pages.resolve(this.root!))
+  /** Descends to the leaf for `key`, owning (copying) every node on the way; the path must be resident. */
+  private mutablePath(key: string): { leaf: Node; stack: { node: Node; index: number }[] } {
+    const root = this.own(this.mustResident(this.root!))
     this.root = root
     const stack: { node: Node; index: number }[] = []
     let node = root
     while (!node.leaf) {
       const index = childIndex(node, key)
-      const child = this.own(await this.pages.resolve(node.children[index]))
+      const child = this.own(this.mustResident(node.children[index]))
       node.children[index] = child
       stack.push({ node, index })
       node = child
     }
     return { leaf: node, stack }
+  }
+
+  private mustResident(child: Child): Node {
+    const node = this.resident(child)
+    if (!node) throw new Error('internal: page on a mutation path is not resident')
+    return node
   }
 
   private splitUp(node: Node, stack: { node: Node; index: number }[]): void {

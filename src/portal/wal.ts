@@ -1,23 +1,36 @@
-import { promises as fsp } from 'node:fs'
+import fs, { promises as fsp } from 'node:fs'
 import path from 'node:path'
+import { LRUCache } from 'lru-cache'
 import type { RepoKeys } from '../crypto/index.js'
 
 /**
  * The write-ahead log of one volume on the local disk (the portal). Every
  * change since the last commit is a record here before it is acknowledged;
  * `sync()` makes records durable with one fdatasync shared by everyone
- * waiting (group commit). Records are sealed with the cache key and bound to
- * their volume, file and sequence number, so a torn or damaged tail fails to
- * open and is dropped at recovery, and nothing before it is lost.
+ * waiting (group commit).
  *
- * File layout: "S0FSWAL1" | u32 header length | sealed header | frames…
- * Frame: u32 sealed length | sealed(u64 seq | u8 kind | payload).
+ * Records appended in the same turn of the event loop are sealed together
+ * as one frame (one AES-GCM operation, one write syscall): small metadata
+ * records would otherwise pay more for encryption set-up than for their
+ * bytes. A frame's associated data names its volume, file and offset, so a
+ * torn, damaged or moved frame fails to open; recovery keeps every frame
+ * before the first bad one and drops the rest — nothing acknowledged as
+ * synced is ever after it.
+ *
+ *   file:  "S0FSWAL1" | u32 length | sealed header | frame…
+ *   frame: u32 length | sealed( (u64 seq | u8 kind | u32 length | payload)… )
  */
 
 const MAGIC = Buffer.from('S0FSWAL1')
 const ROTATE_BYTES = 64 * 1024 * 1024
-/** Appends are written to the file once this many bytes are buffered (or at the next sync/tick). */
-const WRITE_BATCH_BYTES = 1024 * 1024
+/** A frame is written at the end of the turn, or as soon as it holds this much. */
+const FRAME_BYTES = 1024 * 1024
+const RECORD_HEADER = 13
+/**
+ * Records wait this long to share a frame. Durability is unaffected (fsync
+ * writes at once); a crash loses at most what was never synced anyway.
+ */
+const BATCH_DELAY_MS = 2
 
 export interface WalHeader {
   volumeId: string
@@ -30,8 +43,6 @@ export interface WalHeader {
 
 export interface WalLocation {
   file: number
-  /** Offset of the frame in its file. */
-  pos: number
   seq: number
 }
 
@@ -45,18 +56,9 @@ export interface WalRecord {
 export interface WalStats {
   files: number
   bytes: number
+  frames: number
   syncs: number
   records: number
-}
-
-interface OpenFile {
-  no: number
-  handle: fsp.FileHandle
-  /** Bytes written or queued. */
-  size: number
-  /** Bytes on disk (written, maybe not synced). */
-  written: number
-  maxSeq: number
 }
 
 export class WalCorruptError extends Error {
@@ -66,28 +68,48 @@ export class WalCorruptError extends Error {
   }
 }
 
+interface OpenFile {
+  no: number
+  fd: number
+  size: number
+  maxSeq: number
+}
+
+interface Pending {
+  seq: number
+  kind: number
+  payload: Buffer
+}
+
 function fileName(no: number): string {
   return `${String(no).padStart(10, '0')}.wal`
 }
 
-function aad(volumeId: string, file: number): string {
-  return `wal:${volumeId}:${file}`
+function frameAad(volumeId: string, file: number, pos: number): string {
+  return `wal:${volumeId}:${file}:${pos}`
+}
+
+function headerAad(volumeId: string, file: number): string {
+  return `walheader:${volumeId}:${file}`
 }
 
 export class Wal {
-  readonly stats: WalStats = { files: 0, bytes: 0, syncs: 0, records: 0 }
+  readonly stats: WalStats = { files: 0, bytes: 0, frames: 0, syncs: 0, records: 0 }
   private current!: OpenFile
   private readonly closedFiles = new Map<number, { size: number; maxSeq: number }>()
-  private queue: Buffer[] = []
-  private queuedBytes = 0
-  /** Plaintext payloads of records not yet on disk, so reads never wait for the writer. */
-  private readonly unwritten = new Map<number, Buffer>()
-  private writing: Promise<void> = Promise.resolve()
+  private batch: Pending[] = []
+  private batchBytes = 0
+  private flushScheduled = false
+  /** Where each record that may be read back (written bytes) sits: seq → frame offset. */
+  private readonly frameOf = new Map<number, { file: number; pos: number }>()
+  /** Payloads of recent and not-yet-written records, so reads of fresh data stay in memory. */
+  private readonly recent = new LRUCache<number, Buffer>({ maxSize: 16 * 1024 * 1024, sizeCalculation: (b) => Math.max(64, b.length) })
+  private readonly frames = new LRUCache<string, Map<number, Buffer>>({ max: 32 })
   private syncing?: Promise<void>
-  private syncAgain = false
-  private tickScheduled = false
-  private readers = new Map<number, fsp.FileHandle>()
   private failed?: Error
+  /** The disk-full error while records wait in memory to be written. */
+  private stall?: Error
+  private closed = false
   seq = 0
 
   private constructor(
@@ -96,42 +118,43 @@ export class Wal {
     readonly header: Omit<WalHeader, 'fileNo' | 'created'>,
   ) {}
 
-  /** Starts a new log for a writer session in an empty (or fresh) directory. */
+  /** Starts a new log for a writer session. */
   static async create(dir: string, keys: RepoKeys, header: Omit<WalHeader, 'fileNo' | 'created'>, startSeq = 0): Promise<Wal> {
     await fsp.mkdir(dir, { recursive: true, mode: 0o700 })
     const wal = new Wal(dir, keys, header)
     wal.seq = startSeq
-    await wal.openFile(1)
+    wal.openFile(1)
     return wal
   }
 
-  /**
-   * Continues a recovered log in the same session: appends go to a new file
-   * after the existing ones, sequence numbers carry on.
-   */
-  static async resume(dir: string, keys: RepoKeys, recovered: { header: WalHeader; records: WalRecord[] }, minSeq = 0): Promise<Wal> {
+  /** Continues a recovered log in the same session: a new file after the existing ones; sequence numbers carry on. */
+  static async resume(dir: string, keys: RepoKeys, recovered: { header: WalHeader; records: WalRecord[]; frames: Map<number, number> }, minSeq = 0): Promise<Wal> {
     const { header } = recovered
     const wal = new Wal(dir, keys, { volumeId: header.volumeId, session: header.session, baseGeneration: header.baseGeneration })
     let lastFile = 0
     for (const name of (await fsp.readdir(dir)).filter((n) => n.endsWith('.wal'))) {
       const no = Number(name.slice(0, -'.wal'.length))
-      const size = (await fsp.stat(path.join(dir, name))).size
-      wal.closedFiles.set(no, { size, maxSeq: 0 })
+      wal.closedFiles.set(no, { size: (await fsp.stat(path.join(dir, name))).size, maxSeq: 0 })
       lastFile = Math.max(lastFile, no)
     }
     for (const r of recovered.records) {
       const f = wal.closedFiles.get(r.loc.file)
       if (f && r.seq > f.maxSeq) f.maxSeq = r.seq
       if (r.seq > wal.seq) wal.seq = r.seq
+      wal.frameOf.set(r.seq, { file: r.loc.file, pos: recovered.frames.get(r.seq)! })
     }
     // Files already dropped after a commit held records up to the committed position.
     if (minSeq > wal.seq) wal.seq = minSeq
-    await wal.openFile(lastFile + 1)
+    wal.openFile(lastFile + 1)
     return wal
   }
 
-  /** Reads every intact record of an existing log, dropping a torn tail (and truncating it away). */
-  static async recover(dir: string, keys: RepoKeys, volumeId: string): Promise<{ header: WalHeader; records: WalRecord[]; tornBytes: number } | undefined> {
+  /** Reads every intact record of an existing log; a torn or damaged tail is truncated away. */
+  static async recover(
+    dir: string,
+    keys: RepoKeys,
+    volumeId: string,
+  ): Promise<{ header: WalHeader; records: WalRecord[]; frames: Map<number, number>; tornBytes: number } | undefined> {
     let names: string[]
     try {
       names = (await fsp.readdir(dir)).filter((n) => n.endsWith('.wal')).sort()
@@ -139,29 +162,27 @@ export class Wal {
       if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined
       throw err
     }
-    if (names.length === 0) return undefined
     let header: WalHeader | undefined
     const records: WalRecord[] = []
+    const frames = new Map<number, number>()
     let tornBytes = 0
     for (let i = 0; i < names.length; i++) {
       const file = path.join(dir, names[i])
+      const fileNo = Number(names[i].slice(0, -'.wal'.length))
       const data = await fsp.readFile(file)
-      const parsed = parseFile(keys, data, volumeId, Number(names[i].slice(0, -'.wal'.length)))
+      const parsed = parseFile(keys, data, volumeId, fileNo, records, frames)
       if (!parsed.header) {
-        // A file whose header never made it to disk: nothing in it was acknowledged.
+        // A file whose header never reached the disk: nothing in it was acknowledged.
         tornBytes += data.length
         await fsp.rm(file)
         continue
       }
       header ??= parsed.header
-      if (parsed.header.volumeId !== volumeId || parsed.header.session !== header.session) {
-        throw new WalCorruptError(`log file ${file} belongs to another volume or session`)
-      }
-      for (const r of parsed.records) records.push(r)
+      if (parsed.header.session !== header.session) throw new WalCorruptError(`log file ${file} belongs to another session`)
       if (parsed.end < data.length) {
         tornBytes += data.length - parsed.end
         await fsp.truncate(file, parsed.end)
-        // Anything after a torn record cannot have been acknowledged after it.
+        // Nothing after a torn frame can have been synced.
         for (const later of names.slice(i + 1)) {
           tornBytes += (await fsp.stat(path.join(dir, later))).size
           await fsp.rm(path.join(dir, later))
@@ -170,7 +191,7 @@ export class Wal {
       }
     }
     if (!header) return undefined
-    return { header, records, tornBytes }
+    return { header, records, frames, tornBytes }
   }
 
   get currentFile(): number {
@@ -179,134 +200,119 @@ export class Wal {
 
   /** Total bytes of log files on disk (for the portal's cap). */
   get diskBytes(): number {
-    let n = this.current.size
+    let n = this.current.size + this.batchBytes
     for (const f of this.closedFiles.values()) n += f.size
     return n
   }
 
-  /**
-   * Queues a record; it is readable at once and durable after the next
-   * `sync()`. Returns its sequence number and location.
-   */
-  append(kind: number, payload: Buffer): WalLocation {
+  /** Queues a record; it is readable at once and durable after the next `sync()`. */
+  append(kind: number, payload: Buffer, readBack = false): WalLocation {
     if (this.failed) throw this.failed
     const seq = ++this.seq
-    const head = Buffer.allocUnsafe(9)
-    head.writeBigUInt64LE(BigInt(seq), 0)
-    head[8] = kind
-    const sealed = this.keys.seal('cache', [head, payload], aad(this.header.volumeId, this.current.no))
-    const frame = Buffer.allocUnsafe(4)
-    frame.writeUInt32LE(sealed.length, 0)
-    const loc: WalLocation = { file: this.current.no, pos: this.current.size, seq }
-    this.queue.push(frame, sealed)
-    this.queuedBytes += 4 + sealed.length
-    this.current.size += 4 + sealed.length
-    this.current.maxSeq = seq
-    this.unwritten.set(seq, payload)
+    this.batch.push({ seq, kind, payload })
+    this.batchBytes += RECORD_HEADER + payload.length
     this.stats.records++
-    if (this.queuedBytes >= WRITE_BATCH_BYTES) this.writeQueued()
-    else if (!this.tickScheduled) {
-      this.tickScheduled = true
-      setImmediate(() => {
-        this.tickScheduled = false
-        this.writeQueued()
-      })
-    }
-    if (this.current.size >= ROTATE_BYTES) this.rotate()
+    if (readBack) this.recent.set(seq, payload)
+    const loc = { file: this.current.no, seq }
+    if (this.batchBytes >= FRAME_BYTES) this.writeBatch()
+    else this.scheduleWrite(BATCH_DELAY_MS)
     return loc
   }
 
-  /** The payload of a record (from memory if it is not on disk yet). */
+  /** The payload of a record. */
   async read(loc: WalLocation): Promise<Buffer> {
-    const pending = this.unwritten.get(loc.seq)
-    if (pending) return pending
-    const handle = await this.reader(loc.file)
-    const frame = Buffer.allocUnsafe(4)
-    await readExactly(handle, frame, loc.pos)
-    const sealed = Buffer.allocUnsafe(frame.readUInt32LE(0))
-    await readExactly(handle, sealed, loc.pos + 4)
-    const plain = this.keys.open('cache', sealed, aad(this.header.volumeId, loc.file), `log record ${loc.seq}`)
-    if (Number(plain.readBigUInt64LE(0)) !== loc.seq) throw new WalCorruptError(`log record at ${loc.file}:${loc.pos} is not record ${loc.seq}`)
-    return plain.subarray(9)
+    const cached = this.recent.get(loc.seq)
+    if (cached) return cached
+    const where = this.frameOf.get(loc.seq)
+    if (!where) {
+      const queued = this.batch.find((p) => p.seq === loc.seq)
+      if (queued) return queued.payload
+      throw new WalCorruptError(`log record ${loc.seq} is not in the log`)
+    }
+    const frameKey = `${where.file}:${where.pos}`
+    let frame = this.frames.get(frameKey)
+    if (!frame) {
+      frame = await this.readFrame(where.file, where.pos)
+      this.frames.set(frameKey, frame)
+    }
+    const payload = frame.get(loc.seq)
+    if (!payload) throw new WalCorruptError(`log record ${loc.seq} is missing from its frame`)
+    return payload
+  }
+
+  /** True while records wait in memory because the disk is full (they are written once space returns). */
+  get stalled(): boolean {
+    return this.stall !== undefined
   }
 
   /** Makes every record appended so far durable (one fdatasync for all concurrent callers). */
   async sync(): Promise<void> {
     if (this.failed) throw this.failed
-    if (this.syncing) {
-      // A sync is running; records appended after it started need the next one.
-      this.syncAgain = true
-      await this.syncing.catch(() => undefined)
-      return this.sync()
-    }
-    this.syncing = (async () => {
-      this.writeQueued()
-      await this.writing
-      if (this.failed) throw this.failed
-      await this.current.handle.datasync()
+    this.writeBatch()
+    if (this.failed) throw this.failed
+    if (this.stall) throw this.stall
+    const target = this.current
+    // A sync already running may have started before our records were written: chain another.
+    const previous = this.syncing
+    const mine: Promise<void> = (async () => {
+      await previous?.catch(() => undefined)
+      await new Promise<void>((resolve, reject) => fs.fdatasync(target.fd, (err) => (err ? reject(err) : resolve())))
       this.stats.syncs++
     })()
+    this.syncing = mine
     try {
-      await this.syncing
+      await mine
     } finally {
-      this.syncing = undefined
+      if (this.syncing === mine) this.syncing = undefined
     }
   }
 
   /** Starts a new file; later records go there. */
   rotate(): void {
+    this.writeBatch()
     const old = this.current
-    this.writeQueued()
     this.closedFiles.set(old.no, { size: old.size, maxSeq: old.maxSeq })
-    const next = old.no + 1
-    // Open the next file synchronously in the write chain so appends can continue at once.
-    this.current = { no: next, handle: undefined as unknown as fsp.FileHandle, size: 0, written: 0, maxSeq: this.seq }
-    const headerBytes = this.headerBytes(next)
-    this.current.size = headerBytes.length
-    const current = this.current
-    this.writing = this.writing.then(async () => {
-      await old.handle.datasync().catch(() => undefined)
-      await old.handle.close().catch(() => undefined)
-      current.handle = await fsp.open(path.join(this.dir, fileName(next)), 'w', 0o600)
-      await current.handle.write(headerBytes, 0, headerBytes.length, 0)
-      current.written = headerBytes.length
-    })
-    this.writing.catch((err) => (this.failed ??= err))
-    this.stats.files++
+    this.openFile(old.no + 1)
+    // The old file's data must be durable before anything may depend on the new one.
+    const oldFd = old.fd
+    fs.fdatasync(oldFd, () => fs.close(oldFd, () => undefined))
   }
 
   /** Deletes log files whose every record is at or below `seq` and that `inUse` does not name. */
   async dropThrough(seq: number, inUse: (file: number) => boolean): Promise<number> {
     let freed = 0
+    const dropped = new Set<number>()
     for (const [no, info] of [...this.closedFiles]) {
       if (info.maxSeq > seq || inUse(no)) continue
       this.closedFiles.delete(no)
-      const reader = this.readers.get(no)
-      this.readers.delete(no)
-      await reader?.close().catch(() => undefined)
       await fsp.rm(path.join(this.dir, fileName(no)), { force: true })
       freed += info.size
+      dropped.add(no)
     }
+    if (dropped.size) for (const [s, where] of this.frameOf) if (dropped.has(where.file)) this.frameOf.delete(s)
     return freed
   }
 
   async close(): Promise<void> {
-    this.writeQueued()
-    await this.writing.catch(() => undefined)
-    await this.current.handle?.datasync().catch(() => undefined)
-    await this.current.handle?.close().catch(() => undefined)
-    for (const r of this.readers.values()) await r.close().catch(() => undefined)
-    this.readers.clear()
+    if (this.closed) return
+    this.writeBatch()
+    await this.syncing?.catch(() => undefined)
+    this.closed = true
+    try {
+      fs.fdatasyncSync(this.current.fd)
+    } catch {
+      // best effort: a failed log already reported itself
+    }
+    fs.closeSync(this.current.fd)
   }
 
   /** Closes the files without writing what is still queued: what a crash leaves behind (tests). */
   async abandon(): Promise<void> {
-    this.queue = []
-    this.queuedBytes = 0
-    await this.writing.catch(() => undefined)
-    await this.current.handle?.close().catch(() => undefined)
-    for (const r of this.readers.values()) await r.close().catch(() => undefined)
-    this.readers.clear()
+    this.batch = []
+    this.batchBytes = 0
+    this.closed = true
+    await this.syncing?.catch(() => undefined)
+    fs.closeSync(this.current.fd)
   }
 
   /** Removes the whole log directory (after a commit made it redundant). */
@@ -315,55 +321,95 @@ export class Wal {
     await fsp.rm(this.dir, { recursive: true, force: true })
   }
 
-  private headerBytes(no: number): Buffer {
+  private openFile(no: number): void {
+    const fd = fs.openSync(path.join(this.dir, fileName(no)), 'w', 0o600)
     const header: WalHeader = { ...this.header, fileNo: no, created: new Date().toISOString() }
-    const sealed = this.keys.seal('cache', Buffer.from(JSON.stringify(header)), `walheader:${this.header.volumeId}:${no}`)
+    const sealed = this.keys.seal('cache', Buffer.from(JSON.stringify(header)), headerAad(this.header.volumeId, no))
     const len = Buffer.allocUnsafe(4)
     len.writeUInt32LE(sealed.length, 0)
-    return Buffer.concat([MAGIC, len, sealed])
-  }
-
-  private async openFile(no: number): Promise<void> {
-    const handle = await fsp.open(path.join(this.dir, fileName(no)), 'w', 0o600)
-    const header = this.headerBytes(no)
-    await handle.write(header, 0, header.length, 0)
-    await handle.datasync()
-    this.current = { no, handle, size: header.length, written: header.length, maxSeq: this.seq }
+    const bytes = Buffer.concat([MAGIC, len, sealed])
+    fs.writeSync(fd, bytes, 0, bytes.length, 0)
+    this.current = { no, fd, size: bytes.length, maxSeq: this.seq }
     this.stats.files++
   }
 
-  private writeQueued(): void {
-    if (this.queue.length === 0) return
-    const chunks = this.queue
-    const seqs = [...this.unwritten.keys()]
+  /** Seals the queued records as one frame and writes it (synchronously: a page-cache write). */
+  private writeBatch(): void {
+    if (this.batch.length === 0 || this.closed) return
+    const batch = this.batch
+    this.batch = []
+    this.batchBytes = 0
     const file = this.current
-    this.queue = []
-    this.queuedBytes = 0
-    this.writing = this.writing.then(async () => {
-      const data = Buffer.concat(chunks)
-      let done = 0
-      while (done < data.length) {
-        const { bytesWritten } = await file.handle.write(data, done, data.length - done, file.written + done)
-        done += bytesWritten
+    const parts: Buffer[] = []
+    for (const r of batch) {
+      const h = Buffer.allocUnsafe(RECORD_HEADER)
+      h.writeBigUInt64LE(BigInt(r.seq), 0)
+      h[8] = r.kind
+      h.writeUInt32LE(r.payload.length, 9)
+      parts.push(h, r.payload)
+    }
+    const pos = file.size
+    const sealed = this.keys.seal('cache', parts, frameAad(this.header.volumeId, file.no, pos))
+    const len = Buffer.allocUnsafe(4)
+    len.writeUInt32LE(sealed.length, 0)
+    try {
+      writeFully(file.fd, len, pos)
+      writeFully(file.fd, sealed, pos + 4)
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOSPC') {
+        // Disk full: keep the records (already acknowledged) in memory and try again later.
+        // The partial frame at `pos` is overwritten by the retry.
+        this.batch = batch.concat(this.batch)
+        for (const r of batch) this.batchBytes += RECORD_HEADER + r.payload.length
+        this.stall = err as Error
+        this.scheduleWrite(1000)
+        return
       }
-      file.written += data.length
-      this.stats.bytes += data.length
-      for (const s of seqs) this.unwritten.delete(s)
-    })
-    this.writing.catch((err) => {
-      // A failed log write (disk full, I/O error) poisons the log: nothing later may be acknowledged.
-      this.failed ??= err
-    })
+      // Any other write error poisons the log: nothing later may be acknowledged.
+      this.failed = err as Error
+      throw err
+    }
+    this.stall = undefined
+    file.size += 4 + sealed.length
+    file.maxSeq = batch[batch.length - 1].seq
+    for (const r of batch) this.frameOf.set(r.seq, { file: file.no, pos })
+    this.stats.frames++
+    this.stats.bytes += 4 + sealed.length
+    if (file.size >= ROTATE_BYTES) this.rotate()
   }
 
-  private async reader(no: number): Promise<fsp.FileHandle> {
-    let handle = this.readers.get(no)
-    if (!handle) {
-      handle = await fsp.open(path.join(this.dir, fileName(no)), 'r')
-      this.readers.set(no, handle)
+  private scheduleWrite(delayMs: number): void {
+    // (A pending timer is kept: its delay is short, and a full frame is written at once anyway.)
+    if (this.flushScheduled) return
+    this.flushScheduled = true
+    const run = () => {
+      this.flushScheduled = false
+      try {
+        this.writeBatch()
+      } catch {
+        // recorded in this.failed; the next append or sync reports it
+      }
     }
-    return handle
+    setTimeout(run, delayMs).unref()
   }
+
+  private async readFrame(no: number, pos: number): Promise<Map<number, Buffer>> {
+    const handle = await fsp.open(path.join(this.dir, fileName(no)), 'r')
+    try {
+      const len = Buffer.allocUnsafe(4)
+      await readExactly(handle, len, pos)
+      const sealed = Buffer.allocUnsafe(len.readUInt32LE(0))
+      await readExactly(handle, sealed, pos + 4)
+      return splitFrame(this.keys.open('cache', sealed, frameAad(this.header.volumeId, no, pos), `log frame ${no}:${pos}`))
+    } finally {
+      await handle.close()
+    }
+  }
+}
+
+function writeFully(fd: number, buf: Buffer, pos: number): void {
+  let done = 0
+  while (done < buf.length) done += fs.writeSync(fd, buf, done, buf.length - done, pos + done)
 }
 
 async function readExactly(handle: fsp.FileHandle, buf: Buffer, pos: number): Promise<void> {
@@ -375,32 +421,58 @@ async function readExactly(handle: fsp.FileHandle, buf: Buffer, pos: number): Pr
   }
 }
 
-function parseFile(keys: RepoKeys, data: Buffer, volumeId: string, fileNo: number): { header?: WalHeader; records: WalRecord[]; end: number } {
-  const records: WalRecord[] = []
-  if (data.length < MAGIC.length + 4 || !data.subarray(0, MAGIC.length).equals(MAGIC)) return { records, end: 0 }
+/** The records of a frame's plaintext, by sequence number. */
+function splitFrame(plain: Buffer): Map<number, Buffer> {
+  const out = new Map<number, Buffer>()
+  for (const r of frameRecords(plain)) out.set(r.seq, r.payload)
+  return out
+}
+
+function* frameRecords(plain: Buffer): Generator<{ seq: number; kind: number; payload: Buffer }> {
+  let at = 0
+  while (at + RECORD_HEADER <= plain.length) {
+    const seq = Number(plain.readBigUInt64LE(at))
+    const kind = plain[at + 8]
+    const len = plain.readUInt32LE(at + 9)
+    if (at + RECORD_HEADER + len > plain.length) throw new WalCorruptError('frame record overruns its frame')
+    yield { seq, kind, payload: plain.subarray(at + RECORD_HEADER, at + RECORD_HEADER + len) }
+    at += RECORD_HEADER + len
+  }
+}
+
+function parseFile(
+  keys: RepoKeys,
+  data: Buffer,
+  volumeId: string,
+  fileNo: number,
+  records: WalRecord[],
+  frames: Map<number, number>,
+): { header?: WalHeader; end: number } {
+  if (data.length < MAGIC.length + 4 || !data.subarray(0, MAGIC.length).equals(MAGIC)) return { end: 0 }
   const headerLen = data.readUInt32LE(MAGIC.length)
   const headerEnd = MAGIC.length + 4 + headerLen
-  if (headerEnd > data.length) return { records, end: 0 }
+  if (headerEnd > data.length) return { end: 0 }
   let header: WalHeader
   try {
-    const plain = keys.open('cache', data.subarray(MAGIC.length + 4, headerEnd), `walheader:${volumeId}:${fileNo}`)
-    header = JSON.parse(plain.toString('utf8'))
+    header = JSON.parse(keys.open('cache', data.subarray(MAGIC.length + 4, headerEnd), headerAad(volumeId, fileNo)).toString('utf8'))
   } catch {
-    return { records, end: 0 }
+    return { end: 0 }
   }
   let pos = headerEnd
   while (pos + 4 <= data.length) {
     const len = data.readUInt32LE(pos)
-    if (len < 9 || pos + 4 + len > data.length) break
+    if (pos + 4 + len > data.length) break
     let plain: Buffer
     try {
-      plain = keys.open('cache', data.subarray(pos + 4, pos + 4 + len), aad(volumeId, fileNo))
+      plain = keys.open('cache', data.subarray(pos + 4, pos + 4 + len), frameAad(volumeId, fileNo, pos))
     } catch {
       break
     }
-    const seq = Number(plain.readBigUInt64LE(0))
-    records.push({ seq, kind: plain[8], payload: plain.subarray(9), loc: { file: fileNo, pos, seq } })
+    for (const r of frameRecords(plain)) {
+      records.push({ seq: r.seq, kind: r.kind, payload: r.payload, loc: { file: fileNo, seq: r.seq } })
+      frames.set(r.seq, pos)
+    }
     pos += 4 + len
   }
-  return { header, records, end: pos }
+  return { header, end: pos }
 }

@@ -12,7 +12,7 @@ import {
   type KeySlot,
   type RepoConfig,
 } from '../crypto/index.js'
-import { BlobStore, BlobWorkerPool, createChunker, gearTable } from '../blob/index.js'
+import { BlobStore, BlobWorkerPool, createChunker, gearTable, type SegmentSource } from '../blob/index.js'
 import { FileSystem, ROOT } from '../fs/index.js'
 import {
   newVolumeId,
@@ -112,6 +112,7 @@ export class Repository {
   readonly refs: RefStore
   readonly pages: PageStore
   private blobs?: Promise<BlobStore>
+  private segmentSource?: SegmentSource
   private indexLoading?: Promise<void>
   private pool?: BlobWorkerPool
 
@@ -242,12 +243,22 @@ export class Repository {
     this.blobs ??= (async () => {
       this.pool = new BlobWorkerPool({ master: this.keys.master, repoId: this.id, chunking: this.config.chunking })
       const chunker = createChunker(this.config.chunking, gearTable(this.keys.key('chunker')))
-      return new BlobStore(this.store, this.keys, { pool: this.pool, localChunker: chunker.native ? chunker : undefined })
+      return new BlobStore(this.store, this.keys, {
+        pool: this.pool,
+        localChunker: chunker.native ? chunker : undefined,
+        source: this.segmentSource,
+      })
     })()
     if (options.forWriting && !this.indexLoading) {
       this.indexLoading = this.blobs.then((b) => b.loadIndex()).catch(() => undefined)
     }
     return this.blobs
+  }
+
+  /** Reads segments through `source` (the portal's cache); call before the blob store is first used. */
+  useSegmentSource(source: SegmentSource): void {
+    if (this.blobs) throw new Error('useSegmentSource must be called before the blob store is used')
+    this.segmentSource = source
   }
 
   // --- volumes ------------------------------------------------------------

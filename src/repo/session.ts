@@ -1,7 +1,7 @@
 import { randomBytes } from 'node:crypto'
 import { promises as fsp } from 'node:fs'
 import path from 'node:path'
-import { FileSystem, flushPending } from '../fs/index.js'
+import { FileSystem, flushPending, FsError } from '../fs/index.js'
 import { Mutex } from '../fs/mutex.js'
 import {
   acquireLease,
@@ -16,6 +16,9 @@ import {
 } from '../meta/index.js'
 import { Wal } from '../portal/index.js'
 import type { Repository } from './repository.js'
+
+/** Commit's final, locked flush pass handles at most about this much (the rest is flushed first). */
+const LOCKED_FLUSH_BYTES = 16 * 1024 * 1024
 
 export interface SessionOptions {
   /** Node-local directory for the log (and, with the mount, the cache). */
@@ -169,7 +172,12 @@ export class VolumeSession {
   async syncLocal(): Promise<void> {
     if (!this.wal) return
     if (this.fs.failed) throw this.fs.failed
-    await this.wal.sync()
+    try {
+      await this.wal.sync()
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'ENOSPC') throw new FsError('ENOSPC', 'the portal disk is full; written data is held in memory until space returns')
+      throw err
+    }
   }
 
   /** Publishes everything so far as a new head generation; returns undefined when nothing changed. */
@@ -183,7 +191,11 @@ export class VolumeSession {
     const lease = this.lease!
     if (this.fs.failed) throw this.fs.failed
     const started = performance.now()
-    await flushPending(this.fs)
+    // Flush without blocking writers until what is left is small: the final pass holds the lock.
+    for (let round = 0; round < 8; round++) {
+      await flushPending(this.fs)
+      if (this.fs.pendingBytes < LOCKED_FLUSH_BYTES) break
+    }
     const frozen = await this.fs.lock.run(async () => {
       await flushPending(this.fs, { locked: true })
       const seq = wal.seq

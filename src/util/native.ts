@@ -4,6 +4,9 @@ import { createRequire } from 'node:module'
 /** The optional native addon (native/, built at `npm install`); undefined means: use the JS fallback. */
 export interface NativeAddon {
   cuts(data: Uint8Array, gear: Uint32Array, min: number, avg: number, max: number, maskStrict: number, maskLoose: number): Float64Array
+  /** Calls `callback` on the event loop whenever `fd` is readable (uv_poll). */
+  watch(fd: number, callback: (status: number) => void): object
+  unwatch(handle: object): void
 }
 
 let loaded: NativeAddon | null | undefined

@@ -1,0 +1,313 @@
+import { promises as fsp } from 'node:fs'
+import type { Server } from 'node:net'
+import { FsError, flushPending } from '../fs/index.js'
+import { FuseAdapter } from '../fuse/adapter.js'
+import { FuseDevice, run } from '../fuse/device.js'
+import { LeaseLostError, RefNotFoundError } from '../meta/index.js'
+import { Portal } from '../portal/index.js'
+import type { Repository, VolumeSession } from '../repo/index.js'
+import { sleep } from '../store/index.js'
+import type { Logger } from '../util/log.js'
+import { serveControl, type ControlRequest } from './control.js'
+import { canonicalMountpoint, mountState, recordPaths, removeRecord, writeRecord } from './registry.js'
+
+export interface DaemonOptions {
+  repo: Repository
+  /** The repository as shown to people (no secrets). */
+  repoDisplay: string
+  volume: string
+  mountpoint: string
+  readOnly?: boolean
+  snapshot?: string
+  /** What fsync waits for: the local log, or a commit to the bucket. */
+  sync: 'local' | 'remote'
+  cacheDir: string
+  cacheBytes: number
+  allowOther?: boolean
+  /** Create the volume if it does not exist. */
+  create?: boolean
+  commitIntervalMs?: number
+  runDir: string
+  log: Logger
+}
+
+/** fsync --sync=remote retries a failing commit this long before it answers EIO. */
+const REMOTE_SYNC_DEADLINE_MS = 60_000
+const TICK_MS = 1_000
+const IDLE_MS = 1_000
+const FLUSH_PRESSURE_BYTES = 64 * 1024 * 1024
+const COMMIT_PRESSURE_BYTES = 256 * 1024 * 1024
+const ADMIT_CHECK_BYTES = 8 * 1024 * 1024
+
+/**
+ * One mounted volume: the FUSE session, the writer session (lease, log,
+ * commits), the portal, the background flusher and committer, and the
+ * control socket. Runs until unmounted, SIGTERM/SIGINT, or `s0fs umount`,
+ * and then always ends the same way: unmount, final commit, lease released.
+ */
+export class MountDaemon {
+  private session!: VolumeSession
+  private device!: FuseDevice
+  private adapter!: FuseAdapter
+  private portal!: Portal
+  private control?: Server
+  private timer?: NodeJS.Timeout
+  private stopping?: Promise<void>
+  private resolveDone!: () => void
+  /** Resolves once the daemon has stopped (unmounted, committed, released). */
+  readonly done = new Promise<void>((resolve) => (this.resolveDone = resolve))
+  private lastWrite = 0
+  private lastCommit = Date.now()
+  private lastCommitError?: string
+  private commitFailures = 0
+  private committing?: Promise<unknown>
+  private admitted = 0
+  private lastAdmitCheck = 0
+  readonly started = new Date()
+
+  constructor(readonly options: DaemonOptions) {}
+
+  /** The mountpoint, resolved once before mounting (never touch it afterwards: see recordPaths). */
+  private canonical!: string
+
+  get mountpoint(): string {
+    return this.options.mountpoint
+  }
+
+  async start(): Promise<void> {
+    const o = this.options
+    const log = o.log
+    await fsp.mkdir(o.mountpoint, { recursive: true }).catch(() => undefined)
+    this.canonical = canonicalMountpoint(o.mountpoint)
+    const state = await mountState(this.canonical)
+    if (state === 'dead') {
+      log.warn('mountpoint has a dead s0fs mount (its daemon is gone); cleaning it up', { mountpoint: o.mountpoint })
+      await run('umount', ['-l', o.mountpoint])
+    } else if (state === 'mounted' || state === 'other') {
+      throw new MountBusyError(`${o.mountpoint} is already a mount point${state === 'mounted' ? ' of s0fs' : ''}; unmount it first`)
+    }
+
+    this.portal = new Portal(o.cacheDir, o.repo.store, { capBytes: o.cacheBytes })
+    await this.portal.init()
+    o.repo.useSegmentSource(this.portal.cache)
+
+    if (!o.snapshot && !(await o.repo.refs.getVolume(o.volume))) {
+      if (!o.create) throw new RefNotFoundError('volume', `${o.volume}" (use --create to create it)`)
+      await o.repo.createVolume(o.volume, { uid: process.getuid?.() ?? 0, gid: process.getgid?.() ?? 0 })
+      log.info('created volume', { volume: o.volume })
+    }
+    this.session = await o.repo.openVolume(o.volume, {
+      portalDir: o.cacheDir,
+      readOnly: o.readOnly,
+      snapshot: o.snapshot,
+      purpose: `mount at ${this.canonical}`,
+      onLeaseLost: (err) => log.error('write lease lost: the volume is now read-only here', { error: err.message }),
+      log: (m) => log.warn(m),
+    })
+    const recovery = this.session.recovery
+    if (recovery && (recovery.replayedRecords || recovery.tornBytes || recovery.staleLogQuarantined)) {
+      log.warn('recovered after an unclean shutdown', { ...recovery })
+    }
+    this.session.fs.admit = (bytes) => this.admit(bytes)
+
+    this.device = await FuseDevice.mount({
+      mountpoint: this.canonical,
+      source: `s0fs:${o.snapshot ?? o.volume}`,
+      readOnly: o.readOnly || !!o.snapshot,
+      allowOther: o.allowOther,
+    })
+    this.adapter = new FuseAdapter(this.device, this.session.fs, {
+      fsync: () => this.fsync(),
+      onError: (op, err) => log.error('operation failed', { op, error: (err as Error).message }),
+    })
+    this.device.start((h, body) => {
+      if (h.opcode === 16 /* WRITE */) this.lastWrite = Date.now()
+      this.adapter.handle(h, body)
+    })
+    this.device.closed.then(() => void this.stop('unmounted'))
+
+    const paths = recordPaths(o.runDir, this.canonical)
+    this.control = await serveControl(paths.socket, (req) => this.onControl(req))
+    await writeRecord(o.runDir, {
+      pid: process.pid,
+      mountpoint: this.canonical,
+      repo: o.repoDisplay,
+      volume: o.volume,
+      snapshot: o.snapshot,
+      readOnly: this.session.readOnly,
+      socket: paths.socket,
+      log: paths.log,
+      started: this.started.toISOString(),
+    })
+    if (!this.session.readOnly) this.timer = setInterval(() => void this.tick(), TICK_MS)
+    for (const signal of ['SIGTERM', 'SIGINT', 'SIGHUP'] as const) process.on(signal, () => void this.stop(signal))
+    log.info('mounted', { volume: o.snapshot ? `${o.volume}@${o.snapshot}` : o.volume, mountpoint: o.mountpoint, readOnly: this.session.readOnly })
+  }
+
+  /** Background work: flush pending data under pressure, commit when due or idle. */
+  private async tick(): Promise<void> {
+    if (this.committing || this.stopping || this.session.fs.failed) return
+    const now = Date.now()
+    const fs = this.session.fs
+    const due = now - this.lastCommit >= (this.options.commitIntervalMs ?? 5_000)
+    const idle = now - this.lastWrite >= IDLE_MS
+    const backoff = this.commitFailures ? Math.min(30_000, 1000 * 2 ** this.commitFailures) : 0
+    if (backoff && now - this.lastCommit < backoff) return
+    if (this.session.hasUncommitted && (due || idle || (this.session.wal?.diskBytes ?? 0) > COMMIT_PRESSURE_BYTES)) {
+      await this.commit('background')
+    } else if (fs.pendingBytes > FLUSH_PRESSURE_BYTES) {
+      this.committing = flushPending(fs, { maxBytes: 4 * FLUSH_PRESSURE_BYTES }).catch((err) => this.options.log.warn('background flush failed', { error: err.message }))
+      await this.committing
+      this.committing = undefined
+    }
+  }
+
+  private async commit(reason: string): Promise<void> {
+    if (this.committing) await this.committing.catch(() => undefined)
+    const attempt = this.session.commit()
+    this.committing = attempt
+    try {
+      const result = await attempt
+      this.lastCommit = Date.now()
+      this.commitFailures = 0
+      this.lastCommitError = undefined
+      if (result) this.options.log.debug('committed', { reason, generation: result.generation, pages: result.pages, ms: Math.round(result.ms) })
+    } catch (err) {
+      this.lastCommit = Date.now()
+      this.commitFailures++
+      this.lastCommitError = (err as Error).message
+      const level = err instanceof LeaseLostError ? 'error' : 'warn'
+      this.options.log[level]('commit failed; changes stay in the local log and are retried', { reason, error: (err as Error).message })
+      throw err
+    } finally {
+      this.committing = undefined
+    }
+  }
+
+  private async fsync(): Promise<void> {
+    if (this.session.readOnly) return
+    if (this.options.sync === 'local') return this.session.syncLocal()
+    // --sync=remote: durable in the bucket, or EIO after the deadline — never a false success.
+    await this.session.syncLocal()
+    const deadline = Date.now() + REMOTE_SYNC_DEADLINE_MS
+    for (;;) {
+      try {
+        await this.commit('fsync')
+        return
+      } catch (err) {
+        if (err instanceof LeaseLostError || Date.now() > deadline) throw new FsError('EIO', `fsync could not reach the bucket: ${(err as Error).message}`)
+        await sleep(500)
+      }
+    }
+  }
+
+  /** Admission control for writes: the portal's byte cap and the disk's free space. */
+  private async admit(bytes: number): Promise<void> {
+    this.admitted += bytes
+    if (this.admitted < ADMIT_CHECK_BYTES && Date.now() - this.lastAdmitCheck < 500) return
+    this.admitted = 0
+    this.lastAdmitCheck = Date.now()
+    const wal = this.session.wal!
+    for (let attempt = 0; ; attempt++) {
+      const free = await this.portal.freeBytes()
+      const dirty = wal.diskBytes + (await this.portal.otherDirtyBytes(this.session.volumeId))
+      const overCap = dirty + this.portal.cache.bytes > this.portal.capBytes
+      if (free > this.portal.reserveBytes + bytes && !overCap) return
+      // Make room: clean cache first, then commit so the log can be dropped.
+      if (this.portal.cache.bytes > 0) await this.portal.cache.enforceCap()
+      const dirtyOverCap = dirty > this.portal.capBytes * 0.9
+      if (free <= this.portal.reserveBytes + bytes || dirtyOverCap) {
+        if (!this.session.hasUncommitted && free <= this.portal.reserveBytes + bytes) {
+          throw new FsError('ENOSPC', `the portal's disk (${this.options.cacheDir}) is full`)
+        }
+        await this.commit('portal full').catch(() => undefined)
+        if (attempt > 3 && free <= this.portal.reserveBytes + bytes) throw new FsError('ENOSPC', `the portal's disk (${this.options.cacheDir}) is full`)
+        if (attempt > 0) await sleep(Math.min(2_000, 100 * 2 ** attempt))
+        continue
+      }
+      return
+    }
+  }
+
+  private async onControl(req: ControlRequest): Promise<Record<string, unknown>> {
+    switch (req.op) {
+      case 'status':
+        return this.status()
+      case 'commit':
+        await this.commit('requested')
+        return { generation: this.session.generation }
+      case 'snapshot': {
+        if (typeof req.name !== 'string') throw new Error('snapshot needs a name')
+        const t0 = performance.now()
+        if (!this.session.readOnly) await this.commit('snapshot')
+        await this.session.snapshot(req.name)
+        return { name: req.name, generation: this.session.generation, ms: performance.now() - t0 }
+      }
+      case 'unmount':
+        await this.stop('s0fs umount')
+        return { unmounted: true, generation: this.session.generation }
+      default:
+        throw new Error(`unknown control op ${JSON.stringify(req.op)}`)
+    }
+  }
+
+  status(): Record<string, unknown> {
+    const fs = this.session.fs
+    const blobStats = fs.blobs.stats
+    const store = this.options.repo.store.counters
+    return {
+      pid: process.pid,
+      volume: this.options.volume,
+      snapshot: this.options.snapshot,
+      mountpoint: this.options.mountpoint,
+      readOnly: this.session.readOnly,
+      generation: this.session.generation,
+      uptimeSeconds: Math.round((Date.now() - this.started.getTime()) / 1000),
+      lastCommitAgeSeconds: Math.round((Date.now() - this.lastCommit) / 1000),
+      lastCommitError: this.lastCommitError,
+      dirtyBytes: fs.pendingBytes,
+      dirtyFiles: fs.dirty.size,
+      walBytes: this.session.wal?.diskBytes ?? 0,
+      pendingUploadBytes: fs.blobs.pendingUploadBytes,
+      cacheBytes: this.portal.cache.bytes,
+      cache: this.portal.cache.stats,
+      pageCache: this.options.repo.pages.stats,
+      blobs: blobStats,
+      store,
+      lease: this.session.lease ? { epoch: this.session.lease.epoch, expires: new Date(this.session.lease.expires).toISOString(), lost: this.session.lease.lost } : undefined,
+      ops: Object.fromEntries(this.adapter.stats),
+      rssBytes: process.memoryUsage.rss(),
+    }
+  }
+
+  /** Unmounts, commits, releases the lease. Safe to call more than once. */
+  stop(reason: string): Promise<void> {
+    this.stopping ??= (async () => {
+      const log = this.options.log
+      log.info('stopping', { reason })
+      if (this.timer) clearInterval(this.timer)
+      await this.committing?.catch(() => undefined)
+      await this.device.unmount().catch((err) => log.warn('unmount failed', { error: err.message }))
+      // Requests on files still open after a lazy unmount keep coming until the last one closes.
+      await Promise.race([this.device.closed, sleep(10_000)])
+      try {
+        await this.session.close()
+      } catch (err) {
+        log.error('final commit failed; the local log keeps every change and the next mount replays it', { error: (err as Error).message })
+      }
+      this.control?.close()
+      await removeRecord(this.options.runDir, this.canonical)
+      await this.options.repo.close()
+      log.info('stopped', { reason, generation: this.session.generation })
+    })().finally(() => this.resolveDone())
+    return this.stopping
+  }
+}
+
+export class MountBusyError extends Error {
+  readonly exitCode = 7
+  constructor(message: string) {
+    super(message)
+    this.name = 'MountBusyError'
+  }
+}

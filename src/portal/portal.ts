@@ -1,0 +1,80 @@
+import { promises as fsp } from 'node:fs'
+import path from 'node:path'
+import type { ObjectStore } from '../store/index.js'
+import { SegmentCache } from './segment-cache.js'
+
+/**
+ * The node-local portal directory, shared by every volume mounted on the node:
+ *
+ *   volumes/<volume id>/wal/   each writer's log (dirty data and metadata)
+ *   cache/<xx>/<segment>.<n>   windows of segments read from the bucket
+ *
+ * One byte cap covers both. Clean cache is evicted first; when the logs alone
+ * reach the cap, writers wait for the flusher; when the disk itself runs low,
+ * writes fail with ENOSPC rather than risk a torn log.
+ */
+
+export interface PortalOptions {
+  capBytes: number
+  /** Keep at least this much of the disk free. */
+  reserveBytes?: number
+}
+
+export class Portal {
+  readonly cache: SegmentCache
+  private dirtyElsewhere = 0
+  private lastScan = 0
+
+  constructor(
+    readonly dir: string,
+    store: ObjectStore,
+    readonly options: PortalOptions,
+  ) {
+    this.cache = new SegmentCache(store, path.join(dir, 'cache'), { capBytes: () => Math.max(0, this.options.capBytes - this.dirtyElsewhere) })
+  }
+
+  get capBytes(): number {
+    return this.options.capBytes
+  }
+
+  get reserveBytes(): number {
+    return this.options.reserveBytes ?? 64 * 1024 * 1024
+  }
+
+  volumeDir(volumeId: string): string {
+    return path.join(this.dir, 'volumes', volumeId)
+  }
+
+  async init(): Promise<void> {
+    await fsp.mkdir(path.join(this.dir, 'volumes'), { recursive: true, mode: 0o700 })
+    await fsp.mkdir(path.join(this.dir, 'cache'), { recursive: true, mode: 0o700 })
+    await this.cache.enforceCap()
+  }
+
+  /** Free bytes on the portal's filesystem. */
+  async freeBytes(): Promise<number> {
+    const st = await fsp.statfs(this.dir)
+    return st.bavail * st.bsize
+  }
+
+  /**
+   * Bytes of every log on the node except `ownVolume`'s (other mounts' dirty
+   * data), refreshed at most every few seconds.
+   */
+  async otherDirtyBytes(ownVolume: string): Promise<number> {
+    if (Date.now() - this.lastScan < 5_000) return this.dirtyElsewhere
+    this.lastScan = Date.now()
+    let total = 0
+    const volumes = await fsp.readdir(path.join(this.dir, 'volumes')).catch(() => [] as string[])
+    for (const v of volumes) {
+      if (v === ownVolume) continue
+      const wal = path.join(this.dir, 'volumes', v, 'wal')
+      for (const name of await fsp.readdir(wal).catch(() => [] as string[])) {
+        const st = await fsp.stat(path.join(wal, name)).catch(() => undefined)
+        if (st?.isFile()) total += st.size
+      }
+    }
+    this.dirtyElsewhere = total
+    return total
+  }
+}

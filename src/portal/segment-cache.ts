@@ -1,0 +1,187 @@
+import { randomBytes } from 'node:crypto'
+import { promises as fsp } from 'node:fs'
+import path from 'node:path'
+import type { SegmentSource } from '../blob/index.js'
+import { segmentKey } from '../blob/index.js'
+import type { ObjectStore } from '../store/index.js'
+
+/**
+ * The portal's read cache: windows of segment objects, stored on local disk
+ * exactly as they are in the bucket (sealed blobs: nothing here is
+ * plaintext). A miss fetches the whole aligned window with one ranged GET,
+ * so the many small files written together — and packed together — come in
+ * with one request. Shared by every volume and mount on the node (segment
+ * IDs are random and never reused); bounded by the portal's byte cap with
+ * least-recently-used eviction across processes (file mtimes).
+ */
+
+export interface SegmentCacheStats {
+  hits: number
+  misses: number
+  bytesFetched: number
+  bytesServed: number
+  evictedBytes: number
+}
+
+export class SegmentCache implements SegmentSource {
+  readonly stats: SegmentCacheStats = { hits: 0, misses: 0, bytesFetched: 0, bytesServed: 0, evictedBytes: 0 }
+  private readonly inflight = new Map<string, Promise<Buffer>>()
+  /** Cache bytes added by this process since the last full scan. */
+  private addedSinceScan = 0
+  private usage = 0
+  private scanning?: Promise<void>
+  /** Last time we bumped a file's mtime (LRU order), to touch each at most once a minute. */
+  private readonly touched = new Map<string, number>()
+
+  constructor(
+    private readonly store: ObjectStore,
+    readonly dir: string,
+    private readonly options: { capBytes: () => number; windowBytes?: number },
+  ) {}
+
+  get windowBytes(): number {
+    return this.options.windowBytes ?? 4 * 1024 * 1024
+  }
+
+  /** Bytes the cache holds on disk (as of the last scan, plus what this process added since). */
+  get bytes(): number {
+    return this.usage + this.addedSinceScan
+  }
+
+  async read(seg: string, off: number, len: number): Promise<Buffer> {
+    const W = this.windowBytes
+    const first = Math.floor(off / W)
+    const last = Math.floor((off + len - 1) / W)
+    if (first === last) return this.readWindow(seg, first, off - first * W, len)
+    const parts: Buffer[] = []
+    for (let w = first; w <= last; w++) {
+      const from = Math.max(off, w * W)
+      const to = Math.min(off + len, (w + 1) * W)
+      parts.push(await this.readWindow(seg, w, from - w * W, to - from))
+    }
+    return Buffer.concat(parts)
+  }
+
+  private file(seg: string, window: number): string {
+    return path.join(this.dir, seg.slice(0, 2), `${seg}.${window}`)
+  }
+
+  private async readWindow(seg: string, window: number, start: number, len: number): Promise<Buffer> {
+    const file = this.file(seg, window)
+    const cached = await readRange(file, start, len)
+    if (cached && cached.length === len) {
+      this.stats.hits++
+      this.stats.bytesServed += len
+      this.touch(file)
+      return cached
+    }
+    this.stats.misses++
+    const key = `${seg}.${window}`
+    let pending = this.inflight.get(key)
+    if (!pending) {
+      pending = this.fetch(seg, window, file).finally(() => this.inflight.delete(key))
+      this.inflight.set(key, pending)
+    }
+    const data = await pending
+    this.stats.bytesServed += len
+    return data.subarray(start, start + len)
+  }
+
+  private async fetch(seg: string, window: number, file: string): Promise<Buffer> {
+    const W = this.windowBytes
+    const data = await this.store.get(segmentKey(seg), { start: window * W, end: (window + 1) * W })
+    this.stats.bytesFetched += data.length
+    // Caching is best effort: a full disk or a race with eviction only costs a later GET.
+    try {
+      await fsp.mkdir(path.dirname(file), { recursive: true, mode: 0o700 })
+      const tmp = `${file}.${randomBytes(4).toString('hex')}.tmp`
+      await fsp.writeFile(tmp, data, { mode: 0o600 })
+      await fsp.rename(tmp, file)
+      this.addedSinceScan += data.length
+      if (this.bytes > this.options.capBytes()) void this.enforceCap()
+    } catch {
+      // ignore
+    }
+    return data
+  }
+
+  private touch(file: string): void {
+    const now = Date.now()
+    if ((this.touched.get(file) ?? 0) > now - 60_000) return
+    this.touched.set(file, now)
+    if (this.touched.size > 100_000) this.touched.clear()
+    fsp.utimes(file, new Date(), new Date()).catch(() => undefined)
+  }
+
+  /** Scans the cache directory and evicts least-recently-used windows until under the cap. */
+  enforceCap(): Promise<void> {
+    this.scanning ??= this.scanAndEvict().finally(() => (this.scanning = undefined))
+    return this.scanning
+  }
+
+  private async scanAndEvict(): Promise<void> {
+    const files: { file: string; size: number; mtime: number }[] = []
+    let total = 0
+    let subdirs: string[] = []
+    try {
+      subdirs = await fsp.readdir(this.dir)
+    } catch {
+      return
+    }
+    for (const sub of subdirs) {
+      let names: string[] = []
+      try {
+        names = await fsp.readdir(path.join(this.dir, sub))
+      } catch {
+        continue
+      }
+      for (const name of names) {
+        const file = path.join(this.dir, sub, name)
+        const st = await fsp.stat(file).catch(() => undefined)
+        if (!st?.isFile()) continue
+        files.push({ file, size: st.size, mtime: st.mtimeMs })
+        total += st.size
+      }
+    }
+    this.addedSinceScan = 0
+    this.usage = total
+    const cap = this.options.capBytes()
+    if (total <= cap) return
+    files.sort((a, b) => a.mtime - b.mtime)
+    // Evict down to 90% of the cap, so eviction does not run on every miss.
+    for (const f of files) {
+      if (this.usage <= cap * 0.9) break
+      await fsp.rm(f.file, { force: true })
+      this.usage -= f.size
+      this.stats.evictedBytes += f.size
+    }
+  }
+
+  /** Drops every cached window (the benchmark's "cold from the bucket"). */
+  async clear(): Promise<void> {
+    await fsp.rm(this.dir, { recursive: true, force: true })
+    this.usage = 0
+    this.addedSinceScan = 0
+  }
+}
+
+async function readRange(file: string, start: number, len: number): Promise<Buffer | undefined> {
+  let handle: fsp.FileHandle
+  try {
+    handle = await fsp.open(file, 'r')
+  } catch {
+    return undefined
+  }
+  try {
+    const buf = Buffer.allocUnsafe(len)
+    let done = 0
+    while (done < len) {
+      const { bytesRead } = await handle.read(buf, done, len - done, start + done)
+      if (bytesRead === 0) break
+      done += bytesRead
+    }
+    return buf.subarray(0, done)
+  } finally {
+    await handle.close()
+  }
+}
