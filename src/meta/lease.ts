@@ -4,6 +4,7 @@ import { hostname } from 'node:os'
 import { Packr } from 'msgpackr'
 import type { RepoKeys } from '../crypto/index.js'
 import { NotFoundError, PreconditionFailedError, sleep, type ObjectStore } from '../store/index.js'
+import { processAlive } from '../util/process.js'
 
 /**
  * The single-writer lease of a volume: one sealed object per volume
@@ -258,11 +259,3 @@ function pidScope(): string {
   return cachedScope
 }
 
-function processAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0)
-    return true
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'EPERM'
-  }
-}

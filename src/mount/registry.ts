@@ -108,7 +108,8 @@ export async function mountState(canonical: string): Promise<'none' | 'mounted' 
   if (mounts.length === 0) return 'none'
   if (!mounts.some((m) => m.fstype === 'fuse.s0fs')) return 'other'
   try {
-    await fsp.stat(canonical)
+    // statfs is never answered from the kernel's caches, so it reaches the daemon (or fails).
+    await fsp.statfs(canonical)
     return 'mounted'
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code

@@ -5,6 +5,7 @@ import path from 'node:path'
 import { NotFoundError, PreconditionFailedError, StoreUnavailableError } from './errors.js'
 import { assertValidKey, newCounters } from './counters.js'
 import type { ListOptions, ListPage, ObjectInfo, ObjectStore, PutResult, StoreCapabilities } from './types.js'
+import { processAlive } from '../util/process.js'
 
 const TMP_DIR = '.tmp'
 const LOCK_DIR = '.locks'
@@ -320,14 +321,6 @@ async function fsyncDir(dir: string): Promise<void> {
   }
 }
 
-function processAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0)
-    return true
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'EPERM'
-  }
-}
 
 function sleep(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms))

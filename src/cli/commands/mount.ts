@@ -12,6 +12,7 @@ import type { Command, CommandContext } from '../command.js'
 import { defaultPaths, repoUrl, resolveCredential } from '../credentials.js'
 import { CliError, EXIT, UsageError } from '../exit-codes.js'
 import { parseBytes } from '../format.js'
+import { processAlive } from '../../util/process.js'
 
 const DEFAULT_CACHE_BYTES = 8 * 1024 * 1024 * 1024
 
@@ -209,11 +210,3 @@ export const umountCommand: Command = {
   },
 }
 
-function processAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0)
-    return true
-  } catch {
-    return false
-  }
-}
