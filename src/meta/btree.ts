@@ -61,11 +61,13 @@ export class Tree {
    * usual case), no await happens at all; otherwise the path is loaded first.
    */
   async get(key: string): Promise<Buffer | undefined> {
-    for (;;) {
-      const found = this.getResident(key)
-      if (found !== NOT_RESIDENT) return found
-      await this.loadPath(key)
-    }
+    const found = this.getResident(key)
+    if (found !== NOT_RESIDENT) return found
+    const path = await this.loadPath(key)
+    const leaf = path[path.length - 1]
+    if (!leaf) return undefined
+    const { index, found: hit } = leafSearch(leaf, key)
+    return hit ? leaf.vals[index] : undefined
   }
 
   /** The value if the whole path is in memory; NOT_RESIDENT otherwise. */
@@ -88,8 +90,8 @@ export class Tree {
       this.root = newLeaf(this.epoch, [key], [val])
       return
     }
-    if (!this.pathResident(key)) await this.loadPath(key)
-    const { leaf, stack } = this.mutablePath(key)
+    const loaded = this.pathResident(key) ? undefined : await this.loadPath(key)
+    const { leaf, stack } = this.mutablePath(key, loaded)
     const { index, found } = leafSearch(leaf, key)
     if (found) {
       leaf.bytes += val.length - leaf.vals[index].length
@@ -104,8 +106,12 @@ export class Tree {
 
   /** Removes a key; returns whether it existed. */
   async delete(key: string): Promise<boolean> {
-    if (!this.root || (await this.get(key)) === undefined) return false
-    const { leaf, stack } = this.mutablePath(key)
+    if (!this.root) return false
+    const resident = this.getResident(key)
+    if (resident === undefined) return false
+    const loaded = resident === NOT_RESIDENT ? await this.loadPath(key) : undefined
+    if (loaded && !leafSearch(loaded[loaded.length - 1], key).found) return false
+    const { leaf, stack } = this.mutablePath(key, loaded)
     const { index } = leafSearch(leaf, key)
     leaf.bytes -= leafEntryBytes(key, leaf.vals[index])
     leaf.keys.splice(index, 1)
@@ -122,14 +128,22 @@ export class Tree {
     return this.getResident(key) !== NOT_RESIDENT
   }
 
-  /** Loads every page from the root to the leaf for `key` into the page cache. */
-  private async loadPath(key: string): Promise<void> {
+  /**
+   * Loads the pages from the root to the leaf for `key` and returns them, root
+   * first. Callers use the returned nodes rather than re-reading the cache: a
+   * small cache may already have evicted the top of the path by the time the
+   * leaf arrives, and re-checking residency would then never finish.
+   */
+  private async loadPath(key: string): Promise<Node[]> {
+    const path: Node[] = []
     let child = this.root
     while (child) {
       const node = await this.pages.resolve(child)
-      if (node.leaf) return
+      path.push(node)
+      if (node.leaf) break
       child = node.children[childIndex(node, key)]
     }
+    return path
   }
 
   async has(key: string): Promise<boolean> {
@@ -233,15 +247,18 @@ export class Tree {
     }
   }
 
-  /** Descends to the leaf for `key`, owning (copying) every node on the way; the path must be resident. */
-  private mutablePath(key: string): { leaf: Node; stack: { node: Node; index: number }[] } {
-    const root = this.own(this.mustResident(this.root!))
+  /**
+   * Descends to the leaf for `key`, owning (copying) every node on the way.
+   * The path comes from `loaded` (see loadPath) or must be resident.
+   */
+  private mutablePath(key: string, loaded?: Node[]): { leaf: Node; stack: { node: Node; index: number }[] } {
+    const root = this.own(loaded?.[0] ?? this.mustResident(this.root!))
     this.root = root
     const stack: { node: Node; index: number }[] = []
     let node = root
     while (!node.leaf) {
       const index = childIndex(node, key)
-      const child = this.own(this.mustResident(node.children[index]))
+      const child = this.own(loaded?.[stack.length + 1] ?? this.mustResident(node.children[index]))
       node.children[index] = child
       stack.push({ node, index })
       node = child
