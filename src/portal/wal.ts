@@ -61,6 +61,9 @@ export interface WalStats {
   records: number
 }
 
+/** Approximate heap bytes an entry of the read-back cache costs beyond its payload. */
+const RECENT_ENTRY_OVERHEAD = 200
+
 export class WalCorruptError extends Error {
   constructor(message: string) {
     super(message)
@@ -103,7 +106,11 @@ export class Wal {
   /** Where each record that may be read back (written bytes) sits: seq → frame offset. */
   private readonly frameOf = new Map<number, { file: number; pos: number }>()
   /** Payloads of recent and not-yet-written records, so reads of fresh data stay in memory. */
-  private readonly recent = new LRUCache<number, Buffer>({ maxSize: 16 * 1024 * 1024, sizeCalculation: (b) => Math.max(64, b.length) })
+  private readonly recent = new LRUCache<number, Buffer>({
+    maxSize: 16 * 1024 * 1024,
+    // A small payload costs far more than its length: the Buffer object and the cache's own entry.
+    sizeCalculation: (b) => b.length + RECENT_ENTRY_OVERHEAD,
+  })
   private readonly frames = new LRUCache<string, Map<number, Buffer>>({ max: 32 })
   private syncing?: Promise<void>
   private failed?: Error
@@ -289,7 +296,13 @@ export class Wal {
       freed += info.size
       dropped.add(no)
     }
-    if (dropped.size) for (const [s, where] of this.frameOf) if (dropped.has(where.file)) this.frameOf.delete(s)
+    if (dropped.size) {
+      for (const [s, where] of this.frameOf) {
+        if (!dropped.has(where.file)) continue
+        this.frameOf.delete(s)
+        this.recent.delete(s)
+      }
+    }
     return freed
   }
 

@@ -116,7 +116,7 @@ for (const c of cases) {
 
     it('fio random writes and reads verify (crc32c)', async () => {
       const out = await mustSh(
-        `fio --name=verify --filename=${m.mountpoint}/fio.dat --size=24M --rw=randwrite --bs=4k --ioengine=psync --verify=crc32c --verify_fatal=1 --do_verify=1 --output-format=terse`,
+        `fio --name=verify --filename=${m.mountpoint}/fio.dat --size=24M --rw=randwrite --bs=4k --ioengine=psync --verify=crc32c --verify_fatal=1 --verify_state_save=0 --do_verify=1 --output-format=terse`,
         { timeoutMs: 300_000 },
       )
       expect(out.split(';')[4]).toBe('0') // terse field 5: error
@@ -168,7 +168,7 @@ for (const c of cases) {
       expect(await mustSh(`cd ${repo} && git status --porcelain && git fsck --strict 2>&1`)).toBe('')
       expect((await mustSh(`sqlite3 ${m.mountpoint}/app.db "pragma integrity_check; select count(*) from t;"`)).trim()).toBe('ok\n3000')
       await mustSh(
-        `fio --name=verify --filename=${m.mountpoint}/fio.dat --size=24M --rw=randwrite --bs=4k --ioengine=psync --verify=crc32c --verify_fatal=1 --verify_only`,
+        `fio --name=verify --filename=${m.mountpoint}/fio.dat --size=24M --rw=randwrite --bs=4k --ioengine=psync --verify=crc32c --verify_fatal=1 --verify_state_save=0 --verify_only`,
         { timeoutMs: 300_000 },
       )
       for (const [name, sum] of Object.entries(parallel)) {
