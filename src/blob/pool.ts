@@ -37,6 +37,8 @@ function workerSource(): { source: string | URL; eval: boolean } {
  * A fixed set of blob worker threads, started on first use. Requests go to
  * the least-busy worker; idle workers do not keep the process alive.
  */
+const WORKER_YOUNG_GENERATION_MB = 4
+
 export class BlobWorkerPool {
   private readonly slots: Slot[] = []
   private seq = 0
@@ -79,7 +81,13 @@ export class BlobWorkerPool {
 
   private spawn(): Slot {
     const { source, eval: isEval } = workerSource()
-    const worker = new Worker(source, { eval: isEval, workerData: { ...this.init, master: new Uint8Array(this.init.master) } })
+    const worker = new Worker(source, {
+      eval: isEval,
+      workerData: { ...this.init, master: new Uint8Array(this.init.master) },
+      // Workers hold little on their heap (data lives in shared and external
+      // buffers); a small young generation keeps each thread's RSS down.
+      resourceLimits: { maxYoungGenerationSizeMb: WORKER_YOUNG_GENERATION_MB },
+    })
     const slot: Slot = { worker, busy: 0, pending: new Map() }
     worker.unref()
     worker.on('message', (reply: WorkerReply) => {
