@@ -1,4 +1,5 @@
 import { ConfigError, DecryptError, KeyFileError, WrongKeyError } from '../crypto/index.js'
+import { LeaseHeldError, RefExistsError, RefNotFoundError } from '../meta/index.js'
 import { NoRepositoryError, RepositoryExistsError } from '../repo/index.js'
 import { NotFoundError, StoreAuthError, StoreConfigError, StoreUnavailableError } from '../store/index.js'
 
@@ -45,8 +46,9 @@ export class CliError extends Error {
 export function exitCodeFor(err: unknown): number {
   if (err instanceof CliError) return err.exitCode
   if (err instanceof UsageError || err instanceof StoreConfigError) return EXIT.usage
-  if (err instanceof NoRepositoryError || err instanceof NotFoundError) return EXIT.notFound
-  if (err instanceof RepositoryExistsError) return EXIT.exists
+  if (err instanceof NoRepositoryError || err instanceof NotFoundError || err instanceof RefNotFoundError) return EXIT.notFound
+  if (err instanceof RepositoryExistsError || err instanceof RefExistsError) return EXIT.exists
+  if (err instanceof LeaseHeldError) return EXIT.busy
   if (err instanceof WrongKeyError || err instanceof KeyFileError || err instanceof StoreAuthError) return EXIT.wrongKey
   if (err instanceof StoreUnavailableError) return EXIT.unavailable
   if (err instanceof DecryptError) return EXIT.damaged

@@ -52,8 +52,8 @@ export interface Snapshot {
 }
 
 export class RefNotFoundError extends Error {
-  constructor(kind: string, name: string) {
-    super(`no ${kind} named ${JSON.stringify(name)}`)
+  constructor(kind: string, name: string, hint?: string) {
+    super(`no ${kind} named ${JSON.stringify(name)}${hint ? ` (${hint})` : ''}`)
     this.name = 'RefNotFoundError'
   }
 }

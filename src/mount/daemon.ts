@@ -92,7 +92,7 @@ export class MountDaemon {
     o.repo.useSegmentSource(this.portal.cache)
 
     if (!o.snapshot && !(await o.repo.refs.getVolume(o.volume))) {
-      if (!o.create) throw new RefNotFoundError('volume', `${o.volume}" (use --create to create it)`)
+      if (!o.create) throw new RefNotFoundError('volume', o.volume, 'use --create to create it')
       await o.repo.createVolume(o.volume, { uid: process.getuid?.() ?? 0, gid: process.getgid?.() ?? 0 })
       log.info('created volume', { volume: o.volume })
     }

@@ -11,7 +11,6 @@ const WRITER = path.join(import.meta.dirname, '../fixtures/crash-writer.py')
 /**
  * kill -9 of the mount daemon in the middle of writes: the next mount must
  * show every byte and rename that had been fsynced, and no torn file.
- * (The long form, 100 trials, is `npm run soak -- crash --trials 100`.)
  */
 describe('crash: kill -9 of the daemon during writes', () => {
   let backend: Backend

@@ -65,7 +65,12 @@ export interface Mounted {
 export async function mountVolume(backend: Backend, options: { volume?: string; args?: string[]; mountpoint?: string } = {}): Promise<Mounted> {
   const volume = options.volume ?? 'vol'
   const mountpoint = options.mountpoint ?? path.join(backend.home, `mnt-${volume}-${Math.random().toString(36).slice(2, 8)}`)
-  mkdirSync(mountpoint, { recursive: true })
+  try {
+    mkdirSync(mountpoint, { recursive: true })
+  } catch (err) {
+    // A mount left dead by a killed daemon: `s0fs mount` cleans it up.
+    if ((err as NodeJS.ErrnoException).code !== 'ENOTCONN') throw err
+  }
   const args = ['mount', ...(backend.repo ? ['--repo', backend.repo] : []), volume, mountpoint, '--create', '--cache-dir', path.join(backend.home, 'portal'), ...(options.args ?? [])]
   await mustCli(args, backend.env, 120_000)
   const runDir = path.join(backend.home, '.cache', 's0fs', 'run')

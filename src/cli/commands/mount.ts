@@ -10,7 +10,7 @@ import { NoRepositoryError, Repository } from '../../repo/index.js'
 import { createLogger, type Level } from '../../util/log.js'
 import type { Command, CommandContext } from '../command.js'
 import { defaultPaths, repoUrl, resolveCredential } from '../credentials.js'
-import { CliError, EXIT, UsageError } from '../exit-codes.js'
+import { CliError, EXIT, exitCodeFor, UsageError } from '../exit-codes.js'
 import { parseBytes } from '../format.js'
 import { processAlive } from '../../util/process.js'
 
@@ -107,7 +107,7 @@ export const mountCommand: Command = {
       setTimeout(() => process.exit(EXIT.ok), 200).unref()
       return EXIT.ok
     } catch (err) {
-      if (readyFd !== undefined) reportReady(readyFd, { ok: false, error: (err as Error).message, exitCode: (err as { exitCode?: number }).exitCode })
+      if (readyFd !== undefined) reportReady(readyFd, { ok: false, error: (err as Error).message, exitCode: exitCodeFor(err) })
       throw err
     }
   },
