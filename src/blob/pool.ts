@@ -33,12 +33,13 @@ function workerSource(): { source: string | URL; eval: boolean } {
   return { source: `import('tsx/esm/api').then((tsx) => { tsx.register(); return import(${target}) })`, eval: true }
 }
 
+/** Young-generation size of each worker's heap: workers hold little on it (data lives in shared and external buffers). */
+const WORKER_YOUNG_GENERATION_MB = 4
+
 /**
  * A fixed set of blob worker threads, started on first use. Requests go to
  * the least-busy worker; idle workers do not keep the process alive.
  */
-const WORKER_YOUNG_GENERATION_MB = 4
-
 export class BlobWorkerPool {
   private readonly slots: Slot[] = []
   private seq = 0
@@ -84,8 +85,7 @@ export class BlobWorkerPool {
     const worker = new Worker(source, {
       eval: isEval,
       workerData: { ...this.init, master: new Uint8Array(this.init.master) },
-      // Workers hold little on their heap (data lives in shared and external
-      // buffers); a small young generation keeps each thread's RSS down.
+      // A small young generation keeps each thread's RSS down.
       resourceLimits: { maxYoungGenerationSizeMb: WORKER_YOUNG_GENERATION_MB },
     })
     const slot: Slot = { worker, busy: 0, pending: new Map() }

@@ -6,6 +6,7 @@ import {
   leafSearch,
   newBranch,
   newLeaf,
+  sameRef,
   type Child,
   type Node,
   type PageRef,
@@ -15,6 +16,12 @@ import type { PackWriter, PageStore } from './pages.js'
 /** Split a page above this size; merge neighbours below MIN when they fit in one. */
 export const MAX_PAGE_BYTES = 32 * 1024
 export const MIN_PAGE_BYTES = 8 * 1024
+
+/** A leaf made writable, with the branch frames above it (root first). */
+interface MutablePath {
+  leaf: Node
+  stack: { node: Node; index: number }[]
+}
 
 /** Returned by getResident when a page on the path is not in memory. */
 export const NOT_RESIDENT = Symbol('not resident')
@@ -90,8 +97,7 @@ export class Tree {
       this.root = newLeaf(this.epoch, [key], [val])
       return
     }
-    const loaded = this.pathResident(key) ? undefined : await this.loadPath(key)
-    const { leaf, stack } = this.mutablePath(key, loaded)
+    const { leaf, stack } = await this.writablePath(key)
     const { index, found } = leafSearch(leaf, key)
     if (found) {
       leaf.bytes += val.length - leaf.vals[index].length
@@ -106,13 +112,10 @@ export class Tree {
 
   /** Removes a key; returns whether it existed. */
   async delete(key: string): Promise<boolean> {
-    if (!this.root) return false
-    const resident = this.getResident(key)
-    if (resident === undefined) return false
-    const loaded = resident === NOT_RESIDENT ? await this.loadPath(key) : undefined
-    if (loaded && !leafSearch(loaded[loaded.length - 1], key).found) return false
-    const { leaf, stack } = this.mutablePath(key, loaded)
-    const { index } = leafSearch(leaf, key)
+    if (!this.root || (await this.get(key)) === undefined) return false
+    const { leaf, stack } = await this.writablePath(key)
+    const { index, found } = leafSearch(leaf, key)
+    if (!found) return false
     leaf.bytes -= leafEntryBytes(key, leaf.vals[index])
     leaf.keys.splice(index, 1)
     leaf.vals.splice(index, 1)
@@ -249,16 +252,23 @@ export class Tree {
 
   /**
    * Descends to the leaf for `key`, owning (copying) every node on the way.
-   * The path comes from `loaded` (see loadPath) or must be resident.
+   * Each page comes from memory or, failing that, from `loaded` (see
+   * loadPath) — but only if it is the very page the tree points at now: the
+   * tree may have changed while the path was loading.
    */
-  private mutablePath(key: string, loaded?: Node[]): { leaf: Node; stack: { node: Node; index: number }[] } {
-    const root = this.own(loaded?.[0] ?? this.mustResident(this.root!))
+  private mutablePath(key: string, loaded?: Node[]): MutablePath | undefined {
+    const top = this.current(this.root!, loaded?.[0])
+    if (!top) return undefined
+    const root = this.own(top)
     this.root = root
     const stack: { node: Node; index: number }[] = []
     let node = root
     while (!node.leaf) {
       const index = childIndex(node, key)
-      const child = this.own(loaded?.[stack.length + 1] ?? this.mustResident(node.children[index]))
+      const next = this.current(node.children[index], loaded?.[stack.length + 1])
+      // Owning the nodes above changed nothing observable, so giving up here is safe.
+      if (!next) return undefined
+      const child = this.own(next)
       node.children[index] = child
       stack.push({ node, index })
       node = child
@@ -266,10 +276,24 @@ export class Tree {
     return { leaf: node, stack }
   }
 
-  private mustResident(child: Child): Node {
+  /** The node `child` denotes: in memory, or `candidate` when that is the same persisted page. */
+  private current(child: Child, candidate: Node | undefined): Node | undefined {
     const node = this.resident(child)
-    if (!node) throw new Error('internal: page on a mutation path is not resident')
-    return node
+    if (node) return node
+    if (candidate?.ref && isPageRef(child) && sameRef(candidate.ref, child)) return candidate
+    return undefined
+  }
+
+  /**
+   * The owned path to `key`'s leaf, loading pages as needed. Retries when the
+   * tree changed under a load (a commit replaced nodes by fresh page refs).
+   */
+  private async writablePath(key: string): Promise<MutablePath> {
+    for (;;) {
+      const loaded = this.pathResident(key) ? undefined : await this.loadPath(key)
+      const path = this.mutablePath(key, loaded)
+      if (path) return path
+    }
   }
 
   private splitUp(node: Node, stack: { node: Node; index: number }[]): void {

@@ -57,6 +57,25 @@ describe('copy-on-write B+tree', () => {
     void pages
   })
 
+  it('keeps every change when puts and deletes on a cold, tiny cache interleave', async () => {
+    const { keys, store, pages } = env()
+    const tree = new Tree(pages)
+    for (let i = 0; i < 4000; i++) await tree.put(`c${String(i).padStart(5, '0')}`, Buffer.alloc(40, 1))
+    const { root } = await commit(tree, keys, store)
+    // Cold: every path must load, and a 32 KiB cache evicts pages while others load.
+    const cold = new Tree(new PageStore(store, keys, 32 * 1024), root)
+    const ops: Promise<unknown>[] = []
+    for (let i = 0; i < 4000; i += 7) ops.push(cold.put(`c${String(i).padStart(5, '0')}`, Buffer.from(`new ${i}`)))
+    for (let i = 3; i < 4000; i += 11) if (i % 7 !== 0) ops.push(cold.delete(`c${String(i).padStart(5, '0')}`))
+    await Promise.all(ops)
+    for (let i = 0; i < 4000; i++) {
+      const got = await cold.get(`c${String(i).padStart(5, '0')}`)
+      if (i % 7 === 0) expect(got?.toString(), `c${i}`).toBe(`new ${i}`)
+      else if (i % 11 === 3) expect(got, `c${i}`).toBeUndefined()
+      else expect(got?.length, `c${i}`).toBe(40)
+    }
+  })
+
   it('scans ranges across leaf boundaries', async () => {
     const { pages } = env()
     const tree = new Tree(pages)
