@@ -1,0 +1,106 @@
+import { spawnSync } from 'node:child_process'
+import { createHash } from 'node:crypto'
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import path from 'node:path'
+import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { fileBackend, mountVolume, mustCli, mustSh, PASSPHRASE, sh, type Backend, type Mounted } from '../helpers/mount.js'
+
+const MiB = 1024 * 1024
+
+function duBytes(dir: string): number {
+  const r = spawnSync('du', ['-sb', dir], { encoding: 'utf8' })
+  return Number(r.stdout.split('\t')[0])
+}
+
+function sha256(file: string): string {
+  return createHash('sha256').update(readFileSync(file)).digest('hex')
+}
+
+/**
+ * The portal's limits: its byte cap holds while a writer outruns the
+ * bucket, and a full disk under it is ENOSPC for the writer — never a
+ * corrupt file.
+ */
+describe('portal cap and a full disk', () => {
+  const mounts: Mounted[] = []
+  const track = (m: Mounted) => (mounts.push(m), m)
+  let backend: Backend
+
+  beforeAll(async () => {
+    backend = await fileBackend()
+  })
+
+  afterAll(async () => {
+    for (const m of mounts) await m.teardown()
+    backend?.cleanup()
+  }, 180_000)
+
+  it('keeps the portal under --cache-size while writing more than that', async () => {
+    const portal = path.join(backend.home, 'capped-portal')
+    const m = track(await mountVolume(backend, { volume: 'capped', args: ['--cache-dir', portal, '--cache-size', '64M'] }))
+    const source = path.join(backend.home, 'big-source')
+    await mustSh(`head -c ${200 * MiB} /dev/urandom > ${source}`)
+    let peak = 0
+    const sampler = setInterval(() => (peak = Math.max(peak, duBytes(portal))), 100)
+    try {
+      await mustSh(`dd if=${source} of=${m.mountpoint}/big bs=1M conv=fsync status=none`, { timeoutMs: 300_000 })
+    } finally {
+      clearInterval(sampler)
+    }
+    // The cap plus one log frame and one segment window of slack.
+    expect(peak).toBeGreaterThan(0)
+    expect(peak).toBeLessThan(64 * MiB + 16 * MiB)
+    expect(sha256(path.join(m.mountpoint, 'big'))).toBe(sha256(source))
+    await m.umount()
+  }, 400_000)
+
+  describe('on a small tmpfs holding both the repository and the portal', () => {
+    let root: string
+    let small: Backend
+
+    beforeAll(async () => {
+      root = mkdtempSync(path.join(tmpdir(), 's0fs-full-'))
+      await mustSh(`mount -t tmpfs -o size=160m s0fs-test-full ${root}`)
+      const home = path.join(root, 'home')
+      mkdirSync(home)
+      const env = { HOME: home, S0FS_PASSPHRASE: PASSPHRASE, XDG_RUNTIME_DIR: '' }
+      const repo = `file://${path.join(root, 'repo')}`
+      await mustCli(['init', '--repo', repo], env)
+      small = { name: 'tmpfs', env, repo, home, cleanup: () => undefined }
+    }, 120_000)
+
+    afterAll(async () => {
+      for (const m of mounts) await m.teardown()
+      spawnSync('umount', ['-l', root])
+      rmSync(root, { recursive: true, force: true })
+    }, 120_000)
+
+    it('answers ENOSPC when the disk fills, and keeps every fsynced file intact', async () => {
+      const keep = path.join(backend.home, 'keep-source')
+      const flood = path.join(backend.home, 'flood-source')
+      await mustSh(`head -c ${8 * MiB} /dev/urandom > ${keep} && head -c ${300 * MiB} /dev/urandom > ${flood}`)
+      const m = track(await mountVolume(small, { volume: 'full', mountpoint: path.join(root, 'mnt'), args: ['--cache-dir', path.join(root, 'portal')] }))
+      await mustSh(`dd if=${keep} of=${m.mountpoint}/keep bs=1M conv=fsync status=none`)
+
+      const r = await sh(`dd if=${flood} of=${m.mountpoint}/flood bs=1M conv=fsync status=none`, { timeoutMs: 300_000 })
+      expect(r.code).not.toBe(0)
+      expect(r.stderr).toMatch(/No space left on device/)
+      // The daemon is still serving, and what was fsynced before is whole.
+      expect(sha256(path.join(m.mountpoint, 'keep'))).toBe(sha256(keep))
+
+      // Crash it there, give the disk room, and mount again: the log replays cleanly.
+      m.kill()
+      await mustSh(`mount -o remount,size=1g ${root}`)
+      const again = track(await mountVolume(small, { volume: 'full', mountpoint: m.mountpoint, args: ['--cache-dir', path.join(root, 'portal')] }))
+      expect(sha256(path.join(again.mountpoint, 'keep'))).toBe(sha256(keep))
+      // Whatever part of the flood survived is a true prefix of it, never other bytes.
+      const floodCopy = path.join(again.mountpoint, 'flood')
+      if (existsSync(floodCopy)) {
+        const got = readFileSync(floodCopy)
+        expect(got.equals(readFileSync(flood).subarray(0, got.length))).toBe(true)
+      }
+      await again.umount()
+    }, 600_000)
+  })
+})
