@@ -1,5 +1,6 @@
 import { hkdfSync, randomBytes } from 'node:crypto'
 import { RepoKeys } from './keys.js'
+import { argon2id } from './argon2.js'
 import { sodium } from './sodium.js'
 
 /**
@@ -158,8 +159,7 @@ async function deriveKek(credential: Credential, kdf: KdfParams): Promise<Uint8A
   const salt = Buffer.from(kdf.salt, 'base64')
   if (credential.kind === 'passphrase') {
     if (kdf.alg !== 'argon2id13') throw new ConfigError(`passphrase slot with unexpected KDF ${kdf.alg}`)
-    const na = await sodium()
-    return na.crypto_pwhash(32, Buffer.from(credential.passphrase, 'utf8'), salt, kdf.ops!, kdf.mem!, na.crypto_pwhash_ALG_ARGON2ID13)
+    return argon2id(Buffer.from(credential.passphrase, 'utf8'), salt, kdf.ops!, kdf.mem!)
   }
   if (kdf.alg !== 'hkdf-sha256') throw new ConfigError(`key-file slot with unexpected KDF ${kdf.alg}`)
   return new Uint8Array(hkdfSync('sha256', credential.key, salt, 's0fs/v1/key-slot', 32))

@@ -277,6 +277,7 @@ export class MountDaemon {
       lease: this.session.lease ? { epoch: this.session.lease.epoch, expires: new Date(this.session.lease.expires).toISOString(), lost: this.session.lease.lost } : undefined,
       ops: Object.fromEntries(this.adapter.stats),
       rssBytes: process.memoryUsage.rss(),
+      memory: process.memoryUsage(),
     }
   }
 

@@ -17,6 +17,8 @@ import {
   verifyConfig,
   WrongKeyError,
 } from '../../src/crypto/index.js'
+import { argon2id } from '../../src/crypto/argon2.js'
+import { sodium } from '../../src/crypto/sodium.js'
 import { tempDir } from '../helpers/stores.js'
 
 describe('AEAD', () => {
@@ -55,6 +57,22 @@ describe('AEAD', () => {
         seen.add(saltAndNonce)
       }
     }
+  })
+})
+
+describe('Argon2id in a worker thread', () => {
+  it('derives exactly what libsodium derives in-thread, and differs per salt and passphrase', async () => {
+    const na = await sodium()
+    const salt = randomBytes(16)
+    const mem = 8 * 1024 * 1024
+    const inThread = Buffer.from(na.crypto_pwhash(32, Buffer.from('correct horse'), salt, 2, mem, na.crypto_pwhash_ALG_ARGON2ID13))
+    expect(Buffer.from(await argon2id(Buffer.from('correct horse'), salt, 2, mem))).toEqual(inThread)
+    expect(Buffer.from(await argon2id(Buffer.from('correct horsf'), salt, 2, mem))).not.toEqual(inThread)
+    expect(Buffer.from(await argon2id(Buffer.from('correct horse'), randomBytes(16), 2, mem))).not.toEqual(inThread)
+  })
+
+  it('reports bad parameters as an error instead of hanging', async () => {
+    await expect(argon2id(Buffer.from('x'), Buffer.alloc(3), 2, 8 * 1024 * 1024)).rejects.toThrow(/Argon2id failed/)
   })
 })
 
