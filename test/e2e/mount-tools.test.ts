@@ -2,6 +2,7 @@ import { createHash, randomBytes } from 'node:crypto'
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
+import { Client as MinioClient } from 'minio'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { fileBackend, mountVolume, mustSh, s3Backend, type Backend, type Mounted } from '../helpers/mount.js'
 import { s3Servers } from '../helpers/stores.js'
@@ -175,5 +176,40 @@ for (const c of cases) {
         expect(createHash('sha256').update(await import('node:fs').then((f) => f.readFileSync(path.join(m.mountpoint, 'parallel', name)))).digest('hex')).toBe(sum)
       }
     }, 600_000)
+
+    if (c.name !== 'file') {
+      it('the bucket, read by an independent S3 client, holds no plaintext and no file name', async () => {
+        await m.umount()
+        const url = new URL(backend.repo!)
+        const endpoint = new URL(url.searchParams.get('endpoint')!)
+        const client = new MinioClient({
+          endPoint: endpoint.hostname,
+          port: Number(endpoint.port),
+          useSSL: false,
+          pathStyle: true,
+          region: url.searchParams.get('region') ?? 'us-east-1',
+          accessKey: backend.env.AWS_ACCESS_KEY_ID!,
+          secretKey: backend.env.AWS_SECRET_ACCESS_KEY!,
+        })
+        const needles = ['hello s0fs\nhello s0fs', 'edited on s0fs', 'putIfAbsent(key', 'big.bin', 'size-4095', 'ünïcødé 日本', 'x'.repeat(40), 'user.checksum'].map((n) =>
+          Buffer.from(n),
+        )
+        const names: string[] = []
+        for await (const o of client.listObjectsV2(url.hostname, url.pathname.slice(1) + '/', true) as AsyncIterable<{ name: string }>) names.push(o.name)
+        let bytes = 0
+        for (const name of names) {
+          for (const n of needles) expect(name.includes(n.toString()), `${n.toString()} in the key ${name}`).toBe(false)
+          // The config is plaintext by design (format, KDF parameters, wrapped keys); it names no file.
+          if (name.endsWith('/config')) continue
+          const chunks: Buffer[] = []
+          for await (const chunk of await client.getObject(url.hostname, name)) chunks.push(chunk as Buffer)
+          const data = Buffer.concat(chunks)
+          bytes += data.length
+          for (const n of needles) expect(data.includes(n), `${n.toString()} found in ${name}`).toBe(false)
+        }
+        expect(names.length).toBeGreaterThan(10)
+        expect(bytes).toBeGreaterThan(10 * 1024 * 1024)
+      }, 300_000)
+    }
   })
 }
