@@ -1,6 +1,6 @@
 import { hkdfSync, randomBytes } from 'node:crypto'
-import { RepoKeys } from './keys.js'
 import { argon2id } from './argon2.js'
+import { RepoKeys } from './keys.js'
 import { sodium } from './sodium.js'
 
 /**
