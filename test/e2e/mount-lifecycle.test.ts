@@ -1,38 +1,28 @@
 import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import path from 'node:path'
-import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { describe, expect, it } from 'vitest'
 import { canonicalMountpoint, mountState } from '../../src/mount/registry.js'
 import { Repository } from '../../src/repo/index.js'
 import { sleep } from '../../src/store/index.js'
 import { runCli } from '../helpers/cli.js'
-import { fileBackend, forceUnmount, mountVolume, mustSh, PASSPHRASE, sh, type Backend, type Mounted } from '../helpers/mount.js'
+import { forceUnmount, mountVolume, mustSh, PASSPHRASE, sh, useBackend } from '../helpers/mount.js'
 
 /**
  * The mount's life cycle through the CLI: --create, a second writer, signals,
  * a dead mount, --read-only, --snapshot and --sync remote.
  */
 describe('mount life cycle', () => {
-  let backend: Backend
-  const mounts: Mounted[] = []
-  const track = (m: Mounted) => (mounts.push(m), m)
-
-  beforeAll(async () => {
-    backend = await fileBackend()
-  })
-
-  afterAll(async () => {
-    for (const m of mounts) await m.teardown()
-    backend?.cleanup()
-  }, 180_000)
+  const files = useBackend()
+  const track = files.track
 
   const mountArgs = (volume: string, mountpoint: string, ...extra: string[]) => [
     'mount',
     '--repo',
-    backend.repo!,
+    files.backend.repo!,
     volume,
     mountpoint,
     '--cache-dir',
-    path.join(backend.home, 'portal'),
+    path.join(files.backend.home, 'portal'),
     ...extra,
   ]
 
@@ -42,9 +32,9 @@ describe('mount life cycle', () => {
   }
 
   it('refuses a missing volume without --create, naming it', async () => {
-    const mountpoint = path.join(backend.home, 'mnt-missing')
+    const mountpoint = path.join(files.backend.home, 'mnt-missing')
     mkdirSync(mountpoint)
-    const r = await runCli(mountArgs('no-such-volume', mountpoint), { env: backend.env })
+    const r = await runCli(mountArgs('no-such-volume', mountpoint), { env: files.backend.env })
     expect(r.code).toBe(3)
     expect(r.stderr).toMatch(/no-such-volume/)
     expect(r.stderr).toMatch(/--create/)
@@ -52,10 +42,10 @@ describe('mount life cycle', () => {
   }, 60_000)
 
   it('refuses a second writer of a mounted volume, naming the holder', async () => {
-    const first = track(await mountVolume(backend, { volume: 'shared' }))
-    const other = path.join(backend.home, 'mnt-second')
+    const first = track(await mountVolume(files.backend, { volume: 'shared' }))
+    const other = path.join(files.backend.home, 'mnt-second')
     mkdirSync(other)
-    const r = await runCli(mountArgs('shared', other), { env: backend.env })
+    const r = await runCli(mountArgs('shared', other), { env: files.backend.env })
     expect(r.code).toBe(7)
     expect(r.stderr).toMatch(/held by/i)
     expect(r.stderr).toMatch(/until|expires/i)
@@ -65,76 +55,76 @@ describe('mount life cycle', () => {
 
   for (const signal of ['SIGTERM', 'SIGINT'] as const) {
     it(`${signal} to the daemon commits, releases the lease and unmounts`, async () => {
-      const m = track(await mountVolume(backend, { volume: `sig-${signal}` }))
+      const m = track(await mountVolume(files.backend, { volume: `sig-${signal}` }))
       await mustSh(`printf 'kept by ${signal}' > ${m.mountpoint}/note`)
       process.kill(m.pid, signal)
       expect(await waitUnmounted(m.mountpoint)).toBe('none')
       // The lease is free again: a new mount works at once, and sees the data.
-      const again = track(await mountVolume(backend, { volume: `sig-${signal}`, mountpoint: m.mountpoint }))
+      const again = track(await mountVolume(files.backend, { volume: `sig-${signal}`, mountpoint: m.mountpoint }))
       expect(readFileSync(path.join(again.mountpoint, 'note'), 'utf8')).toBe(`kept by ${signal}`)
       await again.umount()
     }, 120_000)
   }
 
   it('cleans up a mount left dead by a killed daemon and replays its log', async () => {
-    const m = track(await mountVolume(backend, { volume: 'dead' }))
+    const m = track(await mountVolume(files.backend, { volume: 'dead' }))
     await mustSh(`printf 'fsynced' > ${m.mountpoint}/f && sync ${m.mountpoint}/f`)
     m.kill()
     await sleep(300)
     expect(await mountState(canonicalMountpoint(m.mountpoint))).toBe('dead')
     const list = await sh(`ls ${m.mountpoint}`)
     expect(list.stderr).toMatch(/Transport endpoint is not connected/)
-    const again = track(await mountVolume(backend, { volume: 'dead', mountpoint: m.mountpoint }))
+    const again = track(await mountVolume(files.backend, { volume: 'dead', mountpoint: m.mountpoint }))
     expect(readFileSync(path.join(again.mountpoint, 'f'), 'utf8')).toBe('fsynced')
     await again.umount()
   }, 120_000)
 
   it('serves --read-only and --snapshot mounts without taking writes', async () => {
-    const m = track(await mountVolume(backend, { volume: 'snapme' }))
+    const m = track(await mountVolume(files.backend, { volume: 'snapme' }))
     writeFileSync(path.join(m.mountpoint, 'a'), 'version 1')
     await m.umount()
-    const repo = await Repository.open(backend.repo!, { kind: 'passphrase', passphrase: PASSPHRASE })
+    const repo = await Repository.open(files.backend.repo!, { kind: 'passphrase', passphrase: PASSPHRASE })
     try {
       await repo.createSnapshot('snapme', 'v1')
     } finally {
       await repo.close()
     }
-    const w = track(await mountVolume(backend, { volume: 'snapme' }))
+    const w = track(await mountVolume(files.backend, { volume: 'snapme' }))
     writeFileSync(path.join(w.mountpoint, 'a'), 'version 2')
 
     // A snapshot mounts read-only beside the writer and shows its own content.
-    const snapDir = path.join(backend.home, 'mnt-snap')
+    const snapDir = path.join(files.backend.home, 'mnt-snap')
     mkdirSync(snapDir)
-    const s = await runCli(mountArgs('snapme', snapDir, '--snapshot', 'v1'), { env: backend.env })
+    const s = await runCli(mountArgs('snapme', snapDir, '--snapshot', 'v1'), { env: files.backend.env })
     expect(s.code, s.stderr).toBe(0)
     try {
       expect(readFileSync(path.join(snapDir, 'a'), 'utf8')).toBe('version 1')
       const write = await sh(`echo x > ${snapDir}/b`)
       expect(write.stderr).toMatch(/Read-only file system/)
     } finally {
-      const u = await runCli(['umount', snapDir], { env: backend.env })
+      const u = await runCli(['umount', snapDir], { env: files.backend.env })
       if (u.code !== 0) forceUnmount(snapDir)
     }
     await w.umount()
 
-    const ro = track(await mountVolume(backend, { volume: 'snapme', args: ['--read-only'] }))
+    const ro = track(await mountVolume(files.backend, { volume: 'snapme', args: ['--read-only'] }))
     expect(readFileSync(path.join(ro.mountpoint, 'a'), 'utf8')).toBe('version 2')
     expect((await sh(`touch ${ro.mountpoint}/new`)).stderr).toMatch(/Read-only file system/)
     await ro.umount()
   }, 180_000)
 
   it('with --sync remote, an fsynced file survives losing the daemon and the portal', async () => {
-    const portal = path.join(backend.home, 'portal-remote')
+    const portal = path.join(files.backend.home, 'portal-remote')
     const args = ['--sync', 'remote', '--cache-dir', portal]
-    const m = track(await mountVolume(backend, { volume: 'remote', args }))
-    await mustSh(`head -c 300000 /dev/urandom > ${backend.home}/payload && dd if=${backend.home}/payload of=${m.mountpoint}/p bs=64k conv=fsync status=none`)
+    const m = track(await mountVolume(files.backend, { volume: 'remote', args }))
+    await mustSh(`head -c 300000 /dev/urandom > ${files.backend.home}/payload && dd if=${files.backend.home}/payload of=${m.mountpoint}/p bs=64k conv=fsync status=none`)
     m.kill()
     await sleep(300)
     // The node is gone: no log to replay. Only what reached the bucket remains.
     rmSync(portal, { recursive: true, force: true })
     expect(existsSync(portal)).toBe(false)
-    const again = track(await mountVolume(backend, { volume: 'remote', mountpoint: m.mountpoint, args: ['--cache-dir', portal] }))
-    expect(readFileSync(path.join(again.mountpoint, 'p')).equals(readFileSync(path.join(backend.home, 'payload')))).toBe(true)
+    const again = track(await mountVolume(files.backend, { volume: 'remote', mountpoint: m.mountpoint, args: ['--cache-dir', portal] }))
+    expect(readFileSync(path.join(again.mountpoint, 'p')).equals(readFileSync(path.join(files.backend.home, 'payload')))).toBe(true)
     await again.umount()
   }, 180_000)
 })

@@ -3,8 +3,8 @@ import { createHash } from 'node:crypto'
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
-import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { fileBackend, mountVolume, mustCli, mustSh, PASSPHRASE, sh, type Backend, type Mounted } from '../helpers/mount.js'
+import { describe, expect, it } from 'vitest'
+import { mountVolume, mustCli, mustSh, PASSPHRASE, sh, useBackend, type Backend } from '../helpers/mount.js'
 
 const MiB = 1024 * 1024
 
@@ -22,24 +22,29 @@ function sha256(file: string): string {
  * bucket, and a full disk under it is ENOSPC for the writer — never a
  * corrupt file.
  */
+/** A file:// backend whose repository and portal both sit on a 160 MiB tmpfs (needs root). */
+async function tmpfsBackend(): Promise<Backend> {
+  const root = mkdtempSync(path.join(tmpdir(), 's0fs-full-'))
+  await mustSh(`mount -t tmpfs -o size=160m s0fs-test-full ${root}`)
+  const home = path.join(root, 'home')
+  mkdirSync(home)
+  const env = { HOME: home, S0FS_PASSPHRASE: PASSPHRASE, XDG_RUNTIME_DIR: '' }
+  const repo = `file://${path.join(root, 'repo')}`
+  await mustCli(['init', '--repo', repo], env)
+  const cleanup = () => {
+    spawnSync('umount', ['-l', root])
+    rmSync(root, { recursive: true, force: true })
+  }
+  return { name: 'tmpfs', env, repo, home, cleanup }
+}
+
 describe('portal cap and a full disk', () => {
-  const mounts: Mounted[] = []
-  const track = (m: Mounted) => (mounts.push(m), m)
-  let backend: Backend
-
-  beforeAll(async () => {
-    backend = await fileBackend()
-  })
-
-  afterAll(async () => {
-    for (const m of mounts) await m.teardown()
-    backend?.cleanup()
-  }, 180_000)
+  const files = useBackend()
 
   it('keeps the portal under --cache-size while writing more than that', async () => {
-    const portal = path.join(backend.home, 'capped-portal')
-    const m = track(await mountVolume(backend, { volume: 'capped', args: ['--cache-dir', portal, '--cache-size', '64M'] }))
-    const source = path.join(backend.home, 'big-source')
+    const portal = path.join(files.backend.home, 'capped-portal')
+    const m = files.track(await mountVolume(files.backend, { volume: 'capped', args: ['--cache-dir', portal, '--cache-size', '64M'] }))
+    const source = path.join(files.backend.home, 'big-source')
     await mustSh(`head -c ${200 * MiB} /dev/urandom > ${source}`)
     let peak = 0
     const sampler = setInterval(() => (peak = Math.max(peak, duBytes(portal))), 100)
@@ -56,31 +61,14 @@ describe('portal cap and a full disk', () => {
   }, 400_000)
 
   describe('on a small tmpfs holding both the repository and the portal', () => {
-    let root: string
-    let small: Backend
-
-    beforeAll(async () => {
-      root = mkdtempSync(path.join(tmpdir(), 's0fs-full-'))
-      await mustSh(`mount -t tmpfs -o size=160m s0fs-test-full ${root}`)
-      const home = path.join(root, 'home')
-      mkdirSync(home)
-      const env = { HOME: home, S0FS_PASSPHRASE: PASSPHRASE, XDG_RUNTIME_DIR: '' }
-      const repo = `file://${path.join(root, 'repo')}`
-      await mustCli(['init', '--repo', repo], env)
-      small = { name: 'tmpfs', env, repo, home, cleanup: () => undefined }
-    }, 120_000)
-
-    afterAll(async () => {
-      for (const m of mounts) await m.teardown()
-      spawnSync('umount', ['-l', root])
-      rmSync(root, { recursive: true, force: true })
-    }, 120_000)
+    const small = useBackend(tmpfsBackend)
 
     it('answers ENOSPC when the disk fills, and keeps every fsynced file intact', async () => {
-      const keep = path.join(backend.home, 'keep-source')
-      const flood = path.join(backend.home, 'flood-source')
+      const root = path.dirname(small.backend.home)
+      const keep = path.join(files.backend.home, 'keep-source')
+      const flood = path.join(files.backend.home, 'flood-source')
       await mustSh(`head -c ${8 * MiB} /dev/urandom > ${keep} && head -c ${300 * MiB} /dev/urandom > ${flood}`)
-      const m = track(await mountVolume(small, { volume: 'full', mountpoint: path.join(root, 'mnt'), args: ['--cache-dir', path.join(root, 'portal')] }))
+      const m = small.track(await mountVolume(small.backend, { volume: 'full', mountpoint: path.join(root, 'mnt'), args: ['--cache-dir', path.join(root, 'portal')] }))
       await mustSh(`dd if=${keep} of=${m.mountpoint}/keep bs=1M conv=fsync status=none`)
 
       const r = await sh(`dd if=${flood} of=${m.mountpoint}/flood bs=1M conv=fsync status=none`, { timeoutMs: 300_000 })
@@ -92,7 +80,7 @@ describe('portal cap and a full disk', () => {
       // Crash it there, give the disk room, and mount again: the log replays cleanly.
       m.kill()
       await mustSh(`mount -o remount,size=1g ${root}`)
-      const again = track(await mountVolume(small, { volume: 'full', mountpoint: m.mountpoint, args: ['--cache-dir', path.join(root, 'portal')] }))
+      const again = small.track(await mountVolume(small.backend, { volume: 'full', mountpoint: m.mountpoint, args: ['--cache-dir', path.join(root, 'portal')] }))
       expect(sha256(path.join(again.mountpoint, 'keep'))).toBe(sha256(keep))
       // Whatever part of the flood survived is a true prefix of it, never other bytes.
       const floodCopy = path.join(again.mountpoint, 'flood')

@@ -2,6 +2,7 @@ import { spawn, spawnSync } from 'node:child_process'
 import { mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
+import { afterAll, beforeAll } from 'vitest'
 import { canonicalMountpoint, readRecord } from '../../src/mount/registry.js'
 import { runCli, type CliResult } from './cli.js'
 import { s3Credentials, s3Url, type S3ServerInfo } from './stores.js'
@@ -40,6 +41,30 @@ export async function s3Backend(server: S3ServerInfo): Promise<Backend> {
   const repo = s3Url(server)
   await mustCli(['init', '--repo', repo], env)
   return { name: `s3:${server.name}`, env, repo, home, cleanup: () => rmSync(home, { recursive: true, force: true }) }
+}
+
+/**
+ * For one describe block: a backend made before its tests and, after them,
+ * teardown of every mount passed to `track`, then the backend's cleanup —
+ * in that order, so no mount outlives the directory it lives in.
+ */
+export function useBackend(make: () => Promise<Backend> = fileBackend): { readonly backend: Backend; track(m: Mounted): Mounted } {
+  const mounts: Mounted[] = []
+  let current: Backend | undefined
+  beforeAll(async () => {
+    current = await make()
+  }, 120_000)
+  afterAll(async () => {
+    for (const m of mounts) await m.teardown()
+    current?.cleanup()
+  }, 180_000)
+  return {
+    get backend() {
+      if (!current) throw new Error('the backend is made in beforeAll; use it inside a test')
+      return current
+    },
+    track: (m) => (mounts.push(m), m),
+  }
 }
 
 export async function mustCli(args: string[], env: NodeJS.ProcessEnv, timeoutMs = 120_000): Promise<CliResult> {
