@@ -4,7 +4,7 @@ import { pack, unpack } from 'msgpackr'
 import type { RepoKeys } from '../crypto/index.js'
 import { listAll, type ObjectStore } from '../store/index.js'
 import { BlobIndex } from './blob-index.js'
-import { decodeBlob } from './codec.js'
+import { decodeBlob, encodeBlob, isAllZero } from './codec.js'
 import type { Chunker } from './chunker.js'
 import type { BlobWorkerPool, EncodedChunk } from './pool.js'
 import { readSegmentIndex, SegmentBuilder, segmentKey, TRAILER_BYTES, type BlobRef } from './segment.js'
@@ -63,6 +63,12 @@ interface SealedSegment {
 }
 
 const ENCODE_BATCH_BYTES = 2 * 1024 * 1024
+/**
+ * Work this small is encoded on the calling thread: a worker round trip costs
+ * more than hashing, compressing and sealing a few small files, and a process
+ * that only ever writes small files never starts the workers (~10 MiB each).
+ */
+const INLINE_ENCODE_BYTES = 256 * 1024
 
 export function indexKey(id: string): string {
   return `index/${id}`
@@ -253,6 +259,8 @@ export class BlobStore {
 
   /** @internal Encodes ranges of a shared buffer on the pool, in batches of a few MiB. */
   async encodeRanges(sab: SharedArrayBuffer, ranges: [number, number][]): Promise<EncodedChunk[]> {
+    const total = ranges.reduce((n, [s, e]) => n + e - s, 0)
+    if (total <= INLINE_ENCODE_BYTES) return ranges.map(([s, e]) => this.encodeHere(Buffer.from(sab, s, e - s)))
     const batches: [number, number][][] = []
     let batch: [number, number][] = []
     let bytes = 0
@@ -268,6 +276,11 @@ export class BlobStore {
     if (batch.length) batches.push(batch)
     const results = await Promise.all(batches.map((b) => this.options.pool.encode(sab, b[0][0], b[b.length - 1][1], b)))
     return results.flat()
+  }
+
+  private encodeHere(data: Buffer): EncodedChunk {
+    if (isAllZero(data)) return { id: Buffer.alloc(0), sealed: Buffer.alloc(0), rawLength: data.length, zero: true }
+    return { ...encodeBlob(this.keys, data), zero: false }
   }
 
   /** @internal Finds cut points of sab[start, end) (here with a native chunker, else on the pool). */

@@ -55,6 +55,18 @@ export function encodeBlob(keys: RepoKeys, data: Buffer): EncodedBlob {
   return { id, sealed, rawLength: data.length }
 }
 
+const ZEROS = Buffer.alloc(64 * 1024)
+
+/** True when every byte is zero (such chunks are holes, never stored). */
+export function isAllZero(data: Uint8Array): boolean {
+  const buf = Buffer.from(data.buffer, data.byteOffset, data.byteLength)
+  for (let at = 0; at < buf.length; at += ZEROS.length) {
+    const part = buf.subarray(at, at + ZEROS.length)
+    if (!part.equals(ZEROS.subarray(0, part.length))) return false
+  }
+  return true
+}
+
 export function decodeBlob(keys: RepoKeys, id: Buffer, sealed: Buffer, rawLength?: number): Buffer {
   const body = keys.open('data', sealed, blobAad(id), `blob ${id.toString('hex').slice(0, 16)}`)
   const flag = body[0]

@@ -7,7 +7,7 @@
 import { parentPort, workerData } from 'node:worker_threads'
 import { RepoKeys } from '../crypto/keys.js'
 import { createChunker, gearTable, type ChunkParams } from './chunker.js'
-import { encodeBlob } from './codec.js'
+import { encodeBlob, isAllZero } from './codec.js'
 import type { WorkerReply, WorkerRequest } from './worker-protocol.js'
 
 const init = workerData as { master: Uint8Array; repoId: string; chunking: ChunkParams }
@@ -25,7 +25,7 @@ parentPort!.on('message', (req: WorkerRequest) => {
     }
     const blobs = req.ranges.map(([s, e]) => {
       const data = region.subarray(s - req.start, e - req.start)
-      if (isZero(data)) return { id: new ArrayBuffer(0), sealed: new ArrayBuffer(0), rawLength: data.length, zero: true }
+      if (isAllZero(data)) return { id: new ArrayBuffer(0), sealed: new ArrayBuffer(0), rawLength: data.length, zero: true }
       const blob = encodeBlob(keys, data)
       return { id: toArrayBuffer(blob.id), sealed: toArrayBuffer(blob.sealed), rawLength: blob.rawLength, zero: false }
     })
@@ -36,16 +36,6 @@ parentPort!.on('message', (req: WorkerRequest) => {
     parentPort!.postMessage(reply)
   }
 })
-
-const ZEROS = Buffer.alloc(64 * 1024)
-
-function isZero(data: Buffer): boolean {
-  for (let at = 0; at < data.length; at += ZEROS.length) {
-    const part = data.subarray(at, at + ZEROS.length)
-    if (!part.equals(ZEROS.subarray(0, part.length))) return false
-  }
-  return true
-}
 
 function toArrayBuffer(buf: Buffer): ArrayBuffer {
   // Small Buffers share Node's pool slab; copy to a private ArrayBuffer we can transfer.

@@ -1,7 +1,7 @@
 import { hkdfSync, randomBytes } from 'node:crypto'
 import { argon2id } from './argon2.js'
 import { RepoKeys } from './keys.js'
-import { sodium } from './sodium.js'
+import { XCHACHA_NONCE_BYTES, xchachaOpen, xchachaSeal } from './xchacha.js'
 
 /**
  * The repository config: the one plaintext object in the bucket. It holds the
@@ -124,9 +124,8 @@ export async function addSlot(config: RepoConfig, master: Buffer, credential: Cr
   const slot: KeySlot = { id: randomBytes(4).toString('hex'), kind: credential.kind, created: new Date().toISOString(), kdf, wrapped: '' }
   if (label) slot.label = label
   const kek = await deriveKek(credential, kdf)
-  const na = await sodium()
-  const nonce = na.randombytes_buf(na.crypto_aead_xchacha20poly1305_ietf_NPUBBYTES)
-  const ct = na.crypto_aead_xchacha20poly1305_ietf_encrypt(master, slotAad(config.id, slot), null, nonce, kek)
+  const nonce = randomBytes(XCHACHA_NONCE_BYTES)
+  const ct = xchachaSeal(master, slotAad(config.id, slot), nonce, kek)
   slot.wrapped = Buffer.concat([nonce, ct]).toString('base64')
   config.slots.push(slot)
   return slot
@@ -134,7 +133,6 @@ export async function addSlot(config: RepoConfig, master: Buffer, credential: Cr
 
 /** Tries every slot of the credential's kind; returns the master key and the slot that opened. */
 export async function unlock(config: RepoConfig, credential: Credential): Promise<{ master: Buffer; slot: KeySlot }> {
-  const na = await sodium()
   const candidates = config.slots.filter((s) => s.kind === credential.kind)
   if (candidates.length === 0) {
     throw new WrongKeyError(`this repository has no ${credential.kind} key slot (it has: ${[...new Set(config.slots.map((s) => s.kind))].join(', ') || 'none'})`)
@@ -142,10 +140,10 @@ export async function unlock(config: RepoConfig, credential: Credential): Promis
   for (const slot of candidates) {
     const kek = await deriveKek(credential, slot.kdf)
     const wrapped = Buffer.from(slot.wrapped, 'base64')
-    const nonceBytes = na.crypto_aead_xchacha20poly1305_ietf_NPUBBYTES
     try {
-      const master = na.crypto_aead_xchacha20poly1305_ietf_decrypt(null, wrapped.subarray(nonceBytes), slotAad(config.id, slot), wrapped.subarray(0, nonceBytes), kek)
-      return { master: Buffer.from(master), slot }
+      const nonce = wrapped.subarray(0, XCHACHA_NONCE_BYTES)
+      const master = xchachaOpen(wrapped.subarray(XCHACHA_NONCE_BYTES), slotAad(config.id, slot), nonce, kek)
+      return { master, slot }
     } catch {
       // Not this slot; try the next.
     }

@@ -20,4 +20,3 @@ export {
   type RepoConfig,
 } from './config.js'
 export { KEY_FILE_BYTES, KeyFileError, createKeyFile, readKeyFile } from './keyfile.js'
-export { sodium } from './sodium.js'

@@ -1,3 +1,4 @@
+import { LRUCache } from 'lru-cache'
 import type { BlobStore } from '../blob/index.js'
 import type { Tree } from '../meta/btree.js'
 import type { Wal, WalLocation, WalRecord } from '../portal/wal.js'
@@ -69,7 +70,8 @@ export const MAX_FILE_SIZE = 2 ** 53 - 1
 /** No extent is longer than the chunker's maximum chunk, so the extent covering x starts after x − this. */
 export const MAX_EXTENT_LEN = 4 * 1024 * 1024
 const LINK_MAX = 65000
-const INODE_CACHE_ENTRIES = 50_000
+/** Decoded inodes kept (~260 B each): the hot set of a working tree; the page cache holds the rest encoded. */
+const INODE_CACHE_ENTRIES = 8192
 
 export const RENAME_NOREPLACE = 1
 export const RENAME_EXCHANGE = 2
@@ -165,7 +167,7 @@ export class FileSystem {
   private readonly onDirty?: (ino: number) => void
   admit?: (bytes: number) => Promise<void>
   private superblock?: Superblock
-  private readonly inodeCache = new Map<number, Inode>()
+  private readonly inodeCache = new LRUCache<number, Inode>({ max: INODE_CACHE_ENTRIES })
   private failure?: Error
   /** Reads in flight that may touch log files (log files are not dropped meanwhile). */
   readsInFlight = 0
@@ -231,7 +233,6 @@ export class FileSystem {
       const raw = await this.tree.get(inodeKey(ino))
       if (!raw) return undefined
       cached = decodeInode(ino, raw)
-      if (this.inodeCache.size >= INODE_CACHE_ENTRIES) this.inodeCache.clear()
       this.inodeCache.set(ino, cached)
     }
     // Timespecs and targets are replaced, never changed in place: a shallow copy is private enough.

@@ -18,6 +18,15 @@ import type { BlobRef } from '../blob/index.js'
 
 const packr = new Packr({ useRecords: false })
 
+/**
+ * msgpackr returns views into its shared output buffer (about 1 MiB); a record
+ * held in a tree leaf until the next commit would pin all of it. Records are
+ * copied out, into a slice of Node's small-buffer pool.
+ */
+function packRecord(value: unknown): Buffer {
+  return Buffer.from(packr.pack(value))
+}
+
 export const KIND = { super: 0, inode: 1, dirent: 2, cookie: 3, extent: 4, xattr: 5, orphan: 6 } as const
 
 export const ROOT_INO = 1
@@ -99,7 +108,7 @@ export interface Inode {
 }
 
 export function encodeSuper(s: Superblock): Buffer {
-  return packr.pack([s.nextIno, s.created])
+  return packRecord([s.nextIno, s.created])
 }
 
 export function decodeSuper(b: Buffer): Superblock {
@@ -110,7 +119,7 @@ export function decodeSuper(b: Buffer): Superblock {
 export function encodeInode(i: Inode): Buffer {
   const row: unknown[] = [i.mode, i.uid, i.gid, i.nlink, i.size, i.atime.s, i.atime.ns, i.mtime.s, i.mtime.ns, i.ctime.s, i.ctime.ns, i.rdev, i.parent, i.nextCookie]
   if (i.target) row.push(i.target)
-  return packr.pack(row)
+  return packRecord(row)
 }
 
 export function decodeInode(ino: number, b: Buffer): Inode {
@@ -141,7 +150,7 @@ export interface Dirent {
 }
 
 export function encodeDirent(d: Dirent): Buffer {
-  return packr.pack([d.ino, d.type, d.cookie])
+  return packRecord([d.ino, d.type, d.cookie])
 }
 
 export function decodeDirent(b: Buffer): Dirent {
@@ -158,7 +167,7 @@ export interface Extent {
 }
 
 export function encodeExtent(e: Extent): Buffer {
-  return packr.pack([e.len, e.blob.id, Buffer.from(e.blob.seg, 'hex'), e.blob.off, e.blob.len, e.blob.raw, e.blobOff])
+  return packRecord([e.len, e.blob.id, Buffer.from(e.blob.seg, 'hex'), e.blob.off, e.blob.len, e.blob.raw, e.blobOff])
 }
 
 export function decodeExtent(off: number, b: Buffer): Extent {

@@ -4,8 +4,11 @@ import {
   isPageRef,
   leafEntryBytes,
   leafSearch,
+  leafValue,
+  leafValueLength,
   newBranch,
   newLeaf,
+  portableValues,
   sameRef,
   type Child,
   type Node,
@@ -41,6 +44,7 @@ function nextEpoch(): number {
  */
 export class Tree {
   private epoch = nextEpoch()
+  private owned = 0
 
   constructor(
     readonly pages: PageStore,
@@ -52,9 +56,18 @@ export class Tree {
     return this.root
   }
 
+  /**
+   * Nodes changed or created since the last freeze: what the next commit
+   * writes, and what the tree holds in memory in its expanded (mutable) form.
+   */
+  get dirtyPages(): number {
+    return this.owned
+  }
+
   /** Freezes the current state and returns its root; later changes copy-on-write. */
   freeze(): Child | undefined {
     this.epoch = nextEpoch()
+    this.owned = 0
     return this.root
   }
 
@@ -74,7 +87,7 @@ export class Tree {
     const leaf = path[path.length - 1]
     if (!leaf) return undefined
     const { index, found: hit } = leafSearch(leaf, key)
-    return hit ? leaf.vals[index] : undefined
+    return hit ? leafValue(leaf, index) : undefined
   }
 
   /** The value if the whole path is in memory; NOT_RESIDENT otherwise. */
@@ -85,7 +98,7 @@ export class Tree {
       if (!node) return NOT_RESIDENT
       if (node.leaf) {
         const { index, found } = leafSearch(node, key)
-        return found ? node.vals[index] : undefined
+        return found ? leafValue(node, index) : undefined
       }
       child = node.children[childIndex(node, key)]
     }
@@ -95,17 +108,18 @@ export class Tree {
   async put(key: string, val: Buffer): Promise<void> {
     if (!this.root) {
       this.root = newLeaf(this.epoch, [key], [val])
+      this.owned++
       return
     }
     const { leaf, stack } = await this.writablePath(key)
     const { index, found } = leafSearch(leaf, key)
     if (found) {
-      leaf.bytes += val.length - leaf.vals[index].length
+      leaf.bytes += val.length - leafValueLength(leaf, index)
       leaf.vals[index] = val
     } else {
       leaf.keys.splice(index, 0, key)
       leaf.vals.splice(index, 0, val)
-      leaf.bytes += leafEntryBytes(key, val)
+      leaf.bytes += leafEntryBytes(key, val.length)
     }
     if (leaf.bytes > MAX_PAGE_BYTES) this.splitUp(leaf, stack)
   }
@@ -116,7 +130,7 @@ export class Tree {
     const { leaf, stack } = await this.writablePath(key)
     const { index, found } = leafSearch(leaf, key)
     if (!found) return false
-    leaf.bytes -= leafEntryBytes(key, leaf.vals[index])
+    leaf.bytes -= leafEntryBytes(key, leafValueLength(leaf, index))
     leaf.keys.splice(index, 1)
     leaf.vals.splice(index, 1)
     await this.rebalanceUp(leaf, stack)
@@ -167,7 +181,7 @@ export class Tree {
     for (;;) {
       for (; i < node.keys.length; i++) {
         if (node.keys[i] >= end) return
-        yield [node.keys[i], node.vals[i]]
+        yield [node.keys[i], leafValue(node, i)]
       }
       // Next leaf: climb to the first ancestor with a child to the right, then descend leftmost.
       let frame = stack.pop()
@@ -240,6 +254,7 @@ export class Tree {
 
   private own(node: Node): Node {
     if (node.epoch === this.epoch) return node
+    this.owned++
     return {
       leaf: node.leaf,
       keys: node.keys.slice(),
@@ -247,6 +262,7 @@ export class Tree {
       children: node.children.slice(),
       epoch: this.epoch,
       bytes: node.bytes,
+      source: node.source,
     }
   }
 
@@ -306,6 +322,7 @@ export class Tree {
       const parentFrame = stack.pop()
       if (!parentFrame) {
         this.root = newBranch(this.epoch, ['', separator], [current, right])
+        this.owned++
         return
       }
       const parent = parentFrame.node
@@ -322,11 +339,12 @@ export class Tree {
     let acc = 8
     let at = 1
     for (; at < node.keys.length - 1; at++) {
-      acc += node.leaf ? leafEntryBytes(node.keys[at - 1], node.vals[at - 1]) : branchEntryBytes(node.keys[at - 1])
+      acc += node.leaf ? leafEntryBytes(node.keys[at - 1], leafValueLength(node, at - 1)) : branchEntryBytes(node.keys[at - 1])
       if (acc >= half) break
     }
+    this.owned++
     const right = node.leaf
-      ? newLeaf(this.epoch, node.keys.splice(at), node.vals.splice(at))
+      ? newLeaf(this.epoch, node.keys.splice(at), node.vals.splice(at), node.source)
       : newBranch(this.epoch, node.keys.splice(at), node.children.splice(at))
     node.bytes -= right.bytes - 8
     return right
@@ -347,7 +365,7 @@ export class Tree {
         if (left.bytes + right.bytes - 8 <= MAX_PAGE_BYTES) {
           if (left.leaf) {
             left.keys.push(...right.keys)
-            left.vals.push(...right.vals)
+            left.vals.push(...(right.source === left.source ? right.vals : portableValues(right)))
           } else {
             // The right branch's first key is minus infinity; in the merged node it is the parent's separator.
             left.keys.push(parent.keys[leftIndex + 1], ...right.keys.slice(1))

@@ -1,4 +1,4 @@
-import { isPageRef, type Child, type Node, type PageRef } from './node.js'
+import { isPageRef, leafValue, type Child, type Node, type PageRef } from './node.js'
 import type { PageStore } from './pages.js'
 
 /**
@@ -60,11 +60,11 @@ export async function diffTrees(pages: PageStore, a: Child | undefined, b: Child
   const inA = await referenced(pages, a)
   const leavesB = await onlyLeaves(pages, b, inA)
   const before = new Map<string, Buffer>()
-  for (const leaf of leavesA) leaf.keys.forEach((k, i) => before.set(k, leaf.vals[i]))
+  for (const leaf of leavesA) leaf.keys.forEach((k, i) => before.set(k, leafValue(leaf, i)))
   const changes: KeyChange[] = []
   for (const leaf of leavesB) {
     leaf.keys.forEach((key, i) => {
-      const after = leaf.vals[i]
+      const after = leafValue(leaf, i)
       const old = before.get(key)
       before.delete(key)
       if (!old || !old.equals(after)) changes.push({ key, before: old, after })

@@ -51,8 +51,15 @@ export function encodeNode(node: Node): Buffer {
     w.varint(node.keys[i].length)
     w.latin1(node.keys[i])
     if (node.leaf) {
-      w.varint(node.vals[i].length)
-      w.bytes(node.vals[i])
+      const v = node.vals[i]
+      if (typeof v === 'number') {
+        const spans = node.source!.spans
+        w.varint(spans[2 * v + 1] - spans[2 * v])
+        w.bytes(node.source!.plain, spans[2 * v], spans[2 * v + 1])
+      } else {
+        w.varint(v.length)
+        w.bytes(v)
+      }
     } else {
       const c = node.children[i]
       const ref = isPageRef(c) ? c : c.ref
@@ -72,12 +79,18 @@ export function decodeNode(plain: Buffer, ref: PageRef): Node {
   if (kind !== LEAF && kind !== BRANCH) throw new PageCorruptError(ref, `unknown page kind ${kind}`)
   const count = r.varint()
   const keys: string[] = new Array(count)
-  const vals: Buffer[] = []
+  const vals: number[] = []
+  const spans = kind === LEAF ? new Uint32Array(2 * count) : undefined
   const children: Child[] = []
   for (let i = 0; i < count; i++) {
     keys[i] = r.latin1(r.varint())
-    if (kind === LEAF) vals.push(r.bytes(r.varint()))
-    else {
+    if (spans) {
+      const len = r.varint()
+      spans[2 * i] = r.position
+      r.skip(len)
+      spans[2 * i + 1] = r.position
+      vals.push(i)
+    } else {
       const pack = r.bytes(16).toString('hex')
       const off = r.varint()
       const len = r.varint()
@@ -85,11 +98,15 @@ export function decodeNode(plain: Buffer, ref: PageRef): Node {
     }
   }
   if (!r.done) throw new PageCorruptError(ref, 'trailing bytes')
-  const node = kind === LEAF ? newLeaf(-1, keys, vals) : newBranch(-1, keys, children)
+  const node = spans ? newLeaf(-1, keys, vals, { plain, spans }) : newBranch(-1, keys, children)
   node.ref = ref
-  // What caching it costs: the page buffer, plus per-entry objects (key strings, value views).
-  node.memory = plain.byteLength + count * 200
+  node.memory = pageMemory(plain.byteLength, node)
   return node
+}
+
+/** What a decoded page costs in memory: its buffer, plus per entry a key string and slots (~70 B; a branch's refs more). */
+function pageMemory(plainBytes: number, node: Node): number {
+  return plainBytes + node.keys.length * (node.leaf ? 80 : 200)
 }
 
 class ByteWriter {
@@ -120,10 +137,10 @@ class ByteWriter {
     this.room(s.length)
     this.at += this.buf.write(s, this.at, 'latin1')
   }
-  bytes(b: Buffer): void {
-    this.room(b.length)
-    b.copy(this.buf, this.at)
-    this.at += b.length
+  bytes(b: Buffer, start = 0, end = b.length): void {
+    this.room(end - start)
+    b.copy(this.buf, this.at, start, end)
+    this.at += end - start
   }
   finish(): Buffer {
     return this.buf.subarray(0, this.at)
@@ -138,6 +155,13 @@ class ByteReader {
   ) {}
   get done(): boolean {
     return this.at === this.buf.length
+  }
+  get position(): number {
+    return this.at
+  }
+  skip(n: number): void {
+    this.need(n)
+    this.at += n
   }
   private need(n: number): void {
     if (this.at + n > this.buf.length) throw new PageCorruptError(this.ref, 'truncated page')
@@ -177,7 +201,18 @@ export class PackWriter {
   private readonly parts: Buffer[] = []
   private size = 0
 
-  constructor(private readonly keys: RepoKeys) {}
+  private remembered = 0
+
+  /**
+   * `rememberBytes`: how much decoded memory worth of plaintext to keep for
+   * the page cache (the cache's capacity). Pages are added children first,
+   * so what is kept is the top of the tree and the last leaves; keeping more
+   * would only be evicted again, after doubling the commit's peak memory.
+   */
+  constructor(
+    private readonly keys: RepoKeys,
+    private readonly rememberBytes = Infinity,
+  ) {}
 
   get byteLength(): number {
     return this.size
@@ -199,6 +234,12 @@ export class PackWriter {
     const sealed = this.keys.seal('meta', compressor.compress(plain), pageAad(id))
     const ref: PageRef = { pack: this.id, off: this.size, len: sealed.length, id }
     this.plains.set(node, plain)
+    this.remembered += pageMemory(plain.byteLength, node)
+    while (this.remembered > this.rememberBytes && this.plains.size > 1) {
+      const [oldest, oldPlain] = this.plains.entries().next().value as [Node, Buffer]
+      this.plains.delete(oldest)
+      this.remembered -= pageMemory(oldPlain.byteLength, oldest)
+    }
     this.parts.push(sealed)
     this.size += sealed.length
     return ref
@@ -224,9 +265,14 @@ export class PageStore {
   constructor(
     readonly store: ObjectStore,
     readonly keys: RepoKeys,
-    cacheBytes = 24 * 1024 * 1024,
+    cacheBytes = 12 * 1024 * 1024,
   ) {
     this.cache = new LRUCache<string, Node>({ maxSize: cacheBytes, sizeCalculation: (n) => Math.max(64, n.memory ?? n.bytes * 3) })
+  }
+
+  /** The cache's capacity in (estimated) bytes. */
+  get capacity(): number {
+    return this.cache.maxSize
   }
 
   /** A cached page, or undefined (no I/O). */

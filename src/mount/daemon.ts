@@ -8,6 +8,7 @@ import { Portal } from '../portal/index.js'
 import type { Repository, VolumeSession } from '../repo/index.js'
 import { sleep } from '../store/index.js'
 import type { Logger } from '../util/log.js'
+import { peakRssBytes } from '../util/process.js'
 import { serveControl, type ControlRequest } from './control.js'
 import { canonicalMountpoint, mountState, recordPaths, removeRecord, writeRecord } from './registry.js'
 
@@ -153,7 +154,8 @@ export class MountDaemon {
     const idle = now - this.lastWrite >= IDLE_MS
     const backoff = this.commitFailures ? Math.min(30_000, 1000 * 2 ** this.commitFailures) : 0
     if (backoff && now - this.lastCommit < backoff) return
-    if (this.session.hasUncommitted && (due || idle || (this.session.wal?.diskBytes ?? 0) > COMMIT_PRESSURE_BYTES)) {
+    const pressure = (this.session.wal?.diskBytes ?? 0) > COMMIT_PRESSURE_BYTES || this.session.metadataPressure
+    if (this.session.hasUncommitted && (due || idle || pressure)) {
       await this.commit('background')
     } else if (fs.pendingBytes > FLUSH_PRESSURE_BYTES) {
       this.committing = flushPending(fs, { maxBytes: 4 * FLUSH_PRESSURE_BYTES }).catch((err) => this.options.log.warn('background flush failed', { error: err.message }))
@@ -277,6 +279,7 @@ export class MountDaemon {
       lease: this.session.lease ? { epoch: this.session.lease.epoch, expires: new Date(this.session.lease.expires).toISOString(), lost: this.session.lease.lost } : undefined,
       ops: Object.fromEntries(this.adapter.stats),
       rssBytes: process.memoryUsage.rss(),
+      peakRssBytes: peakRssBytes(),
       memory: process.memoryUsage(),
     }
   }

@@ -107,11 +107,20 @@ export class Wal {
   private readonly frameOf = new Map<number, { file: number; pos: number }>()
   /** Payloads of recent and not-yet-written records, so reads of fresh data stay in memory. */
   private readonly recent = new LRUCache<number, Buffer>({
-    maxSize: 16 * 1024 * 1024,
+    // Small on purpose: a miss costs one pread of a file the kernel just cached.
+    maxSize: 4 * 1024 * 1024,
     // A small payload costs far more than its length: the Buffer object and the cache's own entry.
     sizeCalculation: (b) => b.length + RECENT_ENTRY_OVERHEAD,
   })
-  private readonly frames = new LRUCache<string, Map<number, Buffer>>({ max: 32 })
+  /** Frames read back from disk (the flusher reads a frame's records in a row), bounded by their payload bytes. */
+  private readonly frames = new LRUCache<string, Map<number, Buffer>>({
+    maxSize: 4 * FRAME_BYTES,
+    sizeCalculation: (frame) => {
+      let bytes = 64
+      for (const payload of frame.values()) bytes += payload.length + RECENT_ENTRY_OVERHEAD
+      return bytes
+    },
+  })
   private syncing?: Promise<void>
   private failed?: Error
   /** The disk-full error while records wait in memory to be written. */

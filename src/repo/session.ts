@@ -17,6 +17,9 @@ import {
 import { Wal } from '../portal/index.js'
 import type { Repository } from './repository.js'
 
+/** Changed metadata pages held before a commit is forced (~130 KiB each in memory; see metadataPressure). */
+export const DIRTY_PAGE_BUDGET = 256
+
 /** Commit's final, locked flush pass handles at most about this much (the rest is flushed first). */
 const LOCKED_FLUSH_BYTES = 16 * 1024 * 1024
 
@@ -96,6 +99,15 @@ export class VolumeSession {
     return !this.wal
   }
   /** Whether anything changed since the last commit. */
+  /**
+   * A commit is due now, whatever the clock says: the tree holds too many
+   * changed pages. Changed pages stay in memory in their expanded form until
+   * a commit writes them, so this bounds the writer's memory.
+   */
+  get metadataPressure(): boolean {
+    return this.fs.tree.dirtyPages >= DIRTY_PAGE_BUDGET
+  }
+
   get hasUncommitted(): boolean {
     return (this.wal?.seq ?? 0) > this.committedSeq || this.fs.dirty.size > 0
   }
@@ -205,7 +217,7 @@ export class VolumeSession {
     })
     if (!frozen) return undefined
     await wal.sync()
-    const pack = new PackWriter(this.repo.keys)
+    const pack = new PackWriter(this.repo.keys, this.repo.pages.capacity)
     const persisted = frozen.root ? Tree.persist(frozen.root, pack) : { ref: null, written: [] }
     try {
       if (pack.pageCount > 0) await this.repo.store.put(packKey(pack.id), pack.finish())

@@ -20,3 +20,14 @@ export function processAlive(pid: number): boolean {
     return true // no /proc: trust kill(0)
   }
 }
+
+/** This process's peak resident set so far (the kernel's high-water mark), or the current RSS without /proc. */
+export function peakRssBytes(): number {
+  try {
+    const match = /VmHWM:\s+(\d+) kB/.exec(readFileSync('/proc/self/status', 'utf8'))
+    if (match) return Number(match[1]) * 1024
+  } catch {
+    // no /proc
+  }
+  return process.memoryUsage.rss()
+}

@@ -12,6 +12,7 @@ import {
   verifySegment,
   type BlobRef,
 } from '../../src/blob/index.js'
+import { BlobIndex } from '../../src/blob/blob-index.js'
 import { RepoKeys } from '../../src/crypto/index.js'
 import { listAll, MemoryStore, type ObjectStore } from '../../src/store/index.js'
 
@@ -283,3 +284,27 @@ describe('nothing readable in the bucket', () => {
   }, 60_000)
 })
 
+
+describe('BlobIndex (the deduplication index)', () => {
+  it('finds every blob it was given, never one it was not, and updates in place', () => {
+    const index = new BlobIndex()
+    const refs = Array.from({ length: 20_000 }, (_, i) => ({ id: randomBytes(32), seg: `seg${i % 7}`, off: i * 100, len: 50 + (i % 13), raw: 60 + i }))
+    for (const ref of refs) index.set(ref)
+    expect(index.size).toBe(refs.length)
+    for (const ref of refs) expect(index.get(ref.id)).toEqual(ref)
+    for (let i = 0; i < 1000; i++) expect(index.get(randomBytes(32))).toBeUndefined()
+    // Same first four bytes (same hash slot), different ID: a distinct blob.
+    const twin = Buffer.from(refs[0].id)
+    twin[31] ^= 1
+    expect(index.has(twin)).toBe(false)
+    index.set({ ...refs[0], seg: 'moved', off: 1 })
+    expect(index.size).toBe(refs.length)
+    expect(index.get(refs[0].id)).toMatchObject({ seg: 'moved', off: 1 })
+    expect([...index.values()]).toHaveLength(refs.length)
+    index.clear()
+    expect(index.size).toBe(0)
+    expect(index.get(refs[5].id)).toBeUndefined()
+    index.set(refs[5])
+    expect(index.get(refs[5].id)).toEqual(refs[5])
+  })
+})

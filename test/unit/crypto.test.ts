@@ -1,4 +1,5 @@
 import { randomBytes } from 'node:crypto'
+import { createRequire } from 'node:module'
 import { chmodSync, statSync, writeFileSync } from 'node:fs'
 import path from 'node:path'
 import { describe, expect, it } from 'vitest'
@@ -18,7 +19,7 @@ import {
   WrongKeyError,
 } from '../../src/crypto/index.js'
 import { argon2id } from '../../src/crypto/argon2.js'
-import { sodium } from '../../src/crypto/sodium.js'
+import { hchacha20, xchachaOpen, xchachaSeal } from '../../src/crypto/xchacha.js'
 import { tempDir } from '../helpers/stores.js'
 
 describe('AEAD', () => {
@@ -56,6 +57,39 @@ describe('AEAD', () => {
         expect(seen.has(saltAndNonce)).toBe(false)
         seen.add(saltAndNonce)
       }
+    }
+  })
+})
+
+/** libsodium itself, as the reference the project's own code must agree with. */
+async function sodium(): Promise<typeof import('libsodium-wrappers-sumo')> {
+  const lib = createRequire(import.meta.url)('libsodium-wrappers-sumo') as typeof import('libsodium-wrappers-sumo')
+  await lib.ready
+  return lib
+}
+
+describe('XChaCha20-Poly1305 for key slots', () => {
+  it('HChaCha20 matches the test vector of draft-irtf-cfrg-xchacha §2.2.1', () => {
+    const key = Buffer.from(Array.from({ length: 32 }, (_, i) => i))
+    const nonce = Buffer.from('000000090000004a0000000031415927', 'hex')
+    expect(hchacha20(key, nonce).toString('hex')).toBe('82413b4227b27bfed30e42508a877d73a0f9e4d58a74a853c12ec41326d3ecdc')
+  })
+
+  it('seals and opens exactly as libsodium does, and rejects any change', async () => {
+    const na = await sodium()
+    for (const size of [0, 1, 32, 1000]) {
+      const key = randomBytes(32)
+      const nonce = randomBytes(24)
+      const msg = randomBytes(size)
+      const ad = randomBytes(40)
+      const ours = xchachaSeal(msg, ad, nonce, key)
+      expect(ours).toEqual(Buffer.from(na.crypto_aead_xchacha20poly1305_ietf_encrypt(msg, ad, null, nonce, key)))
+      expect(xchachaOpen(ours, ad, nonce, key)).toEqual(msg)
+      const flipped = Buffer.from(ours)
+      flipped[0] ^= 1
+      expect(() => xchachaOpen(flipped, ad, nonce, key)).toThrow()
+      expect(() => xchachaOpen(ours, randomBytes(40), nonce, key)).toThrow()
+      expect(() => xchachaOpen(ours, ad, nonce, randomBytes(32))).toThrow()
     }
   })
 })

@@ -5,6 +5,7 @@ import { createKeyFile, type Credential } from '../../crypto/index.js'
 import { run } from '../../fuse/device.js'
 import { controlRequest } from '../../mount/control.js'
 import { MountDaemon } from '../../mount/daemon.js'
+import { DAEMON_ENV, DAEMON_NODE_FLAGS } from '../../mount/runtime.js'
 import { canonicalMountpoint, mountState, readRecord, recordPaths } from '../../mount/registry.js'
 import { NoRepositoryError, Repository } from '../../repo/index.js'
 import { createLogger, type Level } from '../../util/log.js'
@@ -16,9 +17,6 @@ import { processAlive } from '../../util/process.js'
 
 const DEFAULT_CACHE_BYTES = 8 * 1024 * 1024 * 1024
 
-/** Node and glibc settings for the daemon: small young generation, big buffers kept on the heap, enough pool threads for /dev/fuse reads. */
-export const DAEMON_NODE_FLAGS = ['--max-semi-space-size=2']
-export const DAEMON_ENV = { MALLOC_ARENA_MAX: '2', MALLOC_MMAP_THRESHOLD_: '33554432', MALLOC_TRIM_THRESHOLD_: '33554432', UV_THREADPOOL_SIZE: '16' }
 
 export const mountCommand: Command = {
   path: ['mount'],

@@ -1,0 +1,22 @@
+/**
+ * How a mount daemon's Node process is started. A daemon lives for days next
+ * to the agent it serves, so these trade a little throughput for a small,
+ * steady resident set (measured in docs/performance.md):
+ *
+ * - `--max-semi-space-size=2`: a young generation of 2 MiB per semi-space
+ *   (default 16); most garbage is per-request and dies young anyway.
+ * - `--heap-growing-percent=10`: after a full GC, the heap may grow 10% over
+ *   what survived before the next one (V8's default lets it double or more,
+ *   which is where most of a busy daemon's RSS went).
+ * - glibc: two arenas, buffers of 128 KiB and up mapped (and returned)
+ *   individually, free memory above 1 MiB at the top of the heap trimmed.
+ * - 16 libuv threads: /dev/fuse reads block a thread each.
+ */
+export const DAEMON_NODE_FLAGS = ['--max-semi-space-size=2', '--heap-growing-percent=10']
+
+export const DAEMON_ENV: Record<string, string> = {
+  MALLOC_ARENA_MAX: '2',
+  MALLOC_MMAP_THRESHOLD_: String(128 * 1024),
+  MALLOC_TRIM_THRESHOLD_: String(1024 * 1024),
+  UV_THREADPOOL_SIZE: '16',
+}
