@@ -16,6 +16,8 @@ const MiB = 1024 * 1024
 const chunking = { min: 256 * 1024, avg: MiB, max: 4 * MiB }
 
 export interface MicroResult {
+  /** Stable snake_case name for reports. */
+  key: string
   name: string
   mib_per_s: number
 }
@@ -67,18 +69,18 @@ export async function runMicro(log: (line: string) => void = console.log): Promi
   const results: MicroResult[] = []
 
   const bench = new Bench({ time: 1000, warmupTime: 200 })
-  const sized: Record<string, number> = {}
-  const add = (name: string, bytes: number, fn: () => void) => {
-    sized[name] = bytes
+  const sized: Record<string, { key: string; bytes: number }> = {}
+  const add = (key: string, name: string, bytes: number, fn: () => void) => {
+    sized[name] = { key, bytes }
     bench.add(name, fn)
   }
-  add('chunk (FastCDC cut points, 16 MiB)', 16 * MiB, () => void chunker.cuts(random.subarray(0, 16 * MiB)))
-  add('hash (HMAC-SHA256, 1 MiB)', MiB, () => void keys.contentId(oneMiB))
-  add('encrypt (AES-256-GCM, 1 MiB)', MiB, () => void keys.seal('data', oneMiB, 'blob:x'))
-  add('encode blob, incompressible (hash+zstd+seal, 1 MiB)', MiB, () => void encodeBlob(keys, oneMiB))
-  add('encode blob, source text (hash+zstd+seal, 1 MiB)', MiB, () => void encodeBlob(keys, textMiB))
+  add('chunk', 'chunk (FastCDC cut points, 16 MiB)', 16 * MiB, () => void chunker.cuts(random.subarray(0, 16 * MiB)))
+  add('hash', 'hash (HMAC-SHA256, 1 MiB)', MiB, () => void keys.contentId(oneMiB))
+  add('encrypt', 'encrypt (AES-256-GCM, 1 MiB)', MiB, () => void keys.seal('data', oneMiB, 'blob:x'))
+  add('encode_incompressible', 'encode blob, incompressible (hash+zstd+seal, 1 MiB)', MiB, () => void encodeBlob(keys, oneMiB))
+  add('encode_text', 'encode blob, source text (hash+zstd+seal, 1 MiB)', MiB, () => void encodeBlob(keys, textMiB))
   const sealed = encodeBlob(keys, oneMiB)
-  add('pack (8 MiB segment of sealed blobs)', 8 * MiB, () => {
+  add('pack', 'pack (8 MiB segment of sealed blobs)', 8 * MiB, () => {
     const seg = new SegmentBuilder()
     for (let i = 0; i < 8; i++) seg.add(sealed.id, sealed.sealed, MiB)
     seg.finish(keys)
@@ -86,8 +88,8 @@ export async function runMicro(log: (line: string) => void = console.log): Promi
   await bench.run()
   for (const task of bench.tasks) {
     const mean = task.result && 'latency' in task.result ? task.result.latency.mean : NaN
-    const mibs = sized[task.name] / MiB / (mean / 1000)
-    results.push({ name: task.name, mib_per_s: Math.round(mibs) })
+    const mibs = sized[task.name].bytes / MiB / (mean / 1000)
+    results.push({ key: sized[task.name].key, name: task.name, mib_per_s: Math.round(mibs) })
     log(`${task.name.padEnd(56)} ${Math.round(mibs).toString().padStart(6)} MiB/s`)
   }
 
@@ -97,10 +99,10 @@ export async function runMicro(log: (line: string) => void = console.log): Promi
     // Best of three: this machine's timings are noisy (shared cores, memory reclaim).
     const best = async (data: Buffer) => Math.max(...[await pipeline(keys, pool, data), await pipeline(keys, pool, data), await pipeline(keys, pool, data)])
     const rnd = await best(random)
-    results.push({ name: `pipeline, incompressible (${random.length / MiB} MiB, ${pool.size} workers)`, mib_per_s: Math.round(rnd) })
+    results.push({ key: 'pipeline_incompressible', name: `pipeline, incompressible (${random.length / MiB} MiB, ${pool.size} workers)`, mib_per_s: Math.round(rnd) })
     log(`${results[results.length - 1].name.padEnd(56)} ${Math.round(rnd).toString().padStart(6)} MiB/s   (target >= 250, best of 3)`)
     const txt = await best(text)
-    results.push({ name: `pipeline, source text (${Math.round(text.length / MiB)} MiB, ${pool.size} workers)`, mib_per_s: Math.round(txt) })
+    results.push({ key: 'pipeline_text', name: `pipeline, source text (${Math.round(text.length / MiB)} MiB, ${pool.size} workers)`, mib_per_s: Math.round(txt) })
     log(`${results[results.length - 1].name.padEnd(56)} ${Math.round(txt).toString().padStart(6)} MiB/s   (target >= 200, best of 3)`)
   } finally {
     await pool.close()

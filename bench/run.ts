@@ -1,43 +1,163 @@
 /**
- * Benchmark entry point (`npm run bench`, `s0fs bench`).
- *   --workload micro   store-pipeline micro-benchmarks (MiB/s)
- *   --workload meta    snapshot/fork latency, commit size, cold open at 10k and 100k files
- *   --json             print results as JSON
+ * `s0fs bench` / `npm run bench`: mounts a fresh volume per workload, runs the
+ * workload on it and on a plain local directory in the same run, and writes
+ * report.json, report.md and ratios.svg to --out. Progress goes to stderr
+ * (one rewritten line on a terminal, plain lines otherwise); the table (or,
+ * with --json, the report) goes to stdout.
  */
+import { mkdirSync, writeFileSync } from 'node:fs'
+import os from 'node:os'
+import path from 'node:path'
 import { parseArgs } from 'node:util'
-import { runMeta } from './meta.js'
+import { LocalTarget, prepareContext, removeWork, S0fsTarget, type BenchContext, type RequestCounts, type Target } from './harness.js'
 import { runMicro } from './micro.js'
+import { checkTargets, markdown, ratios, svgChart, type Report, type WorkloadReport } from './report.js'
+import { WORKLOADS, type Figures, type Workload } from './workloads.js'
 
-const WORKLOADS = ['micro', 'meta'] as const
+const micro: Workload = {
+  name: 'micro',
+  summary: 'store pipeline micro-benchmarks (chunk, hash, encrypt, encode, pack; MiB/s, in-process)',
+  async runOnce(_ctx, progress) {
+    const figures: Figures = {}
+    for (const r of await runMicro((line) => progress(line.trim()))) figures[`${r.key}_mib_per_s`] = r.mib_per_s
+    return figures
+  },
+}
+
+const ALL: Workload[] = [micro, ...WORKLOADS]
+
+const USAGE = `Usage: s0fs bench [--repo URL] [--workload NAMES] [--out DIR] [--json] [--quick]
+
+Runs each workload on a fresh s0fs volume and on a local directory in the same
+run, and prints s0fs's figures next to local disk's.
+
+  --repo URL        repository to benchmark (default: a new file:// repository in a temporary directory)
+  --workload NAMES  comma-separated, from: ${ALL.map((w) => w.name).join(', ')} (default: all)
+  --out DIR         where report.json, report.md and ratios.svg go (default: ./bench-results)
+  --json            print the report as JSON instead of the table
+  --quick           small sizes and short runs: checks the harness, measures nothing meaningful
+  -h, --help        show this help
+
+Workloads:
+${ALL.map((w) => `  ${w.name.padEnd(9)} ${w.summary}`).join('\n')}
+
+Cold steps drop the kernel's page cache (root only). Exit status: 0 done, 2 bad arguments, 1 a workload failed.
+`
 
 export async function runBench(argv: string[]): Promise<number> {
-  const { values } = parseArgs({
-    args: argv,
-    options: { workload: { type: 'string', default: 'micro' }, json: { type: 'boolean', default: false }, help: { type: 'boolean', short: 'h' } },
-  })
+  let values: { repo?: string; workload?: string; out?: string; json?: boolean; quick?: boolean; help?: boolean }
+  try {
+    values = parseArgs({
+      args: argv,
+      options: {
+        repo: { type: 'string' },
+        workload: { type: 'string' },
+        out: { type: 'string' },
+        json: { type: 'boolean', default: false },
+        quick: { type: 'boolean', default: false },
+        help: { type: 'boolean', short: 'h' },
+      },
+    }).values
+  } catch (err) {
+    process.stderr.write(`s0fs bench: ${(err as Error).message}\n${USAGE}`)
+    return 2
+  }
   if (values.help) {
-    process.stdout.write(`Usage: npm run bench -- [--workload ${WORKLOADS.join(',')}] [--json]\n`)
+    process.stdout.write(USAGE)
     return 0
   }
-  const selected = String(values.workload).split(',')
-  for (const name of selected) {
-    if (!(WORKLOADS as readonly string[]).includes(name)) {
-      process.stderr.write(`unknown workload ${JSON.stringify(name)} (known: ${WORKLOADS.join(', ')})\n`)
-      return 2
+  const names = values.workload ? values.workload.split(',').map((s) => s.trim()) : ALL.map((w) => w.name)
+  const unknown = names.filter((n) => !ALL.some((w) => w.name === n))
+  if (unknown.length) {
+    process.stderr.write(`s0fs bench: unknown workload ${unknown.map((n) => JSON.stringify(n)).join(', ')} (known: ${ALL.map((w) => w.name).join(', ')})\n`)
+    return 2
+  }
+  const selected = ALL.filter((w) => names.includes(w.name))
+  const out = path.resolve(values.out ?? 'bench-results')
+  const progress = new ProgressLine(process.stderr)
+  const ctx = prepareContext({ repo: values.repo, quick: values.quick ?? false })
+  const report: Report = {
+    date: new Date().toISOString(),
+    machine: { cpus: os.availableParallelism(), memory_gib: Math.round(os.totalmem() / 2 ** 30), kernel: os.release(), node: process.version },
+    repository: values.repo ?? 'file:// (temporary)',
+    page_cache_dropped: ctx.canDropCaches,
+    workloads: {},
+    targets: [],
+  }
+  let failed = false
+  try {
+    for (const [i, w] of selected.entries()) {
+      const step = (side: string) => (s: string) => progress.update(`[${i + 1}/${selected.length}] ${w.name} · ${side} · ${s}`)
+      try {
+        report.workloads[w.name] = await runWorkload(ctx, w, step)
+      } catch (err) {
+        failed = true
+        progress.line(`${w.name}: FAILED: ${(err as Error).message}`)
+      }
     }
+  } finally {
+    progress.done()
+    removeWork(ctx)
   }
-  const report: Record<string, unknown> = {}
-  const log = values.json ? (line: string) => process.stderr.write(line + '\n') : (line: string) => process.stdout.write(line + '\n')
-  if (selected.includes('micro')) {
-    log('micro: store pipeline (MiB/s, this machine, same run)')
-    report.micro = await runMicro(log)
+  report.targets = checkTargets(report)
+  mkdirSync(out, { recursive: true })
+  const md = markdown(report)
+  writeFileSync(path.join(out, 'report.json'), JSON.stringify(report, null, 2) + '\n')
+  writeFileSync(path.join(out, 'report.md'), md)
+  writeFileSync(path.join(out, 'ratios.svg'), svgChart(report))
+  process.stdout.write(values.json ? JSON.stringify(report, null, 2) + '\n' : md)
+  process.stderr.write(`report written to ${out}/{report.json,report.md,ratios.svg}\n`)
+  return failed ? 1 : 0
+}
+
+async function runWorkload(ctx: BenchContext, w: Workload, step: (side: string) => (s: string) => void): Promise<WorkloadReport> {
+  if (w.runOnce) return { summary: w.summary, s0fs: await w.runOnce(ctx, step('s0fs')) }
+  const s0fsTarget = await S0fsTarget.mount(ctx, w.name)
+  const { figures: s0fs, requests } = await measureOn(ctx, w, s0fsTarget, step('s0fs'))
+  const { figures: local } = await measureOn(ctx, w, new LocalTarget(ctx, w.name), step('local'))
+  if (w.name === 'small' && requests && typeof s0fs.files === 'number') {
+    s0fs.puts_per_1000_files = Math.round((requests.put / s0fs.files) * 1000 * 10) / 10
   }
-  if (selected.includes('meta')) {
-    log('meta: metadata tree at 10k and 100k files (file:// repository)')
-    report.meta = await runMeta(log)
+  return { summary: w.summary, s0fs, local, requests, ratio_to_local: ratios(s0fs, local) }
+}
+
+async function measureOn(ctx: BenchContext, w: Workload, t: Target, progress: (s: string) => void): Promise<{ figures: Figures; requests?: RequestCounts }> {
+  let figures: Figures = {}
+  let failure: unknown
+  try {
+    figures = await w.run!(ctx, t, progress)
+  } catch (err) {
+    failure = err
   }
-  if (values.json) process.stdout.write(JSON.stringify(report, null, 2) + '\n')
-  return 0
+  // Always unmount (and count), even when the workload failed.
+  const extra = await t.finish().catch((err: unknown) => {
+    failure ??= err
+    return {}
+  })
+  if (failure) throw failure
+  const { requests, daemon_peak_rss_mib } = extra as { requests?: RequestCounts; daemon_peak_rss_mib?: number }
+  if (daemon_peak_rss_mib !== undefined) figures.daemon_peak_rss_mib = daemon_peak_rss_mib
+  return { figures, requests }
+}
+
+/** One status line rewritten in place on a terminal; plain lines otherwise. */
+class ProgressLine {
+  private shown = false
+  constructor(private readonly stream: NodeJS.WriteStream) {}
+  update(text: string): void {
+    if (this.stream.isTTY) {
+      this.stream.write(`\r\x1b[K${text.slice(0, (this.stream.columns || 100) - 1)}`)
+      this.shown = true
+    } else this.stream.write(text + '\n')
+  }
+  line(text: string): void {
+    this.done()
+    this.stream.write(text + '\n')
+  }
+  done(): void {
+    if (this.shown) this.stream.write('\r\x1b[K')
+    this.shown = false
+  }
 }
 
 if (import.meta.url === `file://${process.argv[1]}`) {

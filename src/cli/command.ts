@@ -38,6 +38,8 @@ export interface Command {
   options?: Record<string, OptionSpec>
   positionals?: PositionalSpec[]
   examples?: string[]
+  /** The command parses its own arguments (and --help): it gets them all as positionals. */
+  rawArgs?: boolean
   run(ctx: CommandContext): Promise<number | void>
 }
 

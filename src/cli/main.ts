@@ -1,10 +1,11 @@
 import { commandHelp, parseCommandArgs, type Command, type Io } from './command.js'
+import { benchCommand } from './commands/bench.js'
 import { keyAddCommand, keyListCommand, keyRemoveCommand } from './commands/key.js'
 import { mountCommand, umountCommand } from './commands/mount.js'
 import { initCommand, repoInfoCommand } from './commands/repo.js'
 import { EXIT, EXIT_HELP, exitCodeFor, UsageError } from './exit-codes.js'
 
-export const COMMANDS: Command[] = [mountCommand, umountCommand, initCommand, repoInfoCommand, keyAddCommand, keyListCommand, keyRemoveCommand]
+export const COMMANDS: Command[] = [mountCommand, umountCommand, initCommand, repoInfoCommand, keyAddCommand, keyListCommand, keyRemoveCommand, benchCommand]
 
 export function mainHelp(): string {
   const width = Math.max(...COMMANDS.map((c) => c.path.join(' ').length)) + 2
@@ -61,6 +62,7 @@ export async function main(argv: string[], io: Io): Promise<number> {
     return EXIT.usage
   }
   try {
+    if (command.rawArgs) return (await command.run({ values: {}, positionals: rest, io })) ?? EXIT.ok
     const { values, positionals } = parseCommandArgs(command, rest)
     if (values.help) {
       io.out(commandHelp(command))

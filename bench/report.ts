@@ -1,0 +1,188 @@
+/**
+ * The benchmark report: one JSON object per workload with the s0fs and
+ * local-disk figures side by side (`small.s0fs.create_files_per_s`,
+ * `small.local.create_files_per_s`, …), their speed ratios, the targets and
+ * whether each was met; a Markdown table of the same; and an SVG chart of
+ * the ratios to local disk.
+ */
+import type { RequestCounts } from './harness.js'
+import type { Figures } from './workloads.js'
+
+export interface WorkloadReport {
+  summary: string
+  /** s0fs's figures, with the daemon's peak RSS (`daemon_peak_rss_mib`) where a mount was used. */
+  s0fs: Figures
+  local?: Figures
+  /** What the daemon asked of the object store during the workload. */
+  requests?: RequestCounts
+  /** s0fs speed relative to local disk per figure (> 1: s0fs faster). */
+  ratio_to_local?: Record<string, number>
+}
+
+export interface TargetCheck {
+  key: string
+  want: string
+  measured: number | undefined
+  met: boolean | undefined
+}
+
+export interface Report {
+  date: string
+  machine: { cpus: number; memory_gib: number; kernel: string; node: string }
+  repository: string
+  page_cache_dropped: boolean
+  workloads: Record<string, WorkloadReport>
+  targets: TargetCheck[]
+}
+
+/** Bigger is better for rates; smaller is better for times. Other figures get no ratio. */
+export function speedRatio(key: string, s0fs: number, local: number): number | undefined {
+  if (!(s0fs > 0 && local > 0)) return undefined
+  if (/(_per_s|_iops)$/.test(key)) return round3(s0fs / local)
+  if (/(seconds|_ms)(_|$)/.test(key)) return round3(local / s0fs)
+  return undefined
+}
+
+export function ratios(s0fs: Figures, local: Figures): Record<string, number> {
+  const out: Record<string, number> = {}
+  for (const [key, value] of Object.entries(s0fs)) {
+    const other = local[key]
+    if (typeof value !== 'number' || typeof other !== 'number') continue
+    const r = speedRatio(key, value, other)
+    if (r !== undefined) out[key] = r
+  }
+  return out
+}
+
+interface Rule {
+  key: string
+  want: string
+  check(report: Report): number | undefined
+  ok(value: number): boolean
+}
+
+const fig = (workload: string, side: 's0fs' | 'local', key: string) => (r: Report) => {
+  const v = r.workloads[workload]?.[side]?.[key]
+  return typeof v === 'number' ? v : undefined
+}
+
+/** The targets of issue #5, checked against what was measured. */
+const RULES: Rule[] = [
+  { key: 'small.s0fs.create_files_per_s', want: '>= 3000', check: fig('small', 's0fs', 'create_files_per_s'), ok: (v) => v >= 3000 },
+  { key: 'small.s0fs.stat_files_per_s', want: '>= 8000 (cold)', check: fig('small', 's0fs', 'stat_files_per_s'), ok: (v) => v >= 8000 },
+  { key: 'small.s0fs.read_files_per_s', want: '>= 3000 (cold)', check: fig('small', 's0fs', 'read_files_per_s'), ok: (v) => v >= 3000 },
+  { key: 'small.s0fs.puts_per_1000_files', want: '<= 5', check: fig('small', 's0fs', 'puts_per_1000_files'), ok: (v) => v <= 5 },
+  { key: 'tar.s0fs.seconds', want: '<= 2.0', check: fig('tar', 's0fs', 'seconds'), ok: (v) => v <= 2 },
+  {
+    key: 'git.s0fs.clone_seconds / git.local.clone_seconds',
+    want: '<= 2.0',
+    check: (r) => {
+      const a = fig('git', 's0fs', 'clone_seconds')(r)
+      const b = fig('git', 'local', 'clone_seconds')(r)
+      return a !== undefined && b ? round3(a / b) : undefined
+    },
+    ok: (v) => v <= 2,
+  },
+  { key: 'seq.s0fs.write_mib_per_s', want: '>= 250', check: fig('seq', 's0fs', 'write_mib_per_s'), ok: (v) => v >= 250 },
+  { key: 'seq.s0fs.read_cold_bucket_mib_per_s', want: '>= 150', check: fig('seq', 's0fs', 'read_cold_bucket_mib_per_s'), ok: (v) => v >= 150 },
+  { key: 'seq.s0fs.read_cold_portal_mib_per_s', want: '>= 400', check: fig('seq', 's0fs', 'read_cold_portal_mib_per_s'), ok: (v) => v >= 400 },
+  { key: 'fio.s0fs.randwrite_iops', want: '>= 8000', check: fig('fio', 's0fs', 'randwrite_iops'), ok: (v) => v >= 8000 },
+  {
+    key: '*.s0fs.daemon_peak_rss_mib (largest)',
+    want: '< 150',
+    check: (r) => {
+      const peaks = Object.values(r.workloads).map((w) => Number(w.s0fs.daemon_peak_rss_mib ?? 0))
+      return peaks.length ? Math.max(...peaks) : undefined
+    },
+    ok: (v) => v < 150,
+  },
+  {
+    key: 'meta.s0fs.snapshot_ms / fork_ms (largest)',
+    want: '< 50',
+    check: (r) => {
+      const m = r.workloads.meta?.s0fs
+      if (!m) return undefined
+      const v = Object.entries(m).filter(([k, x]) => /^(snapshot|fork)_ms_/.test(k) && typeof x === 'number').map(([, x]) => x as number)
+      return v.length ? Math.max(...v) : undefined
+    },
+    ok: (v) => v < 50,
+  },
+]
+
+export function checkTargets(report: Report): TargetCheck[] {
+  return RULES.map((rule) => {
+    const measured = rule.check(report)
+    return { key: rule.key, want: rule.want, measured, met: measured === undefined ? undefined : rule.ok(measured) }
+  })
+}
+
+export function markdown(report: Report): string {
+  const lines: string[] = []
+  lines.push(`# s0fs benchmark — ${report.date}`, '')
+  lines.push(
+    `Machine: ${report.machine.cpus} CPUs, ${report.machine.memory_gib} GiB, Linux ${report.machine.kernel}, Node ${report.machine.node}. ` +
+      `Repository: \`${report.repository}\`. Page cache dropped before cold steps: ${report.page_cache_dropped ? 'yes' : 'no (needs root)'}.`,
+    '',
+  )
+  lines.push('| workload | figure | s0fs | local disk | s0fs speed ÷ local |', '| --- | --- | ---: | ---: | ---: |')
+  for (const [name, w] of Object.entries(report.workloads)) {
+    for (const [key, value] of Object.entries(w.s0fs)) {
+      const local = w.local?.[key]
+      const ratio = w.ratio_to_local?.[key]
+      lines.push(`| ${name} | ${key} | ${fmt(value)} | ${local === undefined ? '—' : fmt(local)} | ${ratio === undefined ? '—' : ratio.toFixed(2) + '×'} |`)
+    }
+    const q = w.requests
+    if (q) lines.push(`| ${name} | requests (PUT/GET/LIST/DELETE), MiB up/down | ${q.put}/${q.get}/${q.list}/${q.delete}, ${mib(q.bytes_up)}/${mib(q.bytes_down)} | — | — |`)
+  }
+  lines.push('', '## Targets', '', '| figure | target | measured | met |', '| --- | --- | ---: | :---: |')
+  for (const t of report.targets) lines.push(`| ${t.key} | ${t.want} | ${t.measured === undefined ? 'not run' : fmt(t.measured)} | ${t.met === undefined ? '—' : t.met ? 'yes' : '**no**'} |`)
+  return lines.join('\n') + '\n'
+}
+
+/** A horizontal bar per figure: s0fs speed relative to local disk, on a log scale with 1× marked. */
+export function svgChart(report: Report): string {
+  const bars: { label: string; ratio: number }[] = []
+  for (const [name, w] of Object.entries(report.workloads)) {
+    for (const [key, ratio] of Object.entries(w.ratio_to_local ?? {})) bars.push({ label: `${name}.${key}`, ratio })
+  }
+  const rowH = 22
+  const labelW = 330
+  const plotW = 460
+  const top = 40
+  const height = top + bars.length * rowH + 40
+  const minLog = -2 // 0.01×
+  const maxLog = 1 // 10×
+  const x = (r: number) => labelW + ((Math.min(maxLog, Math.max(minLog, Math.log10(r))) - minLog) / (maxLog - minLog)) * plotW
+  const esc = (s: string) => s.replace(/&/g, '&amp;').replace(/</g, '&lt;')
+  const out: string[] = []
+  out.push(`<svg xmlns="http://www.w3.org/2000/svg" width="${labelW + plotW + 80}" height="${height}" font-family="sans-serif" font-size="12">`)
+  out.push(`<text x="10" y="20" font-size="14" font-weight="bold">s0fs speed relative to local disk (log scale; right of the line: faster) — ${esc(report.date)}</text>`)
+  for (const tick of [0.01, 0.1, 1, 10]) {
+    const tx = x(tick)
+    out.push(`<line x1="${tx}" y1="${top - 6}" x2="${tx}" y2="${height - 30}" stroke="${tick === 1 ? '#333' : '#ddd'}" stroke-width="${tick === 1 ? 1.5 : 1}"/>`)
+    out.push(`<text x="${tx}" y="${height - 14}" text-anchor="middle">${tick}×</text>`)
+  }
+  bars.forEach((b, i) => {
+    const y = top + i * rowH
+    const x0 = x(1)
+    const x1 = x(b.ratio)
+    out.push(`<text x="${labelW - 8}" y="${y + 14}" text-anchor="end">${esc(b.label)}</text>`)
+    out.push(`<rect x="${Math.min(x0, x1)}" y="${y + 3}" width="${Math.max(1, Math.abs(x1 - x0))}" height="${rowH - 8}" fill="${b.ratio >= 1 ? '#2a9d8f' : '#e76f51'}"/>`)
+    out.push(`<text x="${Math.max(x0, x1) + 4}" y="${y + 14}">${b.ratio.toFixed(2)}×</text>`)
+  })
+  out.push('</svg>')
+  return out.join('\n') + '\n'
+}
+
+function fmt(v: unknown): string {
+  if (typeof v === 'number') return Number.isInteger(v) ? v.toLocaleString('en-US') : String(v)
+  return String(v)
+}
+
+function mib(bytes: number): string {
+  return (bytes / 1024 / 1024).toFixed(1)
+}
+
+function round3(x: number): number {
+  return Math.round(x * 1000) / 1000
+}

@@ -1,0 +1,362 @@
+/**
+ * The workloads of `s0fs bench`. Each runs the same steps on the s0fs mount
+ * and on local disk and returns figures under stable snake_case names; the
+ * report pairs them up. Real tools do the work (dd, tar, git, fio); loops of
+ * small-file syscalls run in Python so no shell sits between two calls.
+ */
+import { randomFillSync } from 'node:crypto'
+import { closeSync, existsSync, mkdirSync, openSync, readdirSync, statSync, writeSync } from 'node:fs'
+import path from 'node:path'
+import { python, s0fs, timed, type BenchContext, type Target } from './harness.js'
+import { runMeta } from './meta.js'
+
+export type Figures = Record<string, number | boolean | string>
+
+export type Progress = (step: string) => void
+
+export interface Workload {
+  name: string
+  summary: string
+  /** Figures measured on one target (run on s0fs, then on local disk)… */
+  run?(ctx: BenchContext, t: Target, progress: Progress): Promise<Figures>
+  /** …or, for what has no local-disk counterpart, on s0fs alone. */
+  runOnce?(ctx: BenchContext, progress: Progress): Promise<Figures>
+}
+
+const MiB = 1024 * 1024
+
+function rate(count: number, seconds: number): number {
+  return Math.round(count / seconds)
+}
+
+function mibPerS(bytes: number, seconds: number): number {
+  return Math.round(bytes / MiB / seconds)
+}
+
+/** A file of random bytes (incompressible, so no layer can shortcut it), made once per run. */
+function randomSource(ctx: BenchContext, name: string, bytes: number): string {
+  const file = path.join(ctx.work, name)
+  if (existsSync(file) && statSync(file).size === bytes) return file
+  const fd = openSync(file, 'w')
+  const block = Buffer.alloc(MiB)
+  try {
+    for (let done = 0; done < bytes; done += block.length) writeSync(fd, randomFillSync(block), 0, Math.min(block.length, bytes - done))
+  } finally {
+    closeSync(fd)
+  }
+  return file
+}
+
+function warm(file: string): void {
+  timed('cat', [file], {}) // into the page cache: the source is not what is measured
+}
+
+const seq: Workload = {
+  name: 'seq',
+  summary: 'dd a 512 MiB file (bs=1M, conv=fsync); read it back cold from the bucket and from the portal',
+  async run(ctx, t, progress) {
+    const bytes = (ctx.quick ? 32 : 512) * MiB
+    const source = randomSource(ctx, 'seq-source', bytes)
+    const file = path.join(t.dir, 'seq.bin')
+    warm(source)
+    progress('write')
+    const write = timed('dd', [`if=${source}`, `of=${file}`, 'bs=1M', 'conv=fsync', 'status=none'])
+    progress('cold read (bucket)')
+    await t.cold({ portal: true })
+    const fromBucket = timed('dd', [`if=${file}`, 'of=/dev/null', 'bs=1M', 'status=none'])
+    progress('cold read (portal)')
+    await t.cold()
+    const fromPortal = timed('dd', [`if=${file}`, 'of=/dev/null', 'bs=1M', 'status=none'])
+    return {
+      write_mib_per_s: mibPerS(bytes, write.seconds),
+      read_cold_bucket_mib_per_s: mibPerS(bytes, fromBucket.seconds),
+      read_cold_portal_mib_per_s: mibPerS(bytes, fromPortal.seconds),
+    }
+  },
+}
+
+/** Small-file steps, one per invocation: create (then fsync + sync), stat, read, delete. */
+const SMALL_PY = String.raw`
+import os, sys, time
+root, step, dirs, files, size = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+names = [os.path.join(root, 'd%02d' % (i % dirs), 'f%05d' % i) for i in range(files)]
+t0 = time.perf_counter()
+if step == 'create':
+    data = os.urandom(size)
+    for d in range(dirs):
+        os.mkdir(os.path.join(root, 'd%02d' % d))
+    for n in names:
+        fd = os.open(n, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        os.write(fd, data)
+        os.close(fd)
+    # Durable before the clock stops: on s0fs one fsync orders everything before it (one log);
+    # on local disk sync() flushes every file.
+    fd = os.open(names[-1], os.O_RDONLY)
+    os.fsync(fd)
+    os.close(fd)
+    os.sync()
+elif step == 'stat':
+    for n in names:
+        os.stat(n)
+elif step == 'read':
+    total = 0
+    for n in names:
+        with open(n, 'rb', buffering=0) as f:
+            total += len(f.read())
+    assert total == files * size, total
+elif step == 'delete':
+    for n in names:
+        os.unlink(n)
+    for d in range(dirs):
+        os.rmdir(os.path.join(root, 'd%02d' % d))
+print(time.perf_counter() - t0)
+`
+
+function smallStep(dir: string, step: string, files: number): number {
+  return Number(python(SMALL_PY, [dir, step, '50', String(files), '4096']).stdout.trim())
+}
+
+const small: Workload = {
+  name: 'small',
+  summary: '5,000 files of 4 KiB in 50 directories: create + fsync, stat cold, read cold, delete',
+  async run(ctx, t, progress) {
+    const files = ctx.quick ? 500 : 5000
+    progress('create')
+    const create = smallStep(t.dir, 'create', files)
+    progress('stat (cold)')
+    await t.cold()
+    const stat = smallStep(t.dir, 'stat', files)
+    progress('read (cold)')
+    await t.cold()
+    const read = smallStep(t.dir, 'read', files)
+    progress('delete')
+    const del = smallStep(t.dir, 'delete', files)
+    return {
+      files,
+      create_files_per_s: rate(files, create),
+      stat_files_per_s: rate(files, stat),
+      read_files_per_s: rate(files, read),
+      delete_files_per_s: rate(files, del),
+    }
+  },
+}
+
+/**
+ * A real source tree, the same on every machine that ran `npm ci`: the
+ * project's own dependencies (their sources, licences and type files),
+ * taken in sorted order until there are enough entries.
+ */
+function corpusList(ctx: BenchContext, entries: number): string[] {
+  const root = path.resolve(path.dirname(new URL(import.meta.url).pathname), '../../node_modules')
+  const picked: string[] = []
+  const walk = (rel: string): void => {
+    if (picked.length >= entries) return
+    picked.push(rel)
+    const full = path.join(root, rel)
+    if (!statSync(full).isDirectory()) return
+    for (const name of readdirSync(full).sort()) {
+      if (name === '.bin' || name === '.package-lock.json') continue
+      walk(path.join(rel, name))
+    }
+  }
+  for (const name of readdirSync(root).sort()) if (name !== '.bin' && !name.startsWith('.')) walk(name)
+  void ctx
+  return picked
+}
+
+function corpusTarball(ctx: BenchContext): { tarball: string; entries: number } {
+  const tarball = path.join(ctx.work, 'corpus.tar')
+  const entries = ctx.quick ? 500 : 5000
+  if (!existsSync(tarball)) {
+    const listFile = path.join(ctx.work, 'corpus.list')
+    const list = corpusList(ctx, entries)
+    mkdirSync(path.dirname(listFile), { recursive: true })
+    const fd = openSync(listFile, 'w')
+    writeSync(fd, list.join('\n') + '\n')
+    closeSync(fd)
+    const root = path.resolve(path.dirname(new URL(import.meta.url).pathname), '../../node_modules')
+    timed('tar', ['-cf', tarball, '--no-recursion', '-C', root, '-T', listFile])
+  }
+  return { tarball, entries }
+}
+
+const tar: Workload = {
+  name: 'tar',
+  summary: 'tar -x of a ~5,000-entry source tarball, then tar --compare of the tree against it',
+  async run(ctx, t, progress) {
+    const { tarball, entries } = corpusTarball(ctx)
+    warm(tarball)
+    const dest = path.join(t.dir, 'src')
+    mkdirSync(dest)
+    progress('extract')
+    const extract = timed('tar', ['-xf', tarball, '-C', dest])
+    progress('compare')
+    await t.cold()
+    // --compare reads every file back and checks contents, sizes, modes and times.
+    timed('tar', ['--compare', '-f', tarball, '-C', dest])
+    return { entries, seconds: round2(extract.seconds), tree_matches: true }
+  },
+}
+
+function gitSource(ctx: BenchContext): { repo: string; files: number } {
+  const repo = path.join(ctx.work, 'git-source')
+  const files = ctx.quick ? 120 : 1200
+  if (!existsSync(repo)) {
+    const { tarball } = corpusTarball(ctx)
+    mkdirSync(repo)
+    timed('tar', ['-xf', tarball, '-C', repo])
+    const env = { ...process.env, GIT_AUTHOR_NAME: 'bench', GIT_AUTHOR_EMAIL: 'bench@s0fs', GIT_COMMITTER_NAME: 'bench', GIT_COMMITTER_EMAIL: 'bench@s0fs' }
+    timed('git', ['init', '-q', '-b', 'main'], { cwd: repo, env })
+    // Track the first `files` regular files of the tree (sorted), so the clone has that many.
+    const listed = timed('find', ['.', '-type', 'f', '-not', '-path', './.git/*'], { cwd: repo }).stdout.split('\n').filter(Boolean).sort().slice(0, files)
+    for (let i = 0; i < listed.length; i += 200) timed('git', ['add', '-f', '--', ...listed.slice(i, i + 200)], { cwd: repo, env })
+    timed('git', ['commit', '-q', '-m', 'benchmark corpus'], { cwd: repo, env })
+  }
+  return { repo, files }
+}
+
+const git: Workload = {
+  name: 'git',
+  summary: 'git clone of a local repository of ~1,200 files, then git status',
+  async run(ctx, t, progress) {
+    const { repo, files } = gitSource(ctx)
+    progress('clone')
+    // --no-hardlinks: on the same disk git would otherwise link objects instead of copying them.
+    const clone = timed('git', ['clone', '-q', '--no-hardlinks', repo, path.join(t.dir, 'clone')])
+    progress('status')
+    const status = timed('git', ['status', '--porcelain'], { cwd: path.join(t.dir, 'clone') })
+    if (status.stdout.trim() !== '') throw new Error(`git status after clone is not clean:\n${status.stdout.slice(0, 500)}`)
+    return { files, clone_seconds: round2(clone.seconds), status_seconds: round2(status.seconds) }
+  },
+}
+
+function fioJob(file: string, rw: 'randread' | 'randwrite', seconds: number, sizeMiB: number): number {
+  const out = timed('fio', [
+    `--name=${rw}`,
+    `--filename=${file}`,
+    `--size=${sizeMiB}M`,
+    '--bs=4k',
+    `--rw=${rw}`,
+    '--ioengine=psync',
+    '--time_based',
+    `--runtime=${seconds}`,
+    '--output-format=json',
+  ]).stdout
+  const job = (JSON.parse(out.slice(out.indexOf('{'))) as { jobs: { read: { iops: number }; write: { iops: number } }[] }).jobs[0]
+  return Math.round(rw === 'randread' ? job.read.iops : job.write.iops)
+}
+
+const fio: Workload = {
+  name: 'fio',
+  summary: 'fio 4 KiB random writes, then random reads, on a 128 MiB file (20 s each, psync)',
+  async run(ctx, t, progress) {
+    const seconds = ctx.quick ? 2 : 20
+    const size = ctx.quick ? 16 : 128
+    const file = path.join(t.dir, 'fio.bin')
+    progress('random write')
+    const write = fioJob(file, 'randwrite', seconds, size)
+    progress('random read')
+    await t.cold()
+    const read = fioJob(file, 'randread', seconds, size)
+    return { randwrite_iops: write, randread_iops: read }
+  },
+}
+
+const JFS_PY = String.raw`
+import os, sys, time
+root, step, big, block, nsmall, small = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6])
+t0 = time.perf_counter()
+names = [os.path.join(root, 'small', 'f%03d' % i) for i in range(nsmall)]
+if step == 'write':
+    data = os.urandom(block)
+    fd = os.open(os.path.join(root, 'big'), os.O_WRONLY | os.O_CREAT, 0o644)
+    for _ in range(big // block):
+        os.write(fd, data)
+    os.close(fd)
+    t1 = time.perf_counter()
+    os.mkdir(os.path.join(root, 'small'))
+    payload = os.urandom(small)
+    for n in names:
+        fd = os.open(n, os.O_WRONLY | os.O_CREAT, 0o644)
+        os.write(fd, payload)
+        os.close(fd)
+    print(t1 - t0, time.perf_counter() - t1)
+elif step == 'read':
+    fd = os.open(os.path.join(root, 'big'), os.O_RDONLY)
+    while os.read(fd, block):
+        pass
+    os.close(fd)
+    t1 = time.perf_counter()
+    for n in names:
+        fd = os.open(n, os.O_RDONLY)
+        while os.read(fd, small):
+            pass
+        os.close(fd)
+    print(t1 - t0, time.perf_counter() - t1)
+elif step == 'stat':
+    for n in names:
+        os.stat(n)
+    print(time.perf_counter() - t0, 0)
+`
+
+const jfsbench: Workload = {
+  name: 'jfsbench',
+  summary: "juicefs bench's profiles: a 1 GiB file in 1 MiB blocks, 100 files of 128 KiB, stat of them",
+  async run(ctx, t, progress) {
+    const big = (ctx.quick ? 64 : 1024) * MiB
+    const args = (step: string) => [t.dir, step, String(big), String(MiB), '100', String(128 * 1024)]
+    progress('write')
+    const [bigWrite, smallWrite] = python(JFS_PY, args('write')).stdout.trim().split(' ').map(Number)
+    progress('read (cold)')
+    await t.cold()
+    const [bigRead, smallRead] = python(JFS_PY, args('read')).stdout.trim().split(' ').map(Number)
+    progress('stat (cold)')
+    await t.cold()
+    const [stat] = python(JFS_PY, args('stat')).stdout.trim().split(' ').map(Number)
+    return {
+      big_write_mib_per_s: mibPerS(big, bigWrite),
+      big_read_mib_per_s: mibPerS(big, bigRead),
+      small_write_files_per_s: rate(100, smallWrite),
+      small_read_files_per_s: rate(100, smallRead),
+      stat_files_per_s: rate(100, stat),
+    }
+  },
+}
+
+const meta: Workload = {
+  name: 'meta',
+  summary: 'snapshot and fork latency at 10k and 100k files; mount time of a 100k-file volume',
+  async runOnce(ctx, progress) {
+    const sizes = ctx.quick ? [1000, 5000] : [10_000, 100_000]
+    const keep = path.join(ctx.work, 'meta-volume')
+    mkdirSync(keep, { recursive: true })
+    const figures: Figures = {}
+    const results = await runMeta((line) => progress(line.trim()), sizes, keep)
+    for (const r of results) {
+      const k = r.files >= 1000 ? `${r.files / 1000}k` : String(r.files)
+      figures[`snapshot_ms_${k}`] = r.snapshot_ms
+      figures[`fork_ms_${k}`] = r.fork_ms
+      figures[`commit_10_changes_pages_${k}`] = r.commit_10_changes_pages
+      figures[`cold_open_first_lookup_ms_${k}`] = r.cold_open_first_lookup_ms
+      figures[`peak_rss_mib_${k}`] = r.peak_rss_mib
+    }
+    // Mount the largest volume with the real daemon: time until the mount answers a lookup.
+    progress(`mount of the ${sizes[sizes.length - 1]}-file volume`)
+    const mnt = path.join(ctx.work, 'meta-mnt')
+    mkdirSync(mnt, { recursive: true })
+    const env: NodeJS.ProcessEnv = { ...ctx.env, S0FS_KEY_FILE: path.join(keep, 'key') }
+    delete env.S0FS_PASSPHRASE
+    const t0 = performance.now()
+    s0fs(env, ['mount', '--repo', `file://${path.join(keep, 'repo')}`, 'vol', mnt, '--read-only'])
+    statSync(path.join(mnt, 'dir42', 'file-742.txt'))
+    figures[`mount_ms_${sizes[sizes.length - 1] / 1000}k`] = Math.round(performance.now() - t0)
+    s0fs(env, ['umount', mnt])
+    return figures
+  },
+}
+
+export const WORKLOADS: Workload[] = [seq, small, tar, git, fio, meta, jfsbench]
+
+function round2(x: number): number {
+  return Math.round(x * 100) / 100
+}
