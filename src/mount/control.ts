@@ -1,5 +1,6 @@
 import { promises as fsp } from 'node:fs'
 import net from 'node:net'
+import path from 'node:path'
 
 /**
  * The mount daemon's local control socket: newline-delimited JSON, one
@@ -23,6 +24,7 @@ export class ControlError extends Error {
 }
 
 export async function serveControl(socketPath: string, handler: ControlHandler): Promise<net.Server> {
+  await fsp.mkdir(path.dirname(socketPath), { recursive: true, mode: 0o700 })
   await fsp.rm(socketPath, { force: true })
   const server = net.createServer((conn) => {
     let buffered = ''

@@ -128,7 +128,13 @@ export class MountDaemon {
     this.device.closed.then(() => void this.stop('unmounted'))
 
     const paths = recordPaths(o.runDir, this.canonical)
-    this.control = await serveControl(paths.socket, (req) => this.onControl(req))
+    try {
+      this.control = await serveControl(paths.socket, (req) => this.onControl(req))
+    } catch (err) {
+      // Nobody could reach this daemon: do not leave the mount up without it.
+      await this.device.unmount().catch(() => undefined)
+      throw err
+    }
     await writeRecord(o.runDir, {
       pid: process.pid,
       mountpoint: this.canonical,

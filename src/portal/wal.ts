@@ -59,6 +59,8 @@ export interface WalStats {
   frames: number
   syncs: number
   records: number
+  /** Frames read back from disk and decrypted (for records no longer in memory). */
+  framesRead: number
 }
 
 /** Approximate heap bytes an entry of the read-back cache costs beyond its payload. */
@@ -97,7 +99,7 @@ function headerAad(volumeId: string, file: number): string {
 }
 
 export class Wal {
-  readonly stats: WalStats = { files: 0, bytes: 0, frames: 0, syncs: 0, records: 0 }
+  readonly stats: WalStats = { files: 0, bytes: 0, frames: 0, syncs: 0, records: 0, framesRead: 0 }
   private current!: OpenFile
   private readonly closedFiles = new Map<number, { size: number; maxSeq: number }>()
   private batch: Pending[] = []
@@ -121,6 +123,7 @@ export class Wal {
       return bytes
     },
   })
+  private readonly framesLoading = new Map<string, Promise<Map<number, Buffer>>>()
   private syncing?: Promise<void>
   private failed?: Error
   /** The disk-full error while records wait in memory to be written. */
@@ -248,7 +251,13 @@ export class Wal {
     const frameKey = `${where.file}:${where.pos}`
     let frame = this.frames.get(frameKey)
     if (!frame) {
-      frame = await this.readFrame(where.file, where.pos)
+      // A file's pieces are read together and usually share a frame: read and decrypt it once.
+      let pending = this.framesLoading.get(frameKey)
+      if (!pending) {
+        pending = this.readFrame(where.file, where.pos).finally(() => this.framesLoading.delete(frameKey))
+        this.framesLoading.set(frameKey, pending)
+      }
+      frame = await pending
       this.frames.set(frameKey, frame)
     }
     const payload = frame.get(loc.seq)
@@ -416,6 +425,7 @@ export class Wal {
   }
 
   private async readFrame(no: number, pos: number): Promise<Map<number, Buffer>> {
+    this.stats.framesRead++
     const handle = await fsp.open(path.join(this.dir, fileName(no)), 'r')
     try {
       const len = Buffer.allocUnsafe(4)

@@ -1,10 +1,11 @@
+import { spawn } from 'node:child_process'
 import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import path from 'node:path'
 import { describe, expect, it } from 'vitest'
 import { canonicalMountpoint, mountState } from '../../src/mount/registry.js'
 import { Repository } from '../../src/repo/index.js'
 import { sleep } from '../../src/store/index.js'
-import { runCli } from '../helpers/cli.js'
+import { BIN, runCli } from '../helpers/cli.js'
 import { forceUnmount, mountVolume, mustSh, PASSPHRASE, sh, useBackend } from '../helpers/mount.js'
 
 /**
@@ -65,6 +66,33 @@ describe('mount life cycle', () => {
       await again.umount()
     }, 120_000)
   }
+
+  it('in the foreground, makes its runtime directory and answers s0fs umount', async () => {
+    // A fresh XDG_RUNTIME_DIR: nothing under it exists until the daemon makes it.
+    const runtime = path.join(files.backend.home, 'fresh-runtime')
+    const env = { ...files.backend.env, XDG_RUNTIME_DIR: runtime }
+    const mountpoint = path.join(files.backend.home, 'mnt-foreground')
+    mkdirSync(mountpoint)
+    const daemon = spawn(process.execPath, [BIN, ...mountArgs('fg', mountpoint, '--create', '--foreground')], {
+      env: { ...process.env, S0FS_KEY_FILE: undefined, ...env },
+      stdio: ['ignore', 'ignore', 'pipe'],
+    })
+    let log = ''
+    daemon.stderr.on('data', (d) => (log += d))
+    const exited = new Promise<number | null>((resolve) => daemon.on('close', resolve))
+    try {
+      for (let i = 0; i < 200 && (await mountState(canonicalMountpoint(mountpoint))) !== 'mounted'; i++) await sleep(100)
+      expect(await mountState(canonicalMountpoint(mountpoint)), log).toBe('mounted')
+      writeFileSync(path.join(mountpoint, 'f'), 'foreground')
+      const r = await runCli(['umount', mountpoint], { env })
+      expect(r.code, r.stderr + log).toBe(0)
+      expect(await exited).toBe(0)
+      expect(log).not.toMatch(/EACCES|ENOENT|failed/)
+    } finally {
+      daemon.kill('SIGKILL')
+      forceUnmount(mountpoint)
+    }
+  }, 120_000)
 
   it('cleans up a mount left dead by a killed daemon and replays its log', async () => {
     const m = track(await mountVolume(files.backend, { volume: 'dead' }))

@@ -1,0 +1,57 @@
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import path from 'node:path'
+import { afterAll, describe, expect, it } from 'vitest'
+import { runCli } from '../helpers/cli.js'
+
+/**
+ * `s0fs bench` end to end, at --quick sizes: it mounts real volumes, runs
+ * the real tools on them and on local disk, and writes the report. What is
+ * checked is the harness (keys, pairing, files, exit codes), never a speed:
+ * speed targets live in the benchmark itself.
+ */
+describe('s0fs bench', () => {
+  const out = mkdtempSync(path.join(tmpdir(), 's0fs-bench-out-'))
+  afterAll(() => rmSync(out, { recursive: true, force: true }))
+
+  it('runs workloads on s0fs and local disk and writes report.json, report.md and ratios.svg', async () => {
+    const r = await runCli(['bench', '--quick', '--workload', 'small,tar,git', '--out', out, '--json'], { timeoutMs: 240_000 })
+    expect(r.code, r.stderr).toBe(0)
+    const report = JSON.parse(readFileSync(path.join(out, 'report.json'), 'utf8'))
+    expect(JSON.parse(r.stdout)).toEqual(report)
+    for (const side of ['s0fs', 'local']) {
+      expect(report.workloads.small[side].create_files_per_s).toBeGreaterThan(0)
+      expect(report.workloads.small[side].stat_files_per_s).toBeGreaterThan(0)
+      expect(report.workloads.tar[side].tree_matches).toBe(true)
+      expect(report.workloads.git[side].clone_seconds).toBeGreaterThan(0)
+    }
+    // Requests and the daemon's memory are recorded for s0fs only.
+    expect(report.workloads.small.requests.put).toBeGreaterThan(0)
+    expect(report.workloads.small.s0fs.daemon_peak_rss_mib).toBeGreaterThan(20)
+    expect(report.workloads.small.local.daemon_peak_rss_mib).toBeUndefined()
+    expect(report.workloads.tar.ratio_to_local.seconds).toBeGreaterThan(0)
+    const created = report.targets.find((t: { key: string }) => t.key === 'small.s0fs.create_files_per_s')
+    expect(created.measured).toBe(report.workloads.small.s0fs.create_files_per_s)
+    expect(typeof created.met).toBe('boolean')
+    expect(report.targets.find((t: { key: string }) => t.key === 'fio.s0fs.randwrite_iops').measured).toBeUndefined()
+
+    const md = readFileSync(path.join(out, 'report.md'), 'utf8')
+    expect(md).toMatch(/\| small \| create_files_per_s \| [\d,]+ \| [\d,]+ \| [\d.]+× \|/)
+    const svg = readFileSync(path.join(out, 'ratios.svg'), 'utf8')
+    expect(svg).toMatch(/^<svg /)
+    expect(svg).toContain('tar.seconds')
+  }, 300_000)
+
+  it('rejects an unknown workload with exit status 2, naming it and the known ones', async () => {
+    const r = await runCli(['bench', '--workload', 'small,nope', '--out', out])
+    expect(r.code).toBe(2)
+    expect(r.stderr).toMatch(/unknown workload "nope" \(known: micro, seq, small, tar, git, fio, meta, jfsbench\)/)
+  })
+
+  it('has --help', async () => {
+    const r = await runCli(['bench', '--help'])
+    expect(r.code).toBe(0)
+    expect(r.stdout).toMatch(/Usage: s0fs bench/)
+    expect(r.stdout).toMatch(/jfsbench/)
+  })
+})
