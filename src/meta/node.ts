@@ -76,7 +76,7 @@ export function leafValueLength(node: Node, i: number): number {
   return spans[2 * v + 1] - spans[2 * v]
 }
 
-/** Leaf i's values as they can move to a node with another source (page indexes resolved). */
+/** A leaf's values in a form that can move to a node with another source (page indexes resolved to bytes). */
 export function portableValues(node: Node): LeafVal[] {
   return node.vals.map((v, i) => (typeof v === 'number' ? leafValue(node, i) : v))
 }

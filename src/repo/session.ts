@@ -17,7 +17,7 @@ import {
 import { Wal } from '../portal/index.js'
 import type { Repository } from './repository.js'
 
-/** Changed metadata pages held before a commit is forced (~130 KiB each in memory; see metadataPressure). */
+/** Changed metadata pages held before a commit is forced (tens of KiB each in memory; see metadataPressure). */
 export const DIRTY_PAGE_BUDGET = 256
 
 /** Commit's final, locked flush pass handles at most about this much (the rest is flushed first). */
@@ -98,7 +98,6 @@ export class VolumeSession {
   get readOnly(): boolean {
     return !this.wal
   }
-  /** Whether anything changed since the last commit. */
   /**
    * A commit is due now, whatever the clock says: the tree holds too many
    * changed pages. Changed pages stay in memory in their expanded form until
@@ -108,6 +107,7 @@ export class VolumeSession {
     return this.fs.tree.dirtyPages >= DIRTY_PAGE_BUDGET
   }
 
+  /** Whether anything changed since the last commit. */
   get hasUncommitted(): boolean {
     return (this.wal?.seq ?? 0) > this.committedSeq || this.fs.dirty.size > 0
   }
