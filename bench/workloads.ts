@@ -5,8 +5,9 @@
  * small-file syscalls run in Python so no shell sits between two calls.
  */
 import { randomFillSync } from 'node:crypto'
-import { closeSync, existsSync, mkdirSync, openSync, readdirSync, statSync, writeSync } from 'node:fs'
+import { closeSync, existsSync, mkdirSync, openSync, readdirSync, statSync, writeFileSync, writeSync } from 'node:fs'
 import path from 'node:path'
+import { fileURLToPath } from 'node:url'
 import { python, s0fs, timed, type BenchContext, type Target } from './harness.js'
 import { runMeta } from './meta.js'
 
@@ -142,13 +143,16 @@ const small: Workload = {
   },
 }
 
+/** This checkout's node_modules (dist/bench/ → ../../node_modules). */
+const NODE_MODULES = fileURLToPath(new URL('../../node_modules', import.meta.url))
+
 /**
  * A real source tree, the same on every machine that ran `npm ci`: the
  * project's own dependencies (their sources, licences and type files),
  * taken in sorted order until there are enough entries.
  */
-function corpusList(ctx: BenchContext, entries: number): string[] {
-  const root = path.resolve(path.dirname(new URL(import.meta.url).pathname), '../../node_modules')
+function corpusList(entries: number): string[] {
+  const root = NODE_MODULES
   const picked: string[] = []
   const walk = (rel: string): void => {
     if (picked.length >= entries) return
@@ -161,7 +165,6 @@ function corpusList(ctx: BenchContext, entries: number): string[] {
     }
   }
   for (const name of readdirSync(root).sort()) if (name !== '.bin' && !name.startsWith('.')) walk(name)
-  void ctx
   return picked
 }
 
@@ -170,13 +173,8 @@ function corpusTarball(ctx: BenchContext): { tarball: string; entries: number } 
   const entries = ctx.quick ? 500 : 5000
   if (!existsSync(tarball)) {
     const listFile = path.join(ctx.work, 'corpus.list')
-    const list = corpusList(ctx, entries)
-    mkdirSync(path.dirname(listFile), { recursive: true })
-    const fd = openSync(listFile, 'w')
-    writeSync(fd, list.join('\n') + '\n')
-    closeSync(fd)
-    const root = path.resolve(path.dirname(new URL(import.meta.url).pathname), '../../node_modules')
-    timed('tar', ['-cf', tarball, '--no-recursion', '-C', root, '-T', listFile])
+    writeFileSync(listFile, corpusList(entries).join('\n') + '\n')
+    timed('tar', ['-cf', tarball, '--no-recursion', '-C', NODE_MODULES, '-T', listFile])
   }
   return { tarball, entries }
 }
