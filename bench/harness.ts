@@ -8,7 +8,7 @@
  * may use blocking calls and child processes on the mountpoint freely.
  */
 import { execFileSync, spawnSync } from 'node:child_process'
-import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs'
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
@@ -190,6 +190,13 @@ export function python(script: string, args: string[]): { seconds: number; stdou
   return timed('python3', ['-c', script, ...args])
 }
 
+/** Deletes the run's scratch space — after making sure no mount is left inside it (rm would walk into it). */
 export function removeWork(ctx: BenchContext): void {
-  if (existsSync(ctx.work)) rmSync(ctx.work, { recursive: true, force: true })
+  if (!existsSync(ctx.work)) return
+  const mounts = readFileSync('/proc/mounts', 'utf8')
+    .split('\n')
+    .map((line) => line.split(' ')[1])
+    .filter((m) => m && m.startsWith(ctx.work + '/'))
+  for (const m of mounts) spawnSync('umount', ['-l', m])
+  rmSync(ctx.work, { recursive: true, force: true })
 }
