@@ -66,9 +66,7 @@ export function prepareContext(options: { repo?: string; quick: boolean }): Benc
 }
 
 export function s0fs(env: NodeJS.ProcessEnv, args: string[]): string {
-  const r = spawnSync(process.execPath, [BIN, ...args], { env, encoding: 'utf8', timeout: 600_000 })
-  if (r.status !== 0) throw new Error(`s0fs ${args.join(' ')} failed (exit ${r.status ?? r.signal}): ${r.stderr.trim()}`)
-  return r.stdout
+  return timed(process.execPath, [BIN, ...args], { env }).stdout
 }
 
 /** Flushes dirty pages and drops the page, dentry and inode caches; false when not permitted. */

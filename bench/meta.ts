@@ -68,13 +68,13 @@ if (process.argv[2] === MEASURE_FLAG) {
   const keep = process.argv[4]
   const dir = keep ?? mkdtempSync(path.join(tmpdir(), 's0fs-bench-meta-'))
   try {
-    process.stdout.write(JSON.stringify(await measure(Number(process.argv[3]), dir, peakRssBytes)))
+    process.stdout.write(JSON.stringify(await measure(Number(process.argv[3]), dir)))
   } finally {
     if (!keep) rmSync(dir, { recursive: true, force: true })
   }
 }
 
-async function measure(files: number, dir: string, peak: () => number): Promise<MetaResult> {
+async function measure(files: number, dir: string): Promise<MetaResult> {
   const url = `file://${path.join(dir, 'repo')}`
   const credential = { kind: 'keyfile' as const, key: await createKeyFile(path.join(dir, 'key')) }
   const portalDir = path.join(dir, 'portal')
@@ -138,7 +138,7 @@ async function measure(files: number, dir: string, peak: () => number): Promise<
     commit_10_changes_ms: Math.round(commit10Ms),
     tree_pages_total: totalPages,
     cold_open_first_lookup_ms: round1(coldMs),
-    peak_rss_mib: Math.round(peak() / 1024 / 1024),
+    peak_rss_mib: Math.round(peakRssBytes() / 1024 / 1024),
   }
 }
 

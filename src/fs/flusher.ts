@@ -152,19 +152,12 @@ async function unchanged(fs: FileSystem, r: Region): Promise<boolean> {
   return fingerprint(extents, pieces, r.end, inode.size) === r.fingerprint
 }
 
-function isZero(buf: Buffer): boolean {
-  for (let i = 0; i < buf.length; i += 8192) {
-    const end = Math.min(buf.length, i + 8192)
-    for (let j = i; j < end; j++) if (buf[j] !== 0) return false
-  }
-  return true
-}
-
 async function storeSmall(fs: FileSystem, regions: Region[]): Promise<void> {
   let batch: { region: Region; data: Buffer }[] = []
   let bytes = 0
   const flushBatch = async () => {
-    const contents = batch.filter((b) => b.data.length > 0 && !isZero(b.data))
+    // All-zero files come back without a ref (putWhole stores no blob for them): they read as holes.
+    const contents = batch.filter((b) => b.data.length > 0)
     const refs = await fs.blobs.putWhole(contents.map((b) => b.data))
     const byRegion = new Map<Region, BlobRef>()
     contents.forEach((b, i) => refs[i] && byRegion.set(b.region, refs[i]))
