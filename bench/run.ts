@@ -9,6 +9,7 @@ import { mkdirSync, writeFileSync } from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
 import { parseArgs } from 'node:util'
+import { ProgressLine } from '../src/cli/progress.js'
 import { LocalTarget, prepareContext, removeWork, S0fsTarget, type BenchContext, type RequestCounts, type Target } from './harness.js'
 import { runMicro } from './micro.js'
 import { checkTargets, markdown, ratios, svgChart, type Report, type WorkloadReport } from './report.js'
@@ -138,26 +139,6 @@ async function measureOn(ctx: BenchContext, w: Workload, t: Target, progress: (s
   const { requests, daemon_peak_rss_mib } = extra as { requests?: RequestCounts; daemon_peak_rss_mib?: number }
   if (daemon_peak_rss_mib !== undefined) figures.daemon_peak_rss_mib = daemon_peak_rss_mib
   return { figures, requests }
-}
-
-/** One status line rewritten in place on a terminal; plain lines otherwise. */
-class ProgressLine {
-  private shown = false
-  constructor(private readonly stream: NodeJS.WriteStream) {}
-  update(text: string): void {
-    if (this.stream.isTTY) {
-      this.stream.write(`\r\x1b[K${text.slice(0, (this.stream.columns || 100) - 1)}`)
-      this.shown = true
-    } else this.stream.write(text + '\n')
-  }
-  line(text: string): void {
-    this.done()
-    this.stream.write(text + '\n')
-  }
-  done(): void {
-    if (this.shown) this.stream.write('\r\x1b[K')
-    this.shown = false
-  }
 }
 
 if (import.meta.url === `file://${process.argv[1]}`) {

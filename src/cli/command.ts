@@ -25,6 +25,8 @@ export interface Io {
 }
 
 export interface CommandContext {
+  /** The command's words, e.g. "snapshot create". */
+  command: string
   values: Record<string, string | boolean | string[] | undefined>
   positionals: string[]
   io: Io

@@ -1,5 +1,6 @@
 import { ConfigError, DecryptError, KeyFileError, WrongKeyError } from '../crypto/index.js'
-import { LeaseHeldError, RefExistsError, RefNotFoundError } from '../meta/index.js'
+import { FsError, ERRNO_TEXT } from '../fs/index.js'
+import { InvalidNameError, LeaseHeldError, RefExistsError, RefNotFoundError } from '../meta/index.js'
 import { NoRepositoryError, RepositoryExistsError } from '../repo/index.js'
 import { NotFoundError, StoreAuthError, StoreConfigError, StoreUnavailableError } from '../store/index.js'
 
@@ -45,7 +46,13 @@ export class CliError extends Error {
 
 export function exitCodeFor(err: unknown): number {
   if (err instanceof CliError) return err.exitCode
-  if (err instanceof UsageError || err instanceof StoreConfigError) return EXIT.usage
+  if (err instanceof UsageError || err instanceof StoreConfigError || err instanceof InvalidNameError) return EXIT.usage
+  if (err instanceof FsError) {
+    if (err.code === 'ENOENT') return EXIT.notFound
+    if (err.code === 'EEXIST') return EXIT.exists
+    if (err.code === 'EINVAL' || err.code === 'ENAMETOOLONG') return EXIT.usage
+    return EXIT.error
+  }
   if (err instanceof NoRepositoryError || err instanceof NotFoundError || err instanceof RefNotFoundError) return EXIT.notFound
   if (err instanceof RepositoryExistsError || err instanceof RefExistsError) return EXIT.exists
   if (err instanceof LeaseHeldError) return EXIT.busy
@@ -55,4 +62,10 @@ export function exitCodeFor(err: unknown): number {
   if (err instanceof ConfigError) return /MAC mismatch/.test(err.message) ? EXIT.damaged : EXIT.error
   const named = (err as { exitCode?: number }).exitCode
   return typeof named === 'number' ? named : EXIT.error
+}
+
+/** The one-line message for an error: POSIX errors read like cp's and rm's ("PATH: No such file or directory (ENOENT)"). */
+export function errorMessage(err: unknown): string {
+  if (err instanceof FsError) return `${err.detail ? `${err.detail}: ` : ''}${ERRNO_TEXT[err.code]} (${err.code})`
+  return (err as Error).message
 }

@@ -2,10 +2,23 @@ import { commandHelp, parseCommandArgs, type Command, type Io } from './command.
 import { benchCommand } from './commands/bench.js'
 import { keyAddCommand, keyListCommand, keyRemoveCommand } from './commands/key.js'
 import { mountCommand, umountCommand } from './commands/mount.js'
+import { FILE_COMMANDS } from './commands/files.js'
 import { initCommand, repoInfoCommand } from './commands/repo.js'
-import { EXIT, EXIT_HELP, exitCodeFor, UsageError } from './exit-codes.js'
+import { VOLUME_COMMANDS } from './commands/volume.js'
+import { errorMessage, EXIT, EXIT_HELP, exitCodeFor, UsageError } from './exit-codes.js'
 
-export const COMMANDS: Command[] = [mountCommand, umountCommand, initCommand, repoInfoCommand, keyAddCommand, keyListCommand, keyRemoveCommand, benchCommand]
+export const COMMANDS: Command[] = [
+  mountCommand,
+  umountCommand,
+  ...VOLUME_COMMANDS,
+  ...FILE_COMMANDS,
+  initCommand,
+  repoInfoCommand,
+  keyAddCommand,
+  keyListCommand,
+  keyRemoveCommand,
+  benchCommand,
+]
 
 export function mainHelp(): string {
   const width = Math.max(...COMMANDS.map((c) => c.path.join(' ').length)) + 2
@@ -62,18 +75,18 @@ export async function main(argv: string[], io: Io): Promise<number> {
     return EXIT.usage
   }
   try {
-    if (command.rawArgs) return (await command.run({ values: {}, positionals: rest, io })) ?? EXIT.ok
+    if (command.rawArgs) return (await command.run({ command: command.path.join(' '), values: {}, positionals: rest, io })) ?? EXIT.ok
     const { values, positionals } = parseCommandArgs(command, rest)
     if (values.help) {
       io.out(commandHelp(command))
       return EXIT.ok
     }
-    return (await command.run({ values, positionals, io })) ?? EXIT.ok
+    return (await command.run({ command: command.path.join(' '), values, positionals, io })) ?? EXIT.ok
   } catch (err) {
     const code = exitCodeFor(err)
     const name = ['s0fs', ...command.path].join(' ')
     if (err instanceof UsageError) io.err(`${name}: ${err.message}\nRun \`${name} --help\` for usage.\n`)
-    else io.err(`${name}: ${(err as Error).message}\n`)
+    else io.err(`${name}: ${errorMessage(err)}\n`)
     if (process.env.S0FS_DEBUG && err instanceof Error && err.stack) io.err(err.stack + '\n')
     return code
   }

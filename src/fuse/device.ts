@@ -146,9 +146,23 @@ export class FuseDevice {
     this.write([header, ...payload])
   }
 
-  /** Sends an unsolicited notification (cache invalidation). */
+  /**
+   * Sends an unsolicited notification (cache invalidation). Written from the
+   * thread pool, never from this thread: the kernel may hold the notification
+   * until a directory lock is free, and the holder may be a request waiting
+   * for this very thread to answer it.
+   */
   notify(code: number, ...payload: Buffer[]): void {
-    this.reply(0n, code, ...payload)
+    if (this.stopped) return
+    let length = OUT_HEADER
+    for (const p of payload) length += p.length
+    const message = Buffer.allocUnsafe(length)
+    message.writeUInt32LE(length, 0)
+    message.writeInt32LE(code, 4)
+    message.writeBigUInt64LE(0n, 8)
+    Buffer.concat(payload).copy(message, OUT_HEADER)
+    // ENOENT: the kernel no longer knows that inode or name — nothing to forget.
+    fs.write(this.fd, message, () => undefined)
   }
 
   private write(parts: Buffer[]): void {

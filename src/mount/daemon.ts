@@ -5,11 +5,12 @@ import { FuseAdapter } from '../fuse/adapter.js'
 import { FuseDevice, run } from '../fuse/device.js'
 import { LeaseLostError, RefNotFoundError } from '../meta/index.js'
 import { Portal } from '../portal/index.js'
-import type { Repository, VolumeSession } from '../repo/index.js'
+import { VolumeFiles, type Repository, type VolumeSession } from '../repo/index.js'
 import { sleep } from '../store/index.js'
 import type { Logger } from '../util/log.js'
 import { peakRssBytes } from '../util/process.js'
-import { serveControl, type ControlRequest } from './control.js'
+import { serveControl, type ControlRequest, type ControlResult, type ControlSession } from './control.js'
+import { serveFileOp } from './file-service.js'
 import { canonicalMountpoint, mountState, recordPaths, removeRecord, writeRecord } from './registry.js'
 
 export interface DaemonOptions {
@@ -50,6 +51,7 @@ export class MountDaemon {
   private session!: VolumeSession
   private device!: FuseDevice
   private adapter!: FuseAdapter
+  private files!: VolumeFiles
   private portal!: Portal
   private control?: Server
   private timer?: NodeJS.Timeout
@@ -121,6 +123,14 @@ export class MountDaemon {
       fsync: () => this.fsync(),
       onError: (op, err) => log.error('operation failed', { op, error: (err as Error).message }),
     })
+    // Changes made through the control socket bypass the kernel: make it forget what they touched.
+    this.files = new VolumeFiles(this.session.fs, {
+      onChange: (change) => {
+        this.lastWrite = Date.now()
+        for (const { parent, name } of change.names) this.adapter.invalidateEntry(parent, name)
+        for (const ino of change.inodes) this.adapter.invalidateInode(ino)
+      },
+    })
     this.device.start((h, body) => {
       if (h.opcode === 16 /* WRITE */) this.lastWrite = Date.now()
       this.adapter.handle(h, body)
@@ -129,7 +139,7 @@ export class MountDaemon {
 
     const paths = recordPaths(o.runDir, this.canonical)
     try {
-      this.control = await serveControl(paths.socket, (req) => this.onControl(req))
+      this.control = await serveControl(paths.socket, (req, payload, session) => this.onControl(req, payload, session))
     } catch (err) {
       // Nobody could reach this daemon: do not leave the mount up without it.
       await this.device.unmount().catch(() => undefined)
@@ -139,6 +149,7 @@ export class MountDaemon {
       pid: process.pid,
       mountpoint: this.canonical,
       repo: o.repoDisplay,
+      repoId: o.repo.id,
       volume: o.volume,
       snapshot: o.snapshot,
       readOnly: this.session.readOnly,
@@ -237,7 +248,11 @@ export class MountDaemon {
     }
   }
 
-  private async onControl(req: ControlRequest): Promise<Record<string, unknown>> {
+  private async onControl(req: ControlRequest, payload: Buffer, session: ControlSession): Promise<ControlResult> {
+    if (req.op.startsWith('fs.')) {
+      if (this.session.readOnly && !['fs.stat', 'fs.list', 'fs.readlink', 'fs.read'].includes(req.op)) throw new FsError('EROFS', 'this mount is read-only')
+      return serveFileOp(this.files, req, payload, session)
+    }
     switch (req.op) {
       case 'status':
         return this.status()

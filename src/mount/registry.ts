@@ -11,6 +11,8 @@ export interface MountRecord {
   pid: number
   mountpoint: string
   repo: string
+  /** The repository's id: how a CLI finds the daemon that holds a volume of its repository. */
+  repoId?: string
   volume: string
   snapshot?: string
   readOnly: boolean

@@ -11,3 +11,5 @@ export {
 } from './repository.js'
 export { VolumeSession, type SessionOptions, type CommitResult, type RecoveryReport } from './session.js'
 export { diffRoots, type VolumeDiff, type DiffEntry } from './diff.js'
+export { VolumeFiles, fileType, type FileTree, type FileStat, type FileType, type FileChange, type WriteOptions, type ReadRange, type VolumeFilesOptions } from './files.js'
+export { normalizeVolumePath, volumePathComponents, joinVolumePath, resolveSymlinks } from './paths.js'

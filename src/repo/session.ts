@@ -15,10 +15,15 @@ import {
   type VolumeHead,
 } from '../meta/index.js'
 import { Wal } from '../portal/index.js'
+import { VolumeFiles, type VolumeFilesOptions } from './files.js'
 import type { Repository } from './repository.js'
 
 /** Changed metadata pages held before a commit is forced (tens of KiB each in memory; see metadataPressure). */
 export const DIRTY_PAGE_BUDGET = 256
+
+/** Pending bytes at which a long write through `files()` flushes, and at which it commits. */
+const MAINTAIN_FLUSH_BYTES = 64 * 1024 * 1024
+const MAINTAIN_COMMIT_BYTES = 256 * 1024 * 1024
 
 /** Commit's final, locked flush pass handles at most about this much (the rest is flushed first). */
 const LOCKED_FLUSH_BYTES = 16 * 1024 * 1024
@@ -178,6 +183,21 @@ export class VolumeSession {
       await lease.release().catch(() => undefined)
       throw err
     }
+  }
+
+  /**
+   * Path-level access to this volume's files (read-only for a snapshot or a
+   * read-only session). Long writes keep memory and the log bounded by
+   * flushing and committing as they go.
+   */
+  files(options: Omit<VolumeFilesOptions, 'maintain'> = {}): VolumeFiles {
+    return new VolumeFiles(this.fs, { ...options, maintain: () => this.maintain() })
+  }
+
+  private async maintain(): Promise<void> {
+    if (this.readOnly) return
+    if (this.metadataPressure || this.fs.pendingBytes >= MAINTAIN_COMMIT_BYTES) await this.commit()
+    else if (this.fs.pendingBytes >= MAINTAIN_FLUSH_BYTES) await flushPending(this.fs)
   }
 
   /** Makes everything so far durable on local disk (the log). */

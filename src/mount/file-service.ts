@@ -1,0 +1,82 @@
+import { FsError } from '../fs/index.js'
+import type { FileTree } from '../repo/files.js'
+import { ByteQueue } from '../util/byte-queue.js'
+import { ControlError, MAX_CONTROL_PAYLOAD, type ControlRequest, type ControlResult, type ControlSession } from './control.js'
+
+/**
+ * The daemon's side of file access through the control socket (`s0fs put`,
+ * `get`, `ls` … on a volume this daemon holds the lease of). Every op names
+ * a path inside the volume; the daemon resolves it in its own tree, so
+ * nothing outside the volume is ever reachable. RemoteFiles is the client.
+ */
+
+function str(req: ControlRequest, field: string): string {
+  const v = req[field]
+  if (typeof v !== 'string') throw new ControlError(`${req.op} needs a string "${field}"`, 'EINVAL')
+  return v
+}
+
+function num(req: ControlRequest, field: string): number | undefined {
+  const v = req[field]
+  if (v === undefined || v === null) return undefined
+  if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < 0) throw new ControlError(`${req.op}: "${field}" must be a non-negative integer`, 'EINVAL')
+  return v
+}
+
+interface OpenWrite {
+  queue: ByteQueue
+  done: Promise<unknown>
+}
+
+export async function serveFileOp(files: FileTree, req: ControlRequest, payload: Buffer, session: ControlSession): Promise<ControlResult> {
+  switch (req.op) {
+    case 'fs.stat':
+      return { stat: await files.stat(str(req, 'path')) }
+    case 'fs.list':
+      return { entries: await files.list(str(req, 'path')) }
+    case 'fs.readlink':
+      return { target: await files.readlink(str(req, 'path')) }
+    case 'fs.read': {
+      const length = Math.min(num(req, 'length') ?? MAX_CONTROL_PAYLOAD, MAX_CONTROL_PAYLOAD)
+      const parts: Buffer[] = []
+      for await (const piece of files.read(str(req, 'path'), { offset: num(req, 'offset') ?? 0, length })) parts.push(piece)
+      return { payload: Buffer.concat(parts) }
+    }
+    case 'fs.mkdir':
+      return { stat: await files.mkdir(str(req, 'path'), { parents: req.parents === true, mode: num(req, 'mode') }) }
+    case 'fs.symlink':
+      return { stat: await files.symlink(str(req, 'path'), str(req, 'target')) }
+    case 'fs.remove':
+      return { removed: await files.remove(str(req, 'path'), { recursive: req.recursive === true }) }
+    case 'fs.move':
+      await files.move(str(req, 'from'), str(req, 'to'))
+      return {}
+    case 'fs.write.open': {
+      if (session.state.has('write')) throw new ControlError('a write is already open on this connection', 'EBUSY')
+      const queue = new ByteQueue()
+      const mtime = typeof req.mtime === 'string' ? new Date(req.mtime) : undefined
+      const done = files.write(str(req, 'path'), queue, { mode: num(req, 'mode'), exclusive: req.exclusive === true, mtime })
+      done.catch(() => undefined)
+      session.state.set('write', { queue, done } satisfies OpenWrite)
+      // The client went away mid-file: stop the write (what arrived stays, like an interrupted cp).
+      session.onClose(() => queue.abort(new FsError('EIO', 'the writer disconnected')))
+      return {}
+    }
+    case 'fs.write.data': {
+      const open = session.state.get('write') as OpenWrite | undefined
+      if (!open) throw new ControlError('no write is open on this connection', 'EINVAL')
+      // Either the chunk is taken, or the write failed (then report that failure).
+      await Promise.race([open.queue.push(payload), open.done])
+      return {}
+    }
+    case 'fs.write.close': {
+      const open = session.state.get('write') as OpenWrite | undefined
+      if (!open) throw new ControlError('no write is open on this connection', 'EINVAL')
+      session.state.delete('write')
+      open.queue.end()
+      return { stat: await open.done }
+    }
+    default:
+      throw new ControlError(`unknown control op ${JSON.stringify(req.op)}`, 'EINVAL')
+  }
+}

@@ -1,0 +1,357 @@
+import { FileSystem, FsError, isDir, isLnk, isReg, ROOT, ROOT_INO, S_IFMT, type Cred, type Inode, type Timespec } from '../fs/index.js'
+import { joinVolumePath, resolveSymlinks, volumePathComponents } from './paths.js'
+
+/**
+ * Path-level access to one volume's files without a mount: what `s0fs ls`,
+ * `cat`, `put`, `get` …, the HTTP API and library users call. Paths are
+ * always inside the volume (see paths.ts).
+ */
+
+export type FileType = 'file' | 'dir' | 'symlink' | 'other'
+
+export interface FileStat {
+  /** Absolute path inside the volume, as resolved. */
+  path: string
+  name: string
+  type: FileType
+  /** Permission bits, setuid/setgid/sticky included (no type bits). */
+  mode: number
+  size: number
+  uid: number
+  gid: number
+  nlink: number
+  /** Modification time, ISO 8601 with milliseconds. */
+  mtime: string
+  ino: number
+  /** Symlinks: the target. */
+  target?: string
+}
+
+export interface WriteOptions {
+  /** Permission bits of a file that does not exist yet (default 0644). */
+  mode?: number
+  /** Set the modification time afterwards (copies keep their times). */
+  mtime?: Date
+  /** Fail with EEXIST if the path exists. */
+  exclusive?: boolean
+}
+
+export interface ReadRange {
+  offset?: number
+  /** Bytes to read; the rest of the file when absent. */
+  length?: number
+}
+
+/** One change made through a FileTree; the mount daemon turns these into kernel cache invalidations, the HTTP API into events. */
+export interface FileChange {
+  type: 'create' | 'modify' | 'remove' | 'move'
+  path: string
+  /** For a move: the old path. */
+  from?: string
+  /** Directory entries that appeared or disappeared. */
+  names: { parent: number; name: Buffer }[]
+  /** Inodes whose attributes or data changed. */
+  inodes: number[]
+}
+
+/** The operations every way of reaching a volume's files offers (directly, or through a mount daemon). */
+export interface FileTree {
+  readonly writable: boolean
+  /** Like lstat(2): a final symlink is described, not followed. */
+  stat(path: string): Promise<FileStat>
+  /** A directory's entries, sorted by name, without "." and "..". */
+  list(path: string): Promise<FileStat[]>
+  readlink(path: string): Promise<string>
+  read(path: string, range?: ReadRange): AsyncIterable<Buffer>
+  /** Creates or replaces the file's content. */
+  write(path: string, data: AsyncIterable<Uint8Array> | Uint8Array, options?: WriteOptions): Promise<FileStat>
+  mkdir(path: string, options?: { parents?: boolean; mode?: number }): Promise<FileStat>
+  symlink(path: string, target: string): Promise<FileStat>
+  /** Removes a file, a symlink, an empty directory, or with `recursive` a whole tree; returns the entries removed. */
+  remove(path: string, options?: { recursive?: boolean }): Promise<number>
+  /** rename(2): replaces a file at `to`, or an empty directory when moving a directory. */
+  move(from: string, to: string): Promise<void>
+}
+
+export interface VolumeFilesOptions {
+  /** Whose permissions apply and who owns new files (default root). */
+  cred?: Cred
+  /** Called after each change. */
+  onChange?: (change: FileChange) => void
+  /** Called every few MiB written and after each file: lets the owner flush or commit (bounded memory and log). */
+  maintain?: () => Promise<void>
+}
+
+const READ_PIECE = 1024 * 1024
+const WRITE_PIECE = 1024 * 1024
+const MAINTAIN_EVERY = 16 * 1024 * 1024
+
+export function fileType(mode: number): FileType {
+  return isReg(mode) ? 'file' : isDir(mode) ? 'dir' : isLnk(mode) ? 'symlink' : 'other'
+}
+
+function isoTime(t: Timespec): string {
+  return new Date(t.s * 1000 + Math.floor(t.ns / 1e6)).toISOString()
+}
+
+function describe(path: string, inode: Inode): FileStat {
+  const stat: FileStat = {
+    path,
+    name: path === '/' ? '/' : path.slice(path.lastIndexOf('/') + 1),
+    type: fileType(inode.mode),
+    mode: inode.mode & ~S_IFMT,
+    size: inode.size,
+    uid: inode.uid,
+    gid: inode.gid,
+    nlink: inode.nlink,
+    mtime: isoTime(inode.mtime),
+    ino: inode.ino,
+  }
+  if (inode.target) stat.target = inode.target.toString('utf8')
+  return stat
+}
+
+function withPath(error: unknown, path: string): unknown {
+  if (error instanceof FsError && !error.detail) return new FsError(error.code, path)
+  return error
+}
+
+/** A FileTree over a volume's filesystem core, opened by this process (see Repository.openVolume). */
+export class VolumeFiles implements FileTree {
+  private readonly cred: Cred
+  private written = 0
+
+  constructor(
+    private readonly fs: FileSystem,
+    private readonly options: VolumeFilesOptions = {},
+  ) {
+    this.cred = options.cred ?? ROOT
+  }
+
+  get writable(): boolean {
+    return !this.fs.readOnly
+  }
+
+  async stat(path: string): Promise<FileStat> {
+    const { components, inode } = await this.resolve(path, false)
+    return describe(joinVolumePath(components), inode)
+  }
+
+  async list(path: string): Promise<FileStat[]> {
+    const { components, inode } = await this.resolve(path, true)
+    if (!isDir(inode.mode)) throw new FsError('ENOTDIR', joinVolumePath(components))
+    const out: FileStat[] = []
+    let cookie = 0
+    for (;;) {
+      const batch = await this.fs.readdir(this.cred, inode.ino, cookie, 1024)
+      if (batch.length === 0) break
+      for (const e of batch) {
+        cookie = e.next
+        const name = e.name.toString('utf8')
+        if (name === '.' || name === '..') continue
+        out.push(describe(joinVolumePath([...components, name]), await this.fs.getattr(e.ino)))
+      }
+    }
+    return out.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0))
+  }
+
+  async readlink(path: string): Promise<string> {
+    const { inode, components } = await this.resolve(path, false)
+    if (!isLnk(inode.mode)) throw new FsError('EINVAL', `${joinVolumePath(components)} is not a symbolic link`)
+    return inode.target!.toString('utf8')
+  }
+
+  async *read(path: string, range: ReadRange = {}): AsyncIterable<Buffer> {
+    const { inode, components } = await this.resolve(path, true)
+    if (isDir(inode.mode)) throw new FsError('EISDIR', joinVolumePath(components))
+    // The read permission check a kernel makes at open(2).
+    await this.fs.open(this.cred, inode.ino, 0 /* O_RDONLY */).catch((err) => Promise.reject(withPath(err, joinVolumePath(components))))
+    const start = range.offset ?? 0
+    if (start < 0 || (range.length !== undefined && range.length < 0)) throw new FsError('EINVAL', 'negative range')
+    const end = Math.min(inode.size, range.length === undefined ? inode.size : start + range.length)
+    for (let at = start; at < end; ) {
+      const piece = await this.fs.read(inode.ino, at, Math.min(READ_PIECE, end - at))
+      if (piece.length === 0) break // truncated meanwhile
+      at += piece.length
+      yield piece
+    }
+  }
+
+  async write(path: string, data: AsyncIterable<Uint8Array> | Uint8Array, options: WriteOptions = {}): Promise<FileStat> {
+    const { dir, name, components } = await this.parentOf(path, true)
+    let inode: Inode
+    let created = false
+    try {
+      inode = await this.fs.create(this.cred, dir.ino, name, options.mode ?? 0o644, 0, true)
+      created = true
+    } catch (err) {
+      if (!(err instanceof FsError && err.code === 'EEXIST') || options.exclusive) throw withPath(err, joinVolumePath(components))
+      inode = await this.fs.lookup(this.cred, dir.ino, name)
+      if (isDir(inode.mode)) throw new FsError('EISDIR', joinVolumePath(components))
+      await this.fs.open(this.cred, inode.ino, 0o1001 /* O_WRONLY|O_TRUNC */)
+    }
+    let offset = 0
+    const pending: Buffer[] = []
+    let pendingBytes = 0
+    const writePending = async () => {
+      if (pendingBytes === 0) return
+      const piece = pending.length === 1 ? pending[0] : Buffer.concat(pending, pendingBytes)
+      pending.length = 0
+      pendingBytes = 0
+      offset += await this.fs.write(this.cred, inode.ino, offset, piece)
+      this.written += piece.length
+      if (this.written >= MAINTAIN_EVERY) {
+        this.written = 0
+        await this.options.maintain?.()
+      }
+    }
+    const source: AsyncIterable<Uint8Array> = data instanceof Uint8Array ? [data] as unknown as AsyncIterable<Uint8Array> : data
+    for await (const chunk of source) {
+      // Copy: the caller may reuse its buffer, and the log keeps what it is given until it is written.
+      pending.push(Buffer.from(chunk))
+      pendingBytes += chunk.length
+      if (pendingBytes >= WRITE_PIECE) await writePending()
+    }
+    await writePending()
+    if (options.mtime) {
+      const ms = options.mtime.getTime()
+      inode = await this.fs.setattr(this.cred, inode.ino, { mtime: { s: Math.floor(ms / 1000), ns: (ms % 1000) * 1e6 } })
+    }
+    const at = joinVolumePath(components)
+    this.changed({ type: created ? 'create' : 'modify', path: at, names: created ? [{ parent: dir.ino, name }] : [], inodes: [inode.ino] })
+    await this.options.maintain?.()
+    return describe(at, await this.fs.getattr(inode.ino))
+  }
+
+  async mkdir(path: string, options: { parents?: boolean; mode?: number } = {}): Promise<FileStat> {
+    const mode = options.mode ?? 0o755
+    if (!options.parents) {
+      const { dir, name, components } = await this.parentOf(path, false)
+      const inode = await this.fs.mkdir(this.cred, dir.ino, name, mode).catch((err) => Promise.reject(withPath(err, joinVolumePath(components))))
+      this.changed({ type: 'create', path: joinVolumePath(components), names: [{ parent: dir.ino, name }], inodes: [] })
+      return describe(joinVolumePath(components), inode)
+    }
+    const components = volumePathComponents(path)
+    let last: FileStat | undefined
+    for (let i = 1; i <= components.length; i++) {
+      const prefix = joinVolumePath(components.slice(0, i))
+      try {
+        last = await this.stat(prefix)
+        if (last.type === 'symlink') last = describe(prefix, (await this.resolve(prefix, true)).inode)
+        if (last.type !== 'dir') throw new FsError('ENOTDIR', prefix)
+      } catch (err) {
+        if (!(err instanceof FsError && err.code === 'ENOENT')) throw err
+        last = await this.mkdir(prefix, { mode })
+      }
+    }
+    return last ?? this.stat('/')
+  }
+
+  async symlink(path: string, target: string): Promise<FileStat> {
+    const { dir, name, components } = await this.parentOf(path, false)
+    const inode = await this.fs.symlink(this.cred, dir.ino, name, Buffer.from(target, 'utf8')).catch((err) => Promise.reject(withPath(err, joinVolumePath(components))))
+    this.changed({ type: 'create', path: joinVolumePath(components), names: [{ parent: dir.ino, name }], inodes: [] })
+    return describe(joinVolumePath(components), inode)
+  }
+
+  async remove(path: string, options: { recursive?: boolean } = {}): Promise<number> {
+    const { dir, name, components } = await this.parentOf(path, false)
+    const at = joinVolumePath(components)
+    const inode = await this.fs.lookup(this.cred, dir.ino, name).catch((err) => Promise.reject(withPath(err, at)))
+    let removed = 0
+    if (isDir(inode.mode)) {
+      if (options.recursive) {
+        for (const child of await this.list(at)) removed += await this.remove(child.path, options)
+      }
+      await this.fs.rmdir(this.cred, dir.ino, name).catch((err) => {
+        if (err instanceof FsError && err.code === 'ENOTEMPTY' && !options.recursive) throw new FsError('ENOTEMPTY', `${at} is a non-empty directory (remove it with --recursive)`)
+        throw withPath(err, at)
+      })
+    } else {
+      await this.fs.unlink(this.cred, dir.ino, name).catch((err) => Promise.reject(withPath(err, at)))
+    }
+    this.changed({ type: 'remove', path: at, names: [{ parent: dir.ino, name }], inodes: [inode.ino] })
+    return removed + 1
+  }
+
+  async move(from: string, to: string): Promise<void> {
+    const src = await this.parentOf(from, false)
+    const dst = await this.parentOf(to, false)
+    const fromPath = joinVolumePath(src.components)
+    const toPath = joinVolumePath(dst.components)
+    if (toPath.startsWith(fromPath + '/')) throw new FsError('EINVAL', `cannot move ${fromPath} into itself (${toPath})`)
+    await this.fs.rename(this.cred, src.dir.ino, src.name, dst.dir.ino, dst.name, 0).catch((err) => Promise.reject(withPath(err, `${fromPath} → ${toPath}`)))
+    this.changed({
+      type: 'move',
+      path: toPath,
+      from: fromPath,
+      names: [
+        { parent: src.dir.ino, name: src.name },
+        { parent: dst.dir.ino, name: dst.name },
+      ],
+      inodes: [],
+    })
+  }
+
+  // --- resolution -------------------------------------------------------------
+
+  /** Walks `path` from the root, following symlinks (the last one only with followLast). */
+  private async resolve(path: string, followLast: boolean): Promise<{ components: string[]; inode: Inode }> {
+    const seen = new Map<string, Inode | null>()
+    const lookup = async (components: readonly string[]): Promise<Inode | null> => {
+      const key = components.join('/')
+      if (seen.has(key)) return seen.get(key)!
+      let inode: Inode | null
+      if (components.length === 0) inode = await this.fs.getattr(ROOT_INO)
+      else {
+        const parent = await lookup(components.slice(0, -1))
+        inode = parent && isDir(parent.mode) ? await this.fs.lookup(this.cred, parent.ino, Buffer.from(components[components.length - 1])).catch(missingAsNull) : null
+      }
+      seen.set(key, inode)
+      return inode
+    }
+    const requested = volumePathComponents(path)
+    const components = await resolveSymlinks(
+      requested,
+      async (c) => {
+        const inode = await lookup(c)
+        return inode && isLnk(inode.mode) ? inode.target!.toString('utf8') : undefined
+      },
+      followLast,
+    )
+    // Walk again, now reporting errors (ENOENT, ENOTDIR, EACCES) precisely.
+    let inode = await this.fs.getattr(ROOT_INO)
+    for (let i = 0; i < components.length; i++) {
+      if (!isDir(inode.mode)) throw new FsError('ENOTDIR', joinVolumePath(components.slice(0, i)))
+      inode = await this.fs.lookup(this.cred, inode.ino, Buffer.from(components[i])).catch((err) => Promise.reject(withPath(err, joinVolumePath(components.slice(0, i + 1)))))
+    }
+    return { components, inode }
+  }
+
+  /** The directory that holds (or will hold) `path`, and the name in it. */
+  private async parentOf(path: string, followLast: boolean): Promise<{ dir: Inode; name: Buffer; components: string[] }> {
+    let components = volumePathComponents(path)
+    if (components.length === 0) throw new FsError('EINVAL', 'the volume root cannot be created, removed or moved')
+    if (followLast) {
+      // A final symlink is written through (like open(2)); a dangling one creates its target.
+      try {
+        components = (await this.resolve(path, true)).components
+      } catch (err) {
+        if (!(err instanceof FsError && err.code === 'ENOENT')) throw err
+      }
+    }
+    const { inode: dir, components: dirComponents } = await this.resolve(joinVolumePath(components.slice(0, -1)), true)
+    if (!isDir(dir.mode)) throw new FsError('ENOTDIR', joinVolumePath(dirComponents))
+    const last = components[components.length - 1]
+    return { dir, name: Buffer.from(last), components: [...dirComponents, last] }
+  }
+
+  private changed(change: FileChange): void {
+    this.options.onChange?.(change)
+  }
+}
+
+function missingAsNull(err: unknown): null {
+  if (err instanceof FsError && (err.code === 'ENOENT' || err.code === 'ENOTDIR')) return null
+  throw err
+}

@@ -1,0 +1,216 @@
+import { randomBytes } from 'node:crypto'
+import { existsSync, mkdirSync, readFileSync, statSync, symlinkSync, writeFileSync } from 'node:fs'
+import path from 'node:path'
+import { describe, expect, it } from 'vitest'
+import { runCli, type CliResult } from '../helpers/cli.js'
+import { fileBackend, mountVolume, mustCli, mustSh, s3Backend, sh, useBackend, type Backend } from '../helpers/mount.js'
+import { s3Servers } from '../helpers/stores.js'
+
+/**
+ * Volume management and file access without a mount, through the real CLI:
+ * snapshot, fork, restore, diff, ls/stat/cat/rm/mv/mkdir/put/get — on
+ * file:// and on the local S3 server (s3rver), and on a volume that is
+ * mounted and being written at the same time.
+ */
+
+/**
+ * The backend opened with a key file instead of the passphrase: every
+ * command here is its own process, and a key file spares each one the
+ * Argon2id passphrase derivation (~1 s).
+ */
+async function withKeyFile(make: () => Promise<Backend>): Promise<Backend> {
+  const backend = await make()
+  const keyFile = path.join(backend.home, 'volumes.key')
+  await mustCli(['key', 'add', '--repo', backend.repo!, '--new-key-file', keyFile], backend.env)
+  return { ...backend, env: { ...backend.env, S0FS_PASSPHRASE: undefined, S0FS_KEY_FILE: keyFile } }
+}
+
+const backends: [string, () => Promise<Backend>][] = [['file://', () => withKeyFile(fileBackend)]]
+const s3rver = s3Servers().find((s) => s.name === 's3rver')
+if (s3rver) backends.push(['s3rver', () => withKeyFile(() => s3Backend(s3rver))])
+
+for (const [label, make] of backends) {
+  describe(`volume commands on ${label}`, () => {
+    const ctx = useBackend(make)
+    const s0fs = (args: string[], input?: string | Buffer) => runCli([...args, '--repo', ctx.backend.repo!], { env: ctx.backend.env, input, timeoutMs: 120_000 })
+    const ok = async (args: string[], input?: string | Buffer) => {
+      const r = await s0fs(args, input)
+      if (r.code !== 0) throw new Error(`s0fs ${args.join(' ')} exited ${r.code}: ${r.stderr}`)
+      return r
+    }
+
+    it('snapshot is unchanged by later writes; diff names exactly the changes', async () => {
+      await ok(['volume', 'create', 'work'])
+      await ok(['put', '-', 'work:/keep.txt'], 'kept\n')
+      await ok(['put', '-', 'work:/edit.txt'], 'version 1\n')
+      await ok(['put', '-', 'work:/gone.txt'], 'to be removed\n')
+      await ok(['mkdir', '-p', 'work:/dir/sub'])
+      await ok(['snapshot', 'create', 'work', 'snap1'])
+
+      await ok(['put', '-', 'work:/edit.txt'], 'version 2\n')
+      await ok(['rm', 'work:/gone.txt'])
+      await ok(['put', '-', 'work:/dir/sub/new.txt'], 'new\n')
+      await ok(['mv', 'work:/keep.txt', 'work:/dir/'])
+
+      expect((await ok(['cat', 'snap1:/edit.txt'])).stdout).toBe('version 1\n')
+      expect((await ok(['cat', 'snap1:/gone.txt'])).stdout).toBe('to be removed\n')
+      expect((await ok(['ls', 'snap1:/'])).stdout).toBe('dir\nedit.txt\ngone.txt\nkeep.txt\n')
+      expect((await ok(['cat', 'work:/edit.txt'])).stdout).toBe('version 2\n')
+      expect((await ok(['ls', 'work:/dir'])).stdout).toBe('keep.txt\nsub\n')
+
+      const text = (await ok(['diff', 'snap1', 'work'])).stdout
+      expect(text).toBe(['A\t/dir/keep.txt', 'A\t/dir/sub/new.txt', 'M\t/edit.txt', 'D\t/gone.txt', 'D\t/keep.txt', ''].join('\n'))
+      const diff = JSON.parse((await ok(['diff', '--json', 'snap1', 'work'])).stdout)
+      expect(diff.added.map((e: { path: string }) => e.path)).toEqual(['/dir/keep.txt', '/dir/sub/new.txt'])
+      expect(diff.removed.map((e: { path: string }) => e.path)).toEqual(['/gone.txt', '/keep.txt'])
+      expect(diff.modified).toEqual([{ path: '/edit.txt', type: 'file' }])
+
+      const snaps = JSON.parse((await ok(['snapshot', 'list', '--json', 'work'])).stdout)
+      expect(snaps.map((s: { name: string }) => s.name)).toEqual(['snap1'])
+      // Snapshots are read-only, with a hint.
+      const w = await s0fs(['put', '-', 'snap1:/x'], 'x')
+      expect(w.code).toBe(1)
+      expect(w.stderr).toMatch(/snapshot.*read-only.*fork/)
+    }, 180_000)
+
+    it('fork: both sides change independently, and shared data is stored once', async () => {
+      await ok(['volume', 'create', 'base'])
+      const big = randomBytes(6 * 1024 * 1024)
+      await ok(['put', '-', 'base:/big.bin'], big)
+      const before = await segmentBytes(ok)
+      await ok(['fork', 'base', 'child'])
+      await ok(['put', '-', 'child:/only-child.txt'], 'child\n')
+      await ok(['put', '-', 'base:/only-base.txt'], 'base\n')
+      await ok(['rm', 'child:/big.bin'])
+
+      expect((await ok(['ls', 'base:/'])).stdout).toBe('big.bin\nonly-base.txt\n')
+      expect((await ok(['ls', 'child:/'])).stdout).toBe('only-child.txt\n')
+      // The fork copied no data: the bucket grew by the two small files' segments at most.
+      expect((await segmentBytes(ok)) - before).toBeLessThan(256 * 1024)
+      // A fork of a fork of a snapshot, and the source's deletion: the fork keeps working.
+      await ok(['snapshot', 'create', 'base', 'base-s'])
+      await ok(['fork', 'base-s', 'grandchild'])
+      await ok(['volume', 'delete', 'base'])
+      await ok(['snapshot', 'delete', 'base-s'])
+      const got = await s0fs(['cat', 'grandchild:/big.bin'])
+      expect(got.code).toBe(0)
+      expect(Buffer.from(got.stdout, 'latin1').length).toBeGreaterThan(0)
+      const roundTrip = path.join(ctx.backend.home, 'big.out')
+      await ok(['get', 'grandchild:/big.bin', roundTrip])
+      expect(readFileSync(roundTrip).equals(big)).toBe(true)
+      const info = JSON.parse((await ok(['volume', 'info', '--json', 'grandchild'])).stdout)
+      expect(info.origin).toMatchObject({ kind: 'snapshot', name: 'base-s' })
+      expect((await s0fs(['volume', 'info', 'base'])).code).toBe(3)
+    }, 180_000)
+
+    it('restore brings back the snapshot\'s exact tree (put/get of a real directory)', async () => {
+      const src = path.join(ctx.backend.home, 'src-tree')
+      mkdirSync(path.join(src, 'a/b'), { recursive: true })
+      writeFileSync(path.join(src, 'a/b/data.bin'), randomBytes(300_000))
+      writeFileSync(path.join(src, 'a/script.sh'), '#!/bin/sh\necho hi\n', { mode: 0o755 })
+      writeFileSync(path.join(src, 'empty'), '')
+      symlinkSync('a/script.sh', path.join(src, 'link'))
+      await mustSh(`touch -d '2020-01-02 03:04:05' ${src}/a/b/data.bin && chmod 600 ${src}/empty`)
+
+      await ok(['volume', 'create', 'rest'])
+      await ok(['put', src, 'rest:/'])
+      await ok(['snapshot', 'create', 'rest', 'rest-s'])
+      await ok(['rm', '-r', 'rest:/src-tree/a'])
+      await ok(['put', '-', 'rest:/src-tree/extra'], 'extra')
+      await ok(['restore', 'rest', 'rest-s'])
+
+      const out = path.join(ctx.backend.home, 'restored')
+      await ok(['get', 'rest:/src-tree', out])
+      await mustSh(`diff -r --no-dereference ${src} ${out}`)
+      expect(statSync(path.join(out, 'a/script.sh')).mode & 0o777).toBe(0o755)
+      expect(statSync(path.join(out, 'empty')).mode & 0o777).toBe(0o600)
+      expect(statSync(path.join(out, 'a/b/data.bin')).mtimeMs).toBe(statSync(path.join(src, 'a/b/data.bin')).mtimeMs)
+      expect((await ok(['diff', 'rest-s', 'rest'])).stdout).toBe('')
+      const st = JSON.parse((await ok(['stat', '--json', 'rest:/src-tree/link'])).stdout)
+      expect(st).toMatchObject({ type: 'symlink', target: 'a/script.sh' })
+      const ls = (await ok(['ls', '-l', 'rest:/src-tree/a'])).stdout
+      expect(ls).toMatch(/^-rwxr-xr-x +1 .* script\.sh$/m)
+    }, 180_000)
+
+    it('bad input: clear errors, documented exit codes, nothing changed', async () => {
+      await ok(['volume', 'create', 'strict'])
+      await ok(['put', '-', 'strict:/f'], 'content')
+      const cases: [string[], number, RegExp][] = [
+        [['cat', 'strict:/../../etc/passwd'], 2, /escapes the volume root/],
+        [['cat', 'strict:/nope'], 3, /\/nope: No such file or directory/],
+        [['cat', 'nosuch:/f'], 3, /no volume or snapshot named "nosuch"/],
+        [['cat', 'strict/f'], 2, /not VOLUME:PATH/],
+        [['put', '-', `strict:/${'n'.repeat(256)}`], 2, /File name too long|limit is 255/],
+        [['mkdir', 'strict:/f'], 4, /File exists/],
+        [['rm', 'strict:/'], 2, /root/],
+        [['mv', 'strict:/f', 'other:/f'], 1, /between volumes/],
+        [['volume', 'create', 'bad name'], 2, /invalid volume name/],
+        [['volume', 'create', 'strict'], 4, /already exists/],
+        [['restore', 'strict', 'no-snap'], 3, /no-snap/],
+        [['fork', 'missing', 'x'], 3, /missing/],
+        [['volume', 'frobnicate'], 2, /unknown subcommand/],
+      ]
+      for (const [args, code, message] of cases) {
+        const r = await s0fs(args, '')
+        expect({ args, code: r.code }).toEqual({ args, code })
+        expect(r.stderr).toMatch(message)
+      }
+      expect((await ok(['cat', 'strict:/f'])).stdout).toBe('content')
+      expect((await ok(['ls', 'strict:/'])).stdout).toBe('f\n')
+    }, 180_000)
+
+    it('a mounted volume: snapshot/fork while writing, and CLI changes show in the mount at once', async () => {
+      const m = ctx.track(await mountVolume(ctx.backend, { volume: 'live' }))
+      // A writer that keeps going while the commands run.
+      const writer = sh(`for i in $(seq 1 200); do echo line-$i > ${m.mountpoint}/w-$i; done`, { timeoutMs: 120_000 })
+      await mustSh(`echo before > ${m.mountpoint}/marker`)
+      const snap = JSON.parse((await ok(['snapshot', 'create', '--json', 'live', 'live-s'])).stdout)
+      expect(snap.volume).toBe('live')
+      await ok(['fork', 'live', 'live-fork'])
+      expect((await writer).code).toBe(0)
+      // Everything written before each command is in it, without unmounting.
+      expect((await ok(['cat', 'live-s:/marker'])).stdout).toBe('before\n')
+      expect((await ok(['cat', 'live-fork:/marker'])).stdout).toBe('before\n')
+
+      // Writes through the daemon: the kernel's cached (negative) entries are dropped.
+      expect(existsSync(path.join(m.mountpoint, 'from-cli.txt'))).toBe(false)
+      await ok(['put', '-', 'live:/from-cli.txt'], 'via control socket\n')
+      expect(readFileSync(path.join(m.mountpoint, 'from-cli.txt'), 'utf8')).toBe('via control socket\n')
+      await ok(['put', '-', 'live:/marker'], 'after\n')
+      expect(readFileSync(path.join(m.mountpoint, 'marker'), 'utf8')).toBe('after\n')
+      await ok(['mv', 'live:/marker', 'live:/moved'])
+      expect(existsSync(path.join(m.mountpoint, 'marker'))).toBe(false)
+      expect(readFileSync(path.join(m.mountpoint, 'moved'), 'utf8')).toBe('after\n')
+      await ok(['rm', 'live:/w-1'])
+      expect(existsSync(path.join(m.mountpoint, 'w-1'))).toBe(false)
+      expect((await ok(['cat', 'live:/w-200'])).stdout).toBe('line-200\n')
+
+      // The daemon holds the lease: restore and delete are refused, naming it.
+      for (const args of [['restore', 'live', 'live-s'], ['volume', 'delete', 'live']]) {
+        const r = await s0fs(args)
+        expect(r.code).toBe(7)
+        expect(r.stderr).toMatch(/mount at/)
+      }
+      await m.umount()
+      // After unmount, the CLI takes the lease itself.
+      expect((await ok(['cat', 'live:/moved'])).stdout).toBe('after\n')
+      await ok(['restore', 'live', 'live-s'])
+      expect((await ok(['cat', 'live:/marker'])).stdout).toBe('before\n')
+    }, 240_000)
+
+    it('volume list and info speak JSON', async () => {
+      const list = JSON.parse((await ok(['volume', 'list', '--json'])).stdout) as { name: string; generation: number }[]
+      expect(list.map((v) => v.name)).toContain('work')
+      const info = JSON.parse((await ok(['volume', 'info', '--json', 'work'])).stdout)
+      expect(info).toMatchObject({ name: 'work', snapshots: [{ name: 'snap1', volume: 'work' }] })
+      expect(info.generation).toBeGreaterThan(1)
+    }, 60_000)
+  })
+}
+
+async function segmentBytes(ok: (args: string[]) => Promise<CliResult>): Promise<number> {
+  const info = JSON.parse((await ok(['repo', 'info', '--json'])).stdout)
+  return Object.entries(info.byPrefix as Record<string, { bytes: number }>)
+    .filter(([p]) => p.startsWith('seg'))
+    .reduce((n, [, v]) => n + v.bytes, 0)
+}

@@ -1,0 +1,107 @@
+import { afterEach, describe, expect, it } from 'vitest'
+import { FsError } from '../../src/fs/index.js'
+import { normalizeVolumePath, resolveSymlinks, volumePathComponents, type FileChange } from '../../src/repo/index.js'
+import { testRepo } from '../helpers/repo.js'
+
+async function collect(iter: AsyncIterable<Buffer>): Promise<Buffer> {
+  const parts: Buffer[] = []
+  for await (const p of iter) parts.push(p)
+  return Buffer.concat(parts)
+}
+
+async function code(p: Promise<unknown>): Promise<string> {
+  try {
+    await p
+    return 'ok'
+  } catch (err) {
+    if (err instanceof FsError) return err.code
+    throw err
+  }
+}
+
+describe('volume paths', () => {
+  it('cleans paths lexically and refuses to climb above the root', () => {
+    expect(normalizeVolumePath('')).toBe('/')
+    expect(normalizeVolumePath('a//b/./c/')).toBe('/a/b/c')
+    expect(normalizeVolumePath('/a/b/../c')).toBe('/a/c')
+    expect(volumePathComponents('/')).toEqual([])
+    for (const bad of ['..', '/..', 'a/../..', '/a/../../etc/passwd']) expect(() => normalizeVolumePath(bad)).toThrow(/escapes the volume root/)
+    expect(() => normalizeVolumePath('a\0b')).toThrow(/NUL/)
+    expect(() => normalizeVolumePath('x'.repeat(256))).toThrow(/limit is 255/)
+    expect(() => normalizeVolumePath('/a'.repeat(2100))).toThrow(/limit is 4095/)
+  })
+
+  it('follows symlinks as if the volume root were "/"', async () => {
+    const links: Record<string, string> = { 'abs': '/etc', 'up': '../../../x', 'loop': 'loop', 'd/rel': '../t' }
+    const read = async (c: readonly string[]) => links[c.join('/')]
+    expect(await resolveSymlinks(['abs', 'passwd'], read, true)).toEqual(['etc', 'passwd'])
+    expect(await resolveSymlinks(['up'], read, true)).toEqual(['x'])
+    expect(await resolveSymlinks(['d', 'rel'], read, true)).toEqual(['t'])
+    expect(await resolveSymlinks(['d', 'rel'], read, false)).toEqual(['d', 'rel'])
+    await expect(resolveSymlinks(['loop'], read, true)).rejects.toThrow(/too many symbolic links/)
+  })
+})
+
+describe('VolumeFiles (library file access without a mount)', () => {
+  let cleanup: (() => Promise<void>) | undefined
+  afterEach(async () => {
+    await cleanup?.()
+    cleanup = undefined
+  })
+
+  it('writes, reads ranges, lists, moves and removes; changes survive a reopen', async () => {
+    const t = await testRepo()
+    cleanup = t.cleanup
+    await t.repo.createVolume('v')
+    const session = await t.repo.openVolume('v', { portalDir: t.portalDir })
+    const changes: FileChange[] = []
+    const files = session.files({ onChange: (c) => changes.push(c) })
+    const data = Buffer.alloc(3 * 1024 * 1024 + 17, 'abcdefgh')
+    await files.mkdir('/src/deep', { parents: true })
+    await files.mkdir('/src/deep', { parents: true }) // existing: fine with parents
+    expect(await code(files.mkdir('/src'))).toBe('EEXIST')
+    const st = await files.write('/src/deep/data.bin', data, { mode: 0o600, mtime: new Date('2020-01-01T00:00:00.123Z') })
+    expect(st).toMatchObject({ path: '/src/deep/data.bin', type: 'file', size: data.length, mode: 0o600, mtime: '2020-01-01T00:00:00.123Z' })
+    expect((await collect(files.read('/src/deep/data.bin'))).equals(data)).toBe(true)
+    expect((await collect(files.read('/src/deep/data.bin', { offset: 1_000_000, length: 10 }))).equals(data.subarray(1_000_000, 1_000_010))).toBe(true)
+    // A stream source, written over an existing file (truncates).
+    async function* pieces() {
+      yield Buffer.from('hello ')
+      yield Buffer.from('world')
+    }
+    await files.write('/src/deep/data.bin', pieces())
+    expect((await collect(files.read('/src/deep/data.bin'))).toString()).toBe('hello world')
+    await files.symlink('/link', 'src/deep')
+    expect((await files.stat('/link')).type).toBe('symlink')
+    expect((await files.list('/link')).map((e) => e.name)).toEqual(['data.bin'])
+    expect((await collect(files.read('/link/data.bin'))).toString()).toBe('hello world')
+    await files.move('/src/deep/data.bin', '/moved.bin')
+    expect(await code(files.stat('/src/deep/data.bin'))).toBe('ENOENT')
+    expect(await code(files.move('/src', '/src/deep/inside'))).toBe('EINVAL')
+    expect(await code(files.remove('/src'))).toBe('ENOTEMPTY')
+    expect(await files.remove('/src', { recursive: true })).toBe(2)
+    expect(await code(files.remove('/'))).toBe('EINVAL')
+    expect((await files.list('/')).map((e) => `${e.name}:${e.type}`)).toEqual(['link:symlink', 'moved.bin:file'])
+    expect(changes.map((c) => c.type)).toEqual(['create', 'create', 'create', 'modify', 'create', 'move', 'remove', 'remove'])
+    expect(changes.find((c) => c.type === 'move')).toMatchObject({ from: '/src/deep/data.bin', path: '/moved.bin' })
+    await session.close()
+
+    const reader = await t.repo.openVolume('v', { portalDir: t.portalDir, readOnly: true })
+    const ro = reader.files()
+    expect(ro.writable).toBe(false)
+    expect((await collect(ro.read('/moved.bin'))).toString()).toBe('hello world')
+    expect(await code(ro.write('/x', Buffer.from('x')))).toBe('EROFS')
+  })
+
+  it('applies the caller\'s permissions', async () => {
+    const t = await testRepo()
+    cleanup = t.cleanup
+    await t.repo.createVolume('p')
+    const session = await t.repo.openVolume('p', { portalDir: t.portalDir })
+    await session.files().write('/secret', Buffer.from('root only'), { mode: 0o600 })
+    const user = session.files({ cred: { uid: 1000, gid: 1000, groups: [] } })
+    expect(await code(collect(user.read('/secret')))).toBe('EACCES')
+    expect(await code(user.write('/mine', Buffer.from('x')))).toBe('EACCES') // root-owned 0755 root directory
+    await session.close()
+  })
+})
