@@ -1,6 +1,7 @@
 import { ConfigError, DecryptError, KeyFileError, WrongKeyError } from '../crypto/index.js'
+import { BlobReadError } from '../blob/index.js'
 import { FsError, ERRNO_TEXT } from '../fs/index.js'
-import { InvalidNameError, LeaseHeldError, RefExistsError, RefNotFoundError } from '../meta/index.js'
+import { InvalidNameError, LeaseHeldError, PageCorruptError, RefExistsError, RefNotFoundError } from '../meta/index.js'
 import { NoRepositoryError, RepositoryExistsError } from '../repo/index.js'
 import { NotFoundError, StoreAuthError, StoreConfigError, StoreUnavailableError } from '../store/index.js'
 
@@ -58,7 +59,8 @@ export function exitCodeFor(err: unknown): number {
   if (err instanceof LeaseHeldError) return EXIT.busy
   if (err instanceof WrongKeyError || err instanceof KeyFileError || err instanceof StoreAuthError) return EXIT.wrongKey
   if (err instanceof StoreUnavailableError) return EXIT.unavailable
-  if (err instanceof DecryptError) return EXIT.damaged
+  if (err instanceof DecryptError || err instanceof PageCorruptError) return EXIT.damaged
+  if (err instanceof BlobReadError) return err.cause instanceof StoreUnavailableError ? EXIT.unavailable : EXIT.damaged
   if (err instanceof ConfigError) return /MAC mismatch/.test(err.message) ? EXIT.damaged : EXIT.error
   const named = (err as { exitCode?: number }).exitCode
   return typeof named === 'number' ? named : EXIT.error

@@ -3,6 +3,7 @@ import { benchCommand } from './commands/bench.js'
 import { keyAddCommand, keyListCommand, keyRemoveCommand } from './commands/key.js'
 import { mountCommand, umountCommand } from './commands/mount.js'
 import { FILE_COMMANDS } from './commands/files.js'
+import { fsckCommand } from './commands/fsck.js'
 import { initCommand, repoInfoCommand } from './commands/repo.js'
 import { VOLUME_COMMANDS } from './commands/volume.js'
 import { errorMessage, EXIT, EXIT_HELP, exitCodeFor, UsageError } from './exit-codes.js'
@@ -12,6 +13,7 @@ export const COMMANDS: Command[] = [
   umountCommand,
   ...VOLUME_COMMANDS,
   ...FILE_COMMANDS,
+  fsckCommand,
   initCommand,
   repoInfoCommand,
   keyAddCommand,

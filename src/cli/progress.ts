@@ -24,46 +24,59 @@ const BAR_WIDTH = 24
 /** A plain line (no terminal) at most this often, and only once an operation has run this long. */
 const PLAIN_EVERY_MS = 5_000
 
-/**
- * Progress of a copy (put/get): a bar redrawn at most 10 times a second on a
- * terminal; on anything else a plain line every 5 s, and nothing at all for
- * an operation shorter than that (quiet by default).
- */
+/** Progress of a copy (put/get): files and bytes so far, of a total when known. */
 export class TransferProgress {
   files = 0
   bytes = 0
-  private last = 0
   private readonly started = Date.now()
-  private readonly line: ProgressLine
+  private readonly status: ThrottledStatus
 
   constructor(
     private readonly stream: NodeJS.WriteStream,
     private readonly verb: string,
     private readonly total?: { files: number; bytes: number },
   ) {
-    this.line = new ProgressLine(stream)
-    this.last = this.started
+    this.status = new ThrottledStatus(stream)
   }
 
   add(bytes: number, files = 0): void {
     this.bytes += bytes
     this.files += files
-    const now = Date.now()
-    if (now - this.last < (this.stream.isTTY ? 100 : PLAIN_EVERY_MS)) return
-    this.last = now
-    this.line.update(this.text(now))
+    this.status.update(() => this.text())
   }
 
   done(): void {
-    this.line.done()
+    this.status.done()
   }
 
-  private text(now: number): string {
-    const seconds = Math.max((now - this.started) / 1000, 0.001)
+  private text(): string {
+    const seconds = Math.max((Date.now() - this.started) / 1000, 0.001)
     const rate = `${formatBytes(this.bytes / seconds)}/s`
     if (!this.total || this.total.bytes === 0) return `${this.verb} ${this.files} files, ${formatBytes(this.bytes)} (${rate})`
     const fraction = Math.min(1, this.bytes / this.total.bytes)
     const bar = this.stream.isTTY ? `[${'#'.repeat(Math.round(fraction * BAR_WIDTH)).padEnd(BAR_WIDTH, '.')}] ` : ''
     return `${bar}${this.verb} ${(fraction * 100).toFixed(0)}%  ${formatBytes(this.bytes)} of ${formatBytes(this.total.bytes)}, ${this.files}/${this.total.files} files (${rate})`
+  }
+}
+
+/**
+ * A status line for a long operation: on a terminal redrawn at most 10 times
+ * a second; otherwise a plain line every 5 s, and nothing for an operation
+ * shorter than that.
+ */
+export class ThrottledStatus {
+  private last = Date.now()
+  private readonly line: ProgressLine
+  constructor(private readonly stream: NodeJS.WriteStream) {
+    this.line = new ProgressLine(stream)
+  }
+  update(text: () => string): void {
+    const now = Date.now()
+    if (now - this.last < (this.stream.isTTY ? 100 : PLAIN_EVERY_MS)) return
+    this.last = now
+    this.line.update(text())
+  }
+  done(): void {
+    this.line.done()
   }
 }

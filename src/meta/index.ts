@@ -1,5 +1,5 @@
 export { Tree, MAX_PAGE_BYTES, MIN_PAGE_BYTES } from './btree.js'
-export { isPageRef, sameRef, type Child, type Node, type PageRef } from './node.js'
+export { isPageRef, leafValue, sameRef, type Child, type Node, type PageRef } from './node.js'
 export { PageStore, PackWriter, PageCorruptError, packKey, pageAad, type PageCacheStats } from './pages.js'
 export { diffTrees, type KeyChange } from './diff.js'
 export {

@@ -18,7 +18,7 @@ function typeName(mode: number): DiffEntry['type'] {
 }
 
 /** Resolves inode numbers to paths in one tree, caching directory listings. */
-class PathResolver {
+export class PathResolver {
   private readonly names = new Map<number, Map<number, string>>()
 
   constructor(private readonly tree: Tree) {}

@@ -13,3 +13,4 @@ export { VolumeSession, type SessionOptions, type CommitResult, type RecoveryRep
 export { diffRoots, type VolumeDiff, type DiffEntry } from './diff.js'
 export { VolumeFiles, fileType, type FileTree, type FileStat, type FileType, type FileChange, type WriteOptions, type ReadRange, type VolumeFilesOptions } from './files.js'
 export { normalizeVolumePath, volumePathComponents, joinVolumePath, resolveSymlinks } from './paths.js'
+export { fsck, type FsckOptions, type FsckReport, type FsckProblem, type DamagedRange } from './fsck.js'
