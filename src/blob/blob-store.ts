@@ -90,6 +90,8 @@ export class BlobStore {
   private open?: SegmentBuilder
   private readonly sealed = new Map<string, SealedSegment>()
   private unindexed: BlobRef[] = []
+  /** Segments a GC run is about to delete: never deduplicate against them (see repo/gc.ts). */
+  private readonly condemned = new Set<string>()
   private readonly decoded: LRUCache<string, Buffer>
   private readonly segmentSize: number
   private readonly maxUploads: number
@@ -161,7 +163,13 @@ export class BlobStore {
   }
 
   lookup(id: Buffer): BlobRef | undefined {
-    return this.known.get(id)
+    const ref = this.known.get(id)
+    return ref && !this.condemned.has(ref.seg) ? ref : undefined
+  }
+
+  /** Stops deduplicating against these segments: a GC run will delete them unless a commit references them first. */
+  condemn(segments: Iterable<string>): void {
+    for (const seg of segments) this.condemned.add(seg)
   }
 
   /**
@@ -300,7 +308,7 @@ export class BlobStore {
         chunks.push({ start, end })
         continue
       }
-      let ref = this.known.get(e.id)
+      let ref = this.lookup(e.id)
       if (ref) {
         this.stats.blobsDeduplicated++
       } else {

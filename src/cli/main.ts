@@ -4,6 +4,7 @@ import { keyAddCommand, keyListCommand, keyRemoveCommand } from './commands/key.
 import { mountCommand, umountCommand } from './commands/mount.js'
 import { FILE_COMMANDS } from './commands/files.js'
 import { fsckCommand } from './commands/fsck.js'
+import { gcCommand } from './commands/gc.js'
 import { initCommand, repoInfoCommand } from './commands/repo.js'
 import { VOLUME_COMMANDS } from './commands/volume.js'
 import { errorMessage, EXIT, EXIT_HELP, exitCodeFor, UsageError } from './exit-codes.js'
@@ -13,6 +14,7 @@ export const COMMANDS: Command[] = [
   umountCommand,
   ...VOLUME_COMMANDS,
   ...FILE_COMMANDS,
+  gcCommand,
   fsckCommand,
   initCommand,
   repoInfoCommand,

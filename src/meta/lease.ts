@@ -38,6 +38,13 @@ export interface LeaseRecord {
   epoch: number
   acquired: number
   expires: number
+  /**
+   * The last GC notice this writer has acted on (see repo/gc.ts): it no longer
+   * deduplicates against the segments the notice condemns, and has committed
+   * everything it placed before reading it. GC deletes nothing until every
+   * live writer says so.
+   */
+  gcSeen?: string
 }
 
 export class LeaseHeldError extends Error {
@@ -64,6 +71,8 @@ export interface LeaseOptions {
   skewMs?: number
   /** Settle delay for the read-back on non-atomic backends. */
   settleMs?: number
+  /** The GC notice the new writer has already taken into account (read before the lease). */
+  gcSeen?: string
 }
 
 export function leaseKey(keys: RepoKeys, volumeName: string): string {
@@ -148,6 +157,13 @@ export class Lease {
     }
   }
 
+  /** Records (at once, with a renewal) that this writer has acted on GC notice `id`. */
+  async acknowledgeGc(id: string): Promise<void> {
+    await this.renewing
+    this.record = { ...this.record, gcSeen: id }
+    await this.renew()
+  }
+
   /** Gives the lease up so another writer can take it at once. */
   async release(): Promise<void> {
     if (this.timer) clearInterval(this.timer)
@@ -218,6 +234,7 @@ export async function acquireLease(
       epoch: (current?.record.epoch ?? 0) + 1,
       acquired: now,
       expires: now + ttlMs,
+      gcSeen: options.gcSeen,
     }
     const sealed = sealLease(keys, key, record)
     let etag: string

@@ -16,6 +16,7 @@ import {
 } from '../meta/index.js'
 import { Wal } from '../portal/index.js'
 import { VolumeFiles, type VolumeFilesOptions } from './files.js'
+import { readGcNotice } from './gc-notice.js'
 import type { Repository } from './repository.js'
 
 /** Changed metadata pages held before a commit is forced (tens of KiB each in memory; see metadataPressure). */
@@ -76,6 +77,8 @@ export class VolumeSession {
   private readonly commitLock = new Mutex()
   private committedSeq: number
   private closed = false
+  private gcTimer?: NodeJS.Timeout
+  private log?: (message: string) => void
 
   private constructor(
     readonly repo: Repository,
@@ -131,10 +134,14 @@ export class VolumeSession {
       return new VolumeSession(repo, name, head, etag, undefined, undefined, new FileSystem({ tree, blobs: await repo.blobStore() }))
     }
     const found = await repo.refs.requireVolume(name)
+    // Before the lease and before any deduplication: segments a GC run is deleting are off limits.
+    const notice = await readGcNotice(repo.store, repo.keys)
+    if (notice) (await repo.blobStore()).condemn(notice.segments)
     let session: VolumeSession | undefined
     const lease = await acquireLease(repo.store, repo.keys, name, found.head.volumeId, {
       ttlMs: options.leaseTtlMs,
       purpose: options.purpose,
+      gcSeen: notice?.id,
       onLost: (err) => {
         session?.fs.fail(err)
         options.onLeaseLost?.(err)
@@ -166,6 +173,7 @@ export class VolumeSession {
       else wal = await Wal.create(walDir, repo.keys, { volumeId: head.volumeId, session: randomBytes(12).toString('hex'), baseGeneration: head.generation })
       const fs = new FileSystem({ tree, blobs: await repo.blobStore({ forWriting: true }), wal })
       session = new VolumeSession(repo, name, head, etag, lease, wal, fs)
+      session.log = options.log
       if (recovered && replayFrom !== undefined) {
         for (const record of recovered.records) {
           if (record.seq <= replayFrom) continue
@@ -178,6 +186,7 @@ export class VolumeSession {
       report.orphansPurged = await fs.purgeOrphans()
       session.recovery = report
       lease.startRenewing()
+      session.watchGc(options.leaseTtlMs ?? 30_000)
       return session
     } catch (err) {
       await lease.release().catch(() => undefined)
@@ -198,6 +207,29 @@ export class VolumeSession {
     if (this.readOnly) return
     if (this.metadataPressure || this.fs.pendingBytes >= MAINTAIN_COMMIT_BYTES) await this.commit()
     else if (this.fs.pendingBytes >= MAINTAIN_FLUSH_BYTES) await flushPending(this.fs)
+  }
+
+  /** Reads the GC notice at the lease renewal rate and acts on a new one (see gc-notice.ts). */
+  private watchGc(ttlMs: number): void {
+    let checking = false
+    this.gcTimer = setInterval(() => {
+      if (checking || this.closed) return
+      checking = true
+      this.actOnGcNotice()
+        .catch((err) => this.log?.(`volume ${this.name}: GC notice check failed (will retry): ${(err as Error).message}`))
+        .finally(() => (checking = false))
+    }, Math.max(50, Math.floor(ttlMs / 3)))
+    this.gcTimer.unref()
+  }
+
+  /** Stops deduplicating against a new notice's segments, commits what was placed before, then acknowledges. */
+  async actOnGcNotice(): Promise<void> {
+    if (!this.lease) return
+    const notice = await readGcNotice(this.repo.store, this.repo.keys)
+    if (!notice || notice.id === this.lease.info.gcSeen) return
+    this.fs.blobs.condemn(notice.segments)
+    if (this.hasUncommitted) await this.commit()
+    await this.lease.acknowledgeGc(notice.id)
   }
 
   /** Makes everything so far durable on local disk (the log). */
@@ -281,6 +313,7 @@ export class VolumeSession {
   async close(): Promise<void> {
     if (this.closed) return
     this.closed = true
+    clearInterval(this.gcTimer)
     try {
       if (!this.readOnly && !this.fs.failed) await this.commit()
     } finally {
@@ -296,6 +329,7 @@ export class VolumeSession {
    */
   async abandon(): Promise<void> {
     this.closed = true
+    clearInterval(this.gcTimer)
     await this.wal?.abandon()
     await this.lease?.release().catch(() => undefined)
   }

@@ -183,7 +183,7 @@ export class FileStore implements ObjectStore {
           if (!item.key.startsWith(prefix) || item.key <= startAfter) continue
           if (objects.length === limit) return false
           const st = await fsp.stat(path.join(this.root, item.key), { bigint: true }).catch(() => undefined)
-          if (st) objects.push({ key: item.key, size: Number(st.size), etag: etagOf(st) })
+          if (st) objects.push({ key: item.key, size: Number(st.size), etag: etagOf(st), modified: Number(st.mtimeMs) })
         }
       }
       return true

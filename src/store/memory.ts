@@ -5,6 +5,7 @@ import type { ListOptions, ListPage, ObjectInfo, ObjectStore, PutResult, StoreCa
 interface Entry {
   data: Buffer
   etag: string
+  modified: number
 }
 
 /**
@@ -96,7 +97,7 @@ export class MemoryStore implements ObjectStore {
     const page = keys.slice(0, limit)
     const objects = page.map((key) => {
       const entry = this.objects.get(key)!
-      return { key, size: entry.data.length, etag: entry.etag }
+      return { key, size: entry.data.length, etag: entry.etag, modified: entry.modified }
     })
     return { objects, next: keys.length > limit ? page[page.length - 1] : undefined }
   }
@@ -115,7 +116,7 @@ export class MemoryStore implements ObjectStore {
     this.counters.put++
     this.counters.bytesOut += data.length
     const etag = `m${++MemoryStore.version}`
-    this.objects.set(key, { data: Buffer.from(data), etag })
+    this.objects.set(key, { data: Buffer.from(data), etag, modified: Date.now() })
     return { etag }
   }
 }

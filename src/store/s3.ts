@@ -146,6 +146,7 @@ export class S3Store implements ObjectStore {
       key: o.Key!.slice(this.keyPrefix.length),
       size: Number(o.Size ?? 0),
       etag: bareEtag(o.ETag),
+      modified: o.LastModified?.getTime(),
     }))
     return { objects, next: out.IsTruncated && objects.length > 0 ? objects[objects.length - 1].key : undefined }
   }

@@ -15,6 +15,8 @@ export interface ObjectInfo {
   size: number
   /** Opaque version tag; changes whenever the object is replaced. */
   etag: string
+  /** Last write, ms since the epoch (listings; GC's grace period is measured against it). */
+  modified?: number
 }
 
 export interface PutResult {
