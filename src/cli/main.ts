@@ -5,6 +5,7 @@ import { mountCommand, umountCommand } from './commands/mount.js'
 import { FILE_COMMANDS } from './commands/files.js'
 import { fsckCommand } from './commands/fsck.js'
 import { gcCommand } from './commands/gc.js'
+import { serveCommand } from './commands/serve.js'
 import { initCommand, repoInfoCommand } from './commands/repo.js'
 import { VOLUME_COMMANDS } from './commands/volume.js'
 import { errorMessage, EXIT, EXIT_HELP, exitCodeFor, UsageError } from './exit-codes.js'
@@ -14,6 +15,7 @@ export const COMMANDS: Command[] = [
   umountCommand,
   ...VOLUME_COMMANDS,
   ...FILE_COMMANDS,
+  serveCommand,
   gcCommand,
   fsckCommand,
   initCommand,

@@ -1,13 +1,13 @@
 import path from 'node:path'
-import { type Cred } from '../fs/index.js'
+import { FsError, type Cred } from '../fs/index.js'
+import { RefNotFoundError } from '../meta/index.js'
 import { controlRequest } from '../mount/control.js'
 import { listRecords, type MountRecord } from '../mount/registry.js'
 import { RemoteFiles } from '../mount/remote-files.js'
 import type { FileTree, Repository, VolumeSession } from '../repo/index.js'
 import { processAlive } from '../util/process.js'
-import type { CommandContext } from './command.js'
 import { defaultPaths } from './credentials.js'
-import { CliError, EXIT, UsageError } from './exit-codes.js'
+import { UsageError } from './exit-codes.js'
 
 /**
  * How CLI commands reach a volume: through the mount daemon that holds its
@@ -50,7 +50,7 @@ export async function findWriterMount(repo: Repository, volume: string): Promise
  * daemon the head is already everything committed; a writer elsewhere is
  * reported, since its last few seconds are not in the head yet.
  */
-export async function commitIfMounted(ctx: CommandContext, repo: Repository, volume: string): Promise<void> {
+export async function commitIfMounted(warn: (message: string) => void, repo: Repository, volume: string): Promise<void> {
   const mount = await findWriterMount(repo, volume)
   if (mount) {
     await controlRequest(mount.socket, { op: 'commit' })
@@ -58,14 +58,14 @@ export async function commitIfMounted(ctx: CommandContext, repo: Repository, vol
   }
   const info = await repo.volumeInfo(volume).catch(() => undefined)
   if (info?.writer) {
-    ctx.io.err(
-      `note: volume ${volume} is being written (${info.writer.holder.purpose} on ${info.writer.holder.host}); this uses its last commit (generation ${info.generation}, ${info.updated})\n`,
-    )
+    warn(`note: volume ${volume} is being written (${info.writer.holder.purpose} on ${info.writer.holder.host}); this uses its last commit (generation ${info.generation}, ${info.updated})`)
   }
 }
 
 export interface OpenedFiles {
   files: FileTree
+  /** The control socket of the mount daemon the files are reached through, if any. */
+  mountSocket?: string
   /** Commits (direct writer) and releases everything. */
   close(): Promise<void>
 }
@@ -81,11 +81,11 @@ export async function openFiles(repo: Repository, name: string, options: { write
     const mount = await findWriterMount(repo, name)
     if (mount) {
       const remote = new RemoteFiles(mount.socket)
-      return { files: remote, close: async () => remote.close() }
+      return { files: remote, mountSocket: mount.socket, close: async () => remote.close() }
     }
   } else {
-    if (!(await repo.refs.getSnapshot(name))) throw new CliError(`no volume or snapshot named ${JSON.stringify(name)}`, EXIT.notFound)
-    if (options.write) throw new CliError(`${name} is a snapshot, and snapshots are read-only (fork it to get a writable volume: s0fs fork ${name} NEW)`, EXIT.error)
+    if (!(await repo.refs.getSnapshot(name))) throw new RefNotFoundError('volume or snapshot', name)
+    if (options.write) throw new FsError('EROFS', `${name} is a snapshot, and snapshots are read-only (fork it to get a writable volume: s0fs fork ${name} NEW)`)
   }
   let session: VolumeSession
   if (!volume) session = await repo.openVolume(name, { portalDir: portalDir(), snapshot: name })

@@ -31,7 +31,7 @@ interface OpenWrite {
 export async function serveFileOp(files: FileTree, req: ControlRequest, payload: Buffer, session: ControlSession): Promise<ControlResult> {
   switch (req.op) {
     case 'fs.stat':
-      return { stat: await files.stat(str(req, 'path')) }
+      return { stat: await files.stat(str(req, 'path'), { follow: req.follow === true }) }
     case 'fs.list':
       return { entries: await files.list(str(req, 'path')) }
     case 'fs.readlink':
@@ -48,6 +48,17 @@ export async function serveFileOp(files: FileTree, req: ControlRequest, payload:
       return { stat: await files.symlink(str(req, 'path'), str(req, 'target')) }
     case 'fs.remove':
       return { removed: await files.remove(str(req, 'path'), { recursive: req.recursive === true }) }
+    case 'fs.link':
+      return { stat: await files.link(str(req, 'path'), str(req, 'existing')) }
+    case 'fs.setattr':
+      return {
+        stat: await files.setAttributes(str(req, 'path'), {
+          mode: num(req, 'mode'),
+          uid: num(req, 'uid'),
+          gid: num(req, 'gid'),
+          mtime: typeof req.mtime === 'string' ? new Date(req.mtime) : undefined,
+        }),
+      }
     case 'fs.move':
       await files.move(str(req, 'from'), str(req, 'to'))
       return {}

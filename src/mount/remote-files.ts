@@ -1,5 +1,5 @@
 import { Errno, FsError, type ErrnoName } from '../fs/index.js'
-import type { FileStat, FileTree, ReadRange, WriteOptions } from '../repo/files.js'
+import type { FileAttributes, FileStat, FileTree, ReadRange, WriteOptions } from '../repo/files.js'
 import { ControlClient, ControlError, MAX_CONTROL_PAYLOAD, type ControlRequest } from './control.js'
 
 const READ_PIECE = 4 * 1024 * 1024
@@ -18,8 +18,8 @@ export class RemoteFiles implements FileTree {
     this.client = new ControlClient(socketPath)
   }
 
-  async stat(path: string): Promise<FileStat> {
-    return (await this.call({ op: 'fs.stat', path })).fields.stat as FileStat
+  async stat(path: string, options: { follow?: boolean } = {}): Promise<FileStat> {
+    return (await this.call({ op: 'fs.stat', path, follow: options.follow })).fields.stat as FileStat
   }
 
   async list(path: string): Promise<FileStat[]> {
@@ -68,6 +68,14 @@ export class RemoteFiles implements FileTree {
 
   async move(from: string, to: string): Promise<void> {
     await this.call({ op: 'fs.move', from, to })
+  }
+
+  async link(path: string, existing: string): Promise<FileStat> {
+    return (await this.call({ op: 'fs.link', path, existing })).fields.stat as FileStat
+  }
+
+  async setAttributes(path: string, attrs: FileAttributes): Promise<FileStat> {
+    return (await this.call({ op: 'fs.setattr', path, mode: attrs.mode, uid: attrs.uid, gid: attrs.gid, mtime: attrs.mtime?.toISOString() })).fields.stat as FileStat
   }
 
   close(): void {

@@ -1,4 +1,4 @@
-import { FileSystem, FsError, isDir, isLnk, isReg, ROOT, ROOT_INO, S_IFMT, type Cred, type Inode, type Timespec } from '../fs/index.js'
+import { FileSystem, FsError, isDir, isLnk, isReg, ROOT, ROOT_INO, S_IFMT, type Cred, type Inode, type SetAttr, type Timespec } from '../fs/index.js'
 import { joinVolumePath, resolveSymlinks, volumePathComponents } from './paths.js'
 
 /**
@@ -57,8 +57,8 @@ export interface FileChange {
 /** The operations every way of reaching a volume's files offers (directly, or through a mount daemon). */
 export interface FileTree {
   readonly writable: boolean
-  /** Like lstat(2): a final symlink is described, not followed. */
-  stat(path: string): Promise<FileStat>
+  /** Like lstat(2): a final symlink is described, not followed — unless `follow` (stat(2)). */
+  stat(path: string, options?: { follow?: boolean }): Promise<FileStat>
   /** A directory's entries, sorted by name, without "." and "..". */
   list(path: string): Promise<FileStat[]>
   readlink(path: string): Promise<string>
@@ -71,6 +71,17 @@ export interface FileTree {
   remove(path: string, options?: { recursive?: boolean }): Promise<number>
   /** rename(2): replaces a file at `to`, or an empty directory when moving a directory. */
   move(from: string, to: string): Promise<void>
+  /** A hard link at `path` to the file at `existing`. */
+  link(path: string, existing: string): Promise<FileStat>
+  /** chmod/chown/utimes of a path (a final symlink itself for times; like lchown). */
+  setAttributes(path: string, attrs: FileAttributes): Promise<FileStat>
+}
+
+export interface FileAttributes {
+  mode?: number
+  uid?: number
+  gid?: number
+  mtime?: Date
 }
 
 export interface VolumeFilesOptions {
@@ -132,8 +143,8 @@ export class VolumeFiles implements FileTree {
     return !this.fs.readOnly
   }
 
-  async stat(path: string): Promise<FileStat> {
-    const { components, inode } = await this.resolve(path, false)
+  async stat(path: string, options: { follow?: boolean } = {}): Promise<FileStat> {
+    const { components, inode } = await this.resolve(path, options.follow === true)
     return describe(joinVolumePath(components), inode)
   }
 
@@ -291,6 +302,31 @@ export class VolumeFiles implements FileTree {
       ],
       inodes: [],
     })
+  }
+
+  async link(path: string, existing: string): Promise<FileStat> {
+    const target = await this.resolve(existing, false)
+    const { dir, name, components } = await this.parentOf(path, false)
+    const at = joinVolumePath(components)
+    const inode = await this.fs.link(this.cred, target.inode.ino, dir.ino, name).catch((err) => Promise.reject(withPath(err, at)))
+    this.changed({ type: 'create', path: at, names: [{ parent: dir.ino, name }], inodes: [inode.ino] })
+    return describe(at, inode)
+  }
+
+  async setAttributes(path: string, attrs: FileAttributes): Promise<FileStat> {
+    const { inode, components } = await this.resolve(path, false)
+    const at = joinVolumePath(components)
+    const set: SetAttr = {}
+    if (attrs.mode !== undefined) set.mode = attrs.mode & 0o7777
+    if (attrs.uid !== undefined) set.uid = attrs.uid
+    if (attrs.gid !== undefined) set.gid = attrs.gid
+    if (attrs.mtime) {
+      const ms = attrs.mtime.getTime()
+      set.mtime = { s: Math.floor(ms / 1000), ns: (ms % 1000) * 1e6 }
+    }
+    const updated = await this.fs.setattr(this.cred, inode.ino, set).catch((err) => Promise.reject(withPath(err, at)))
+    this.changed({ type: 'modify', path: at, names: [], inodes: [inode.ino] })
+    return describe(at, updated)
   }
 
   // --- resolution -------------------------------------------------------------

@@ -68,7 +68,8 @@ export const lsCommand: Command = {
       const out: { path: string; entries: FileStat[] }[] = []
       for (const ref of refs) {
         const stat = await files.stat(ref.path)
-        out.push({ path: stat.path, entries: stat.type === 'dir' || (stat.type === 'symlink' && (await isDirThroughLink(files, ref.path))) ? await files.list(ref.path) : [stat] })
+        const isDir = stat.type === 'dir' || (stat.type === 'symlink' && (await files.stat(ref.path, { follow: true }).catch(() => stat)).type === 'dir')
+        out.push({ path: stat.path, entries: isDir ? await files.list(ref.path) : [stat] })
       }
       return out
     })
@@ -81,15 +82,6 @@ export const lsCommand: Command = {
       ctx.io.out(ctx.values.long ? longRows(l.entries) : l.entries.map((e) => e.name + '\n').join(''))
     }
   },
-}
-
-async function isDirThroughLink(files: FileTree, p: string): Promise<boolean> {
-  try {
-    await files.list(p)
-    return true
-  } catch {
-    return false
-  }
 }
 
 export const statCommand: Command = {
@@ -246,11 +238,15 @@ export const putCommand: Command = {
       const base = existing?.type === 'dir' || dest.path.endsWith('/') ? path.posix.join(existing?.path ?? dest.path, path.basename(path.resolve(local))) : dest.path
       const total = { files: items.filter((i) => !i.stat.isDirectory()).length, bytes: items.reduce((n, i) => n + (i.stat.isFile() ? i.stat.size : 0), 0) }
       const progress = new TransferProgress(process.stderr, 'put', total)
+      const dirs: { target: string; stat: Stats }[] = []
       try {
         for (const item of items) {
           const target = item.rel ? `${base}/${item.rel}` : base
           const source = path.join(local, item.rel)
-          if (item.stat.isDirectory()) await files.mkdir(target, { parents: true, mode: item.stat.mode & 0o7777 })
+          if (item.stat.isDirectory()) {
+            await files.mkdir(target, { parents: true, mode: item.stat.mode & 0o7777 })
+            dirs.push({ target, stat: item.stat })
+          }
           else if (item.stat.isSymbolicLink()) {
             await files.remove(target).catch(() => undefined)
             await files.symlink(target, await fsp.readlink(source))
@@ -262,6 +258,8 @@ export const putCommand: Command = {
             progress.add(0, 1)
           } else ctx.io.err(`skipped ${source}: not a file, directory or symlink\n`)
         }
+        // Directory modes and times last, deepest first: filling a directory changes its mtime.
+        for (const d of dirs.reverse()) await files.setAttributes(d.target, { mode: d.stat.mode & 0o7777, mtime: d.stat.mtime })
       } finally {
         progress.done()
       }
@@ -283,7 +281,8 @@ export const getCommand: Command = {
     const src = parseVolumeRef(srcArg, 'source')
     await withFiles(ctx, src.name, false, async (files) => {
       const top = await files.stat(src.path)
-      const isDir = top.type === 'dir' || (top.type === 'symlink' && (await isDirThroughLink(files, src.path)))
+      const followed = top.type === 'symlink' ? await files.stat(src.path, { follow: true }) : top
+      const isDir = followed.type === 'dir'
       if (local === '-') {
         if (isDir) throw new UsageError(`${src.path} is a directory; standard output takes one file (copy the directory to a local path)`)
         for await (const chunk of files.read(src.path)) await writeOut(chunk)
@@ -304,7 +303,7 @@ export const getCommand: Command = {
         }
       }
       await visit(src.path)
-      const root = top.type === 'symlink' ? await listedDirPath(files, src.path) : top.path
+      const root = followed.path
       const progress = new TransferProgress(process.stderr, 'get', { files: tree.filter((e) => e.type !== 'dir').length, bytes: tree.reduce((n, e) => n + (e.type === 'file' ? e.size : 0), 0) })
       try {
         await fsp.mkdir(base, { recursive: true })
@@ -328,12 +327,6 @@ export const getCommand: Command = {
       }
     })
   },
-}
-
-/** Where a symlinked directory really is: its entries carry resolved paths. */
-async function listedDirPath(files: FileTree, p: string): Promise<string> {
-  const first = (await files.list(p))[0]
-  return first ? path.posix.dirname(first.path) : p
 }
 
 async function getFile(files: FileTree, from: string, to: string, stat: FileStat, progress: TransferProgress): Promise<void> {

@@ -28,6 +28,10 @@ function print(ctx: CommandContext, value: unknown, text: () => string): void {
   else ctx.io.out(text())
 }
 
+function warnTo(ctx: CommandContext): (message: string) => void {
+  return (message) => ctx.io.err(message + '\n')
+}
+
 function origin(v: VolumeInfo): string {
   return v.origin ? `${v.origin.kind} ${v.origin.name}@${v.origin.generation}` : '-'
 }
@@ -112,7 +116,7 @@ export const snapshotCreateCommand: Command = {
     const info: SnapshotInfo = await withRepo(ctx, async (repo) => {
       const mount = await findWriterMount(repo, volume)
       if (!mount) {
-        await commitIfMounted(ctx, repo, volume)
+        await commitIfMounted(warnTo(ctx), repo, volume)
         return repo.createSnapshot(volume, name)
       }
       // The daemon commits and records the snapshot in one step, so no write slips in between.
@@ -155,7 +159,7 @@ export const forkCommand: Command = {
   async run(ctx) {
     const [source, name] = ctx.positionals
     const info = await withRepo(ctx, async (repo) => {
-      if (await repo.refs.getVolume(source)) await commitIfMounted(ctx, repo, source)
+      if (await repo.refs.getVolume(source)) await commitIfMounted(warnTo(ctx), repo, source)
       return repo.fork(source, name)
     })
     if (ctx.values.json) ctx.io.out(JSON.stringify(info, null, 2) + '\n')
@@ -191,7 +195,7 @@ export const diffCommand: Command = {
   async run(ctx) {
     const [a, b] = ctx.positionals
     const diff: VolumeDiff = await withRepo(ctx, async (repo) => {
-      for (const name of new Set([a, b])) if (await repo.refs.getVolume(name)) await commitIfMounted(ctx, repo, name)
+      for (const name of new Set([a, b])) if (await repo.refs.getVolume(name)) await commitIfMounted(warnTo(ctx), repo, name)
       return repo.diff(a, b)
     })
     print(ctx, diff, () => {

@@ -1,0 +1,114 @@
+import { pipeline } from 'node:stream/promises'
+import type { Writable } from 'node:stream'
+import tar from 'tar-stream'
+import { FsError } from '../fs/index.js'
+import { joinVolumePath, volumePathComponents, type FileStat, type FileTree } from '../repo/index.js'
+import { HttpError } from './http.js'
+
+/**
+ * Tar export and import of a directory of a volume (`tar-stream`, the
+ * streaming tar codec most Node tools use: no temporary files either way).
+ */
+
+/** Streams `dir` (recursively) as a tar archive with paths relative to it. */
+export async function exportTar(files: FileTree, dir: string, out: Writable): Promise<void> {
+  const pack = tar.pack()
+  const done = pipeline(pack, out)
+  const root = await files.stat(dir, { follow: true })
+  if (root.type !== 'dir') throw new FsError('ENOTDIR', root.path)
+  const header = (s: FileStat, name: string) => ({ name, mode: s.mode, uid: s.uid, gid: s.gid, mtime: new Date(s.mtime) })
+  const visit = async (path: string, rel: string): Promise<void> => {
+    for (const e of await files.list(path)) {
+      const name = rel ? `${rel}/${e.name}` : e.name
+      if (e.type === 'dir') {
+        await entry(pack, { ...header(e, name), type: 'directory' })
+        await visit(e.path, name)
+      } else if (e.type === 'symlink') {
+        await entry(pack, { ...header(e, name), type: 'symlink', linkname: e.target })
+      } else if (e.type === 'file') {
+        const stream = pack.entry({ ...header(e, name), type: 'file', size: e.size })
+        for await (const chunk of files.read(e.path)) if (!stream.write(chunk)) await new Promise<void>((r) => stream.once('drain', () => r()))
+        await new Promise<void>((resolve, reject) => stream.end((err?: Error | null) => (err ? reject(err) : resolve())))
+      }
+    }
+  }
+  await visit(root.path, '')
+  pack.finalize()
+  await done
+}
+
+function entry(pack: tar.Pack, headers: Parameters<tar.Pack['entry']>[0]): Promise<void> {
+  return new Promise((resolve, reject) => pack.entry(headers, (err) => (err ? reject(err) : resolve())))
+}
+
+export interface ImportReport {
+  files: number
+  dirs: number
+  links: number
+  bytes: number
+}
+
+/** Extracts a tar archive into `dir` (created if missing). Entries that would land outside `dir` are refused. */
+export async function importTar(files: FileTree, dir: string, body: AsyncIterable<Buffer>): Promise<ImportReport> {
+  const base = volumePathComponents(dir)
+  await files.mkdir(joinVolumePath(base), { parents: true })
+  const extract = tar.extract()
+  const report: ImportReport = { files: 0, dirs: 0, links: 0, bytes: 0 }
+  const dirTimes: { path: string; mode: number; mtime?: Date }[] = []
+  const feeding = (async () => {
+    try {
+      // streamx streams: write() says when to wait for 'drain'; end() with no data.
+      const sink = extract as unknown as { write(b: Buffer): boolean; end(): void; once(e: 'drain', f: () => void): void }
+      for await (const chunk of body) if (!sink.write(chunk)) await new Promise<void>((r) => sink.once('drain', () => r()))
+      sink.end()
+    } catch (err) {
+      extract.destroy(err as Error)
+    }
+  })()
+  for await (const item of extract) {
+    const h = item.header
+    const target = inside(base, h.name)
+    const mtime = h.mtime
+    if (target === joinVolumePath(base) && h.type !== 'directory') throw new HttpError(400, 'bad_archive', `archive entry ${JSON.stringify(h.name)} names the target directory itself`)
+    if (h.type === 'directory') {
+      await files.mkdir(target, { parents: true })
+      dirTimes.push({ path: target, mode: h.mode ?? 0o755, mtime })
+      report.dirs++
+      item.resume()
+    } else if (h.type === 'file' || h.type === 'contiguous-file') {
+      await files.remove(target).catch(() => undefined)
+      const stat = await files.write(target, item as unknown as AsyncIterable<Buffer>, { mode: h.mode ?? 0o644, mtime })
+      if (h.uid !== undefined || h.gid !== undefined) await files.setAttributes(target, { uid: h.uid, gid: h.gid })
+      report.files++
+      report.bytes += stat.size
+    } else if (h.type === 'symlink') {
+      await files.remove(target).catch(() => undefined)
+      await files.symlink(target, h.linkname ?? '')
+      report.links++
+      item.resume()
+    } else if (h.type === 'link') {
+      await files.remove(target).catch(() => undefined)
+      await files.link(target, inside(base, h.linkname ?? ''))
+      report.links++
+      item.resume()
+    } else {
+      item.resume() // devices, fifos, pax extras: not stored
+    }
+  }
+  await feeding
+  for (const d of dirTimes.reverse()) await files.setAttributes(d.path, { mode: d.mode, mtime: d.mtime })
+  return report
+}
+
+/** The volume path of an archive entry under `base`; ".." that leaves `base` is an error (no tar slip). */
+function inside(base: string[], name: string): string {
+  const parts = [...base]
+  for (const part of name.split('/')) {
+    if (part === '' || part === '.') continue
+    if (part === '..') {
+      if (parts.length === base.length) throw new HttpError(400, 'bad_archive', `archive entry ${JSON.stringify(name)} would be written outside ${joinVolumePath(base)}`)
+      parts.pop()
+    } else parts.push(part)
+  }
+  return joinVolumePath(volumePathComponents(joinVolumePath(parts)))
+}
