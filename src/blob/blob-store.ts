@@ -2,8 +2,9 @@ import { randomBytes } from 'node:crypto'
 import { LRUCache } from 'lru-cache'
 import { pack, unpack } from 'msgpackr'
 import type { RepoKeys } from '../crypto/index.js'
-import { listAll, type ObjectStore } from '../store/index.js'
+import { listAll, NotFoundError, type ObjectStore } from '../store/index.js'
 import { BlobIndex } from './blob-index.js'
+import { Relocations } from './relocations.js'
 import { decodeBlob, encodeBlob, isAllZero } from './codec.js'
 import type { Chunker } from './chunker.js'
 import type { BlobWorkerPool, EncodedChunk } from './pool.js'
@@ -90,6 +91,8 @@ export class BlobStore {
   private open?: SegmentBuilder
   private readonly sealed = new Map<string, SealedSegment>()
   private unindexed: BlobRef[] = []
+  readonly relocations = new Relocations()
+  private relocationsLoaded?: Promise<void>
   /** Segments a GC run is about to delete: never deduplicate against them (see repo/gc.ts). */
   private readonly condemned = new Set<string>()
   private readonly decoded: LRUCache<string, Buffer>
@@ -248,21 +251,49 @@ export class BlobStore {
     }
   }
 
-  /** Reads and decodes one blob; damage surfaces as BlobReadError, never as wrong bytes. */
+  /**
+   * Reads and decodes one blob; damage surfaces as BlobReadError, never as
+   * wrong bytes. A blob GC has moved is found through the relocations
+   * (reloaded once when its old segment turns out to be gone).
+   */
   async read(ref: BlobRef): Promise<Buffer> {
     const cacheKey = ref.id.toString('latin1')
     const hit = this.decoded.get(cacheKey)
     if (hit) return hit
     let sealed = this.pendingBytes(ref)
+    let at = ref
     try {
-      sealed ??= await this.source.read(ref.seg, ref.off, ref.len)
-      if (sealed.length !== ref.len) throw new Error(`read ${sealed.length} of ${ref.len} bytes`)
+      if (!sealed) {
+        await (this.relocationsLoaded ??= this.loadRelocations())
+        at = this.relocations.translate(ref)
+        try {
+          sealed = await this.source.read(at.seg, at.off, at.len)
+        } catch (err) {
+          if (!(err instanceof NotFoundError)) throw err
+          await this.loadRelocations()
+          const moved = this.relocations.translate(ref)
+          if (moved.seg === at.seg) throw err
+          at = moved
+          sealed = await this.source.read(at.seg, at.off, at.len)
+        }
+      }
+      if (sealed.length !== at.len) throw new Error(`read ${sealed.length} of ${at.len} bytes`)
       const data = decodeBlob(this.keys, ref.id, sealed, ref.raw)
       this.decoded.set(cacheKey, data)
       return data
     } catch (err) {
-      throw new BlobReadError(ref, err)
+      throw new BlobReadError(at, err)
     }
+  }
+
+  /** Where a blob lives now (after GC repacks); loads the relocations on first use. */
+  async locate(ref: BlobRef): Promise<BlobRef> {
+    await (this.relocationsLoaded ??= this.loadRelocations())
+    return this.relocations.translate(ref)
+  }
+
+  private async loadRelocations(): Promise<void> {
+    await this.relocations.load(this.store, this.keys)
   }
 
   /** @internal Encodes ranges of a shared buffer on the pool, in batches of a few MiB. */

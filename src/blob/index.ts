@@ -13,3 +13,4 @@ export {
   type BlobRef,
 } from './segment.js'
 export { BlobStore, ChunkedWriter, BlobReadError, indexKey, indexAad, type BlobStoreOptions, type BlobStats, type PlacedChunk, type SegmentSource } from './blob-store.js'
+export { Relocations, RELOC_PREFIX } from './relocations.js'

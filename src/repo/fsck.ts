@@ -1,4 +1,4 @@
-import { segmentKey, type BlobRef } from '../blob/index.js'
+import { Relocations, segmentKey, type BlobRef } from '../blob/index.js'
 import { decodeExtent, FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, KIND, readU64, ROOT } from '../fs/index.js'
 import { isPageRef, leafValue, Tree, type Child, type PageRef } from '../meta/index.js'
 import { listAll } from '../store/index.js'
@@ -126,7 +126,7 @@ export async function fsck(repo: Repository, options: FsckOptions = {}): Promise
         report.extents++
         const ino = readU64(key, 1)
         const e = decodeExtent(readU64(key, 9), leafValue(node, i))
-        const blobKey = e.blob.id.toString('hex')
+        const blobKey = Relocations.keyOf(e.blob.seg, e.blob.id)
         let entry = blobs.get(blobKey)
         if (!entry) blobs.set(blobKey, (entry = { ref: e.blob, uses: [] }))
         const use = { ino, start: e.off, end: e.off + e.len }
@@ -146,14 +146,17 @@ export async function fsck(repo: Repository, options: FsckOptions = {}): Promise
   report.blobs = blobs.size
 
   // --- data: every blob's segment exists and is long enough; with readData, every blob decrypts.
+  const relocations = new Relocations()
+  await relocations.load(repo.store, repo.keys)
   const segmentSizes = new Map<string, number>()
   for await (const obj of listAll(repo.store, 'seg/')) segmentSizes.set(obj.key, obj.size)
   const badBlobs: { ref: BlobRef; uses: BlobUse[]; why: string }[] = []
   const blobStore = options.readData ? await repo.blobStore() : undefined
   let blobsDone = 0
   const usedSegments = new Set<string>()
-  for (const { ref, uses } of blobs.values()) {
+  for (const { ref: named, uses } of blobs.values()) {
     options.onProgress?.({ phase: 'data', done: ++blobsDone, total: blobs.size })
+    const ref = relocations.translate(named)
     const key = segmentKey(ref.seg)
     usedSegments.add(key)
     const size = segmentSizes.get(key)
@@ -161,7 +164,7 @@ export async function fsck(repo: Repository, options: FsckOptions = {}): Promise
     else if (ref.off + ref.len > size) badBlobs.push({ ref, uses, why: `segment ${ref.seg} is truncated (${size} bytes, blob ends at ${ref.off + ref.len})` })
     else if (blobStore) {
       try {
-        await blobStore.read(ref)
+        await blobStore.read(named)
         report.bytesVerified += ref.raw
       } catch (err) {
         badBlobs.push({ ref, uses, why: `blob in segment ${ref.seg} at ${ref.off} fails verification: ${((err as Error).cause as Error)?.message ?? (err as Error).message}` })

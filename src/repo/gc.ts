@@ -1,6 +1,6 @@
 import { randomBytes } from 'node:crypto'
 import { pack, unpack } from 'msgpackr'
-import { indexAad, indexKey } from '../blob/index.js'
+import { indexAad, indexKey, Relocations, SegmentBuilder, segmentKey, type BlobRef } from '../blob/index.js'
 import { decodeExtent, KIND, readU64 } from '../fs/index.js'
 import { isPageRef, leafValue, readLease, type Child, type PageRef } from '../meta/index.js'
 import { listAll, type ObjectInfo } from '../store/index.js'
@@ -20,18 +20,18 @@ import type { Repository } from './repository.js'
  *  3. Publish the candidates as the GC notice, and wait until every live
  *     writer has acknowledged it (gc-notice.ts): from then on no writer
  *     deduplicates against them, and whatever it did before is committed.
- *  4. Mark again and delete only candidates still unreferenced.
- *  5. Rewrite the blob index without the deleted segments' rows.
+ *  4. Mark again. Repack: the live blobs of segments that are mostly dead
+ *     (live bytes under `repackBelow` of their size, and at least 1 MiB
+ *     dead) are copied into new
+ *     segments and the moves recorded (blob/relocations.ts); then delete the
+ *     dead candidates and the repacked segments.
+ *  5. Rewrite the blob index without the deleted segments' rows, with the
+ *     moved blobs' new places.
  *
  * A writer that does not acknowledge within `waitMs` (an older s0fs, a
  * stuck process) stops the run before anything is deleted. Deleting a volume
  * or snapshot never breaks a fork: forks reference the shared pages and
  * blobs from their own heads, so they are marked through them.
- *
- * Not done here: repacking segments that are only partly live (their blobs
- * are addressed by segment and offset from the trees, so moving them means
- * rewriting every tree that points at them). The report names how many
- * bytes that would reclaim.
  */
 
 export interface GcOptions {
@@ -40,7 +40,9 @@ export interface GcOptions {
   graceMs?: number
   /** How long to wait for live writers to acknowledge the notice (default 2 minutes). */
   waitMs?: number
-  onProgress?: (p: { phase: 'list' | 'mark' | 'wait' | 'delete' | 'index'; done: number; total?: number; detail?: string }) => void
+  /** Repack segments whose live bytes are under this fraction of their size (default 0.5; 0 turns repacking off). */
+  repackBelow?: number
+  onProgress?: (p: { phase: 'list' | 'mark' | 'wait' | 'repack' | 'delete' | 'index'; done: number; total?: number; detail?: string }) => void
 }
 
 export interface GcReport {
@@ -49,9 +51,11 @@ export interface GcReport {
   snapshots: number
   segments: { total: number; live: number; deleted: number; bytesDeleted: number; youngKept: number }
   packs: { total: number; live: number; deleted: number; bytesDeleted: number; youngKept: number }
+  /** Sparse segments whose live blobs were copied into new segments (then deleted). */
+  repacked: { segments: number; blobs: number; bytesCopied: number; bytesFreed: number }
   /** Index objects listed at the start, and what they were rewritten into. */
   indexObjects: { before: number; after: number }
-  /** Bytes of dead blobs inside segments that are still partly live (a repack would free them). */
+  /** Bytes of unreferenced blobs left inside partly live segments (above the repack threshold). */
   deadBytesInLiveSegments: number
   /** Live writers that acknowledged the notice, or that held things up (then nothing was deleted). */
   writers: { volume: string; holder: string; acknowledged: boolean }[]
@@ -62,17 +66,27 @@ export interface GcReport {
 
 interface Marked {
   packs: Set<string>
-  /** Live bytes per segment. */
-  segments: Map<string, number>
+  /** Live blobs per segment (current locations, after relocations), by blob ID. */
+  segments: Map<string, Map<string, BlobRef>>
+  /** Every (segment, blob ID) a tree names, before relocation: the relocations still needed. */
+  named: Set<string>
   volumes: number
   snapshots: number
 }
 
 const DEFAULT_GRACE_MS = 60 * 60 * 1000
 const DEFAULT_WAIT_MS = 2 * 60 * 1000
+const DEFAULT_REPACK_BELOW = 0.5
+const REPACK_SEGMENT_BYTES = 8 * 1024 * 1024
+/**
+ * A segment is repacked only when this much of it is dead, whatever the
+ * fraction: a small segment's own index and trailer would otherwise make it
+ * look sparse, and it would be copied again at every run.
+ */
+const REPACK_MIN_DEAD_BYTES = 1024 * 1024
 
 /** Everything reachable from the current heads and snapshots. */
-async function mark(repo: Repository, graceMs: number, progress: GcOptions['onProgress']): Promise<Marked> {
+async function mark(repo: Repository, relocations: Relocations, graceMs: number, progress: GcOptions['onProgress']): Promise<Marked> {
   const volumes = await repo.refs.listVolumes()
   const snapshots = await repo.refs.listSnapshots()
   const roots: PageRef[] = []
@@ -82,9 +96,8 @@ async function mark(repo: Repository, graceMs: number, progress: GcOptions['onPr
     if (v.previousRoot && Date.now() - Date.parse(v.updated) < graceMs) roots.push(v.previousRoot)
   }
   for (const s of snapshots) if (s.root) roots.push(s.root)
-  const marked: Marked = { packs: new Set(), segments: new Map(), volumes: volumes.length, snapshots: snapshots.length }
+  const marked: Marked = { packs: new Set(), segments: new Map(), named: new Set(), volumes: volumes.length, snapshots: snapshots.length }
   const seenPages = new Set<string>()
-  const seenBlobs = new Set<string>()
   const visit = async (child: Child): Promise<void> => {
     if (isPageRef(child)) {
       const id = `${child.pack}:${child.off}`
@@ -102,14 +115,23 @@ async function mark(repo: Repository, graceMs: number, progress: GcOptions['onPr
       const key = node.keys[i]
       if (key.charCodeAt(0) !== KIND.extent) continue
       const e = decodeExtent(readU64(key, 9), leafValue(node, i))
-      const blobId = e.blob.id.toString('latin1') + e.blob.seg
-      if (seenBlobs.has(blobId)) continue
-      seenBlobs.add(blobId)
-      marked.segments.set(e.blob.seg, (marked.segments.get(e.blob.seg) ?? 0) + e.blob.len)
+      const named = Relocations.keyOf(e.blob.seg, e.blob.id)
+      if (marked.named.has(named)) continue
+      marked.named.add(named)
+      const at = relocations.translate(e.blob)
+      let live = marked.segments.get(at.seg)
+      if (!live) marked.segments.set(at.seg, (live = new Map()))
+      live.set(at.id.toString('hex'), at)
     }
   }
   for (const root of roots) await visit(root)
   return marked
+}
+
+function liveBytes(live: Map<string, BlobRef> | undefined): number {
+  let n = 0
+  for (const r of live?.values() ?? []) n += r.len
+  return n
 }
 
 function segmentOf(key: string): string {
@@ -122,6 +144,7 @@ function packOf(key: string): string {
 
 export async function collectGarbage(repo: Repository, options: GcOptions = {}): Promise<GcReport> {
   const graceMs = options.graceMs ?? DEFAULT_GRACE_MS
+  const repackBelow = options.repackBelow ?? DEFAULT_REPACK_BELOW
   const progress = options.onProgress
   const started = Date.now()
 
@@ -132,39 +155,57 @@ export async function collectGarbage(repo: Repository, options: GcOptions = {}):
   for await (const o of listAll(repo.store, 'seg/')) segments.push(o)
   for await (const o of listAll(repo.store, 'meta/')) packs.push(o)
   for await (const o of listAll(repo.store, 'index/')) indexes.push(o)
+  const relocations = new Relocations()
+  const relocationObjects = await relocations.load(repo.store, repo.keys)
 
-  const first = await mark(repo, graceMs, progress)
+  const first = await mark(repo, relocations, graceMs, progress)
   // An object without a listing time is treated as young: never deleted on a guess.
   const old = (o: ObjectInfo) => o.modified !== undefined && started - o.modified >= graceMs
   const deadSegments = segments.filter((o) => !first.segments.has(segmentOf(o.key)))
   const deadPacks = packs.filter((o) => !first.packs.has(packOf(o.key)))
+  const sparse = (m: Marked) => (o: ObjectInfo) => {
+    const live = m.segments.get(segmentOf(o.key))
+    if (!live) return false
+    const bytes = liveBytes(live)
+    return bytes < o.size * repackBelow && o.size - bytes >= REPACK_MIN_DEAD_BYTES
+  }
   const report: GcReport = {
     dryRun: options.dryRun === true,
     volumes: first.volumes,
     snapshots: first.snapshots,
     segments: { total: segments.length, live: segments.length - deadSegments.length, deleted: 0, bytesDeleted: 0, youngKept: deadSegments.filter((o) => !old(o)).length },
     packs: { total: packs.length, live: packs.length - deadPacks.length, deleted: 0, bytesDeleted: 0, youngKept: deadPacks.filter((o) => !old(o)).length },
+    repacked: { segments: 0, blobs: 0, bytesCopied: 0, bytesFreed: 0 },
     indexObjects: { before: indexes.length, after: indexes.length },
-    deadBytesInLiveSegments: segments.filter((o) => first.segments.has(segmentOf(o.key))).reduce((n, o) => n + Math.max(0, o.size - first.segments.get(segmentOf(o.key))!), 0),
+    deadBytesInLiveSegments: 0,
     writers: [],
     objectsFreed: 0,
     bytesFreed: 0,
   }
   let segmentCandidates = deadSegments.filter(old)
   let packCandidates = deadPacks.filter(old)
+  let repackCandidates = segments.filter((o) => old(o) && sparse(first)(o))
   if (options.dryRun) {
     report.segments.deleted = segmentCandidates.length
     report.segments.bytesDeleted = sum(segmentCandidates)
     report.packs.deleted = packCandidates.length
     report.packs.bytesDeleted = sum(packCandidates)
-    report.objectsFreed = segmentCandidates.length + packCandidates.length
-    report.bytesFreed = report.segments.bytesDeleted + report.packs.bytesDeleted
+    report.repacked.segments = repackCandidates.length
+    report.repacked.bytesCopied = repackCandidates.reduce((n, o) => n + liveBytes(first.segments.get(segmentOf(o.key))), 0)
+    report.repacked.bytesFreed = sum(repackCandidates) - report.repacked.bytesCopied
+    report.deadBytesInLiveSegments = deadBytesIn(segments, first, repackCandidates)
+    report.objectsFreed = segmentCandidates.length + packCandidates.length + repackCandidates.length
+    report.bytesFreed = report.segments.bytesDeleted + report.packs.bytesDeleted + report.repacked.bytesFreed
     return report
   }
-  if (segmentCandidates.length === 0 && packCandidates.length === 0) return report
+  if (segmentCandidates.length + packCandidates.length + repackCandidates.length === 0) {
+    report.deadBytesInLiveSegments = deadBytesIn(segments, first, [])
+    return report
+  }
 
   // Tell the writers, and wait until each live one has acted on it.
-  const notice = { id: randomBytes(12).toString('hex'), created: Date.now(), segments: segmentCandidates.map((o) => segmentOf(o.key)) }
+  const condemned = [...segmentCandidates, ...repackCandidates].map((o) => segmentOf(o.key))
+  const notice = { id: randomBytes(12).toString('hex'), created: Date.now(), segments: condemned }
   await writeGcNotice(repo.store, repo.keys, notice)
   const deadline = Date.now() + (options.waitMs ?? DEFAULT_WAIT_MS)
   for (;;) {
@@ -188,10 +229,53 @@ export async function collectGarbage(repo: Repository, options: GcOptions = {}):
   }
 
   // Mark again: a writer may have committed references to candidates before it acknowledged.
-  const second = await mark(repo, graceMs, progress)
+  const second = await mark(repo, relocations, graceMs, progress)
   segmentCandidates = segmentCandidates.filter((o) => !second.segments.has(segmentOf(o.key)))
   packCandidates = packCandidates.filter((o) => !second.packs.has(packOf(o.key)))
-  const doomed = [...segmentCandidates, ...packCandidates]
+  repackCandidates = repackCandidates.filter((o) => second.segments.has(segmentOf(o.key)))
+
+  // Repack: copy the live blobs of sparse segments into new ones, record the moves, then the old ones can go.
+  const newRefs: BlobRef[] = []
+  const repacked: ObjectInfo[] = []
+  if (repackCandidates.length > 0) {
+    let builder = new SegmentBuilder()
+    const upload = async () => {
+      if (builder.blobCount === 0) return
+      await repo.store.put(segmentKey(builder.id), builder.finish(repo.keys))
+      newRefs.push(...builder.blobs)
+      builder = new SegmentBuilder()
+    }
+    for (const [i, o] of repackCandidates.entries()) {
+      progress?.({ phase: 'repack', done: i, total: repackCandidates.length })
+      const seg = segmentOf(o.key)
+      let data: Buffer
+      try {
+        data = await repo.store.get(o.key)
+      } catch {
+        continue // unreadable: leave it for fsck to report, never half-move it
+      }
+      for (const ref of second.segments.get(seg)!.values()) {
+        if (ref.off + ref.len > data.length) continue
+        const moved = builder.add(ref.id, Buffer.from(data.subarray(ref.off, ref.off + ref.len)), ref.raw)
+        relocations.add(ref, moved)
+        report.repacked.blobs++
+        report.repacked.bytesCopied += ref.len
+        if (builder.byteLength >= REPACK_SEGMENT_BYTES) await upload()
+      }
+      repacked.push(o)
+    }
+    await upload()
+    report.repacked.segments = repacked.length
+    report.repacked.bytesFreed = sum(repacked) - report.repacked.bytesCopied
+  }
+  // The relocations still needed (old locations some tree names), in one object, before anything is deleted.
+  if (repacked.length > 0 || relocationObjects.length > 0) {
+    const kept = relocations.compacted(second.named)
+    const written = await Relocations.write(repo.store, repo.keys, kept)
+    await repo.store.deleteMany(relocationObjects.filter((k) => k !== written))
+  }
+
+  const doomed = [...segmentCandidates, ...repacked, ...packCandidates]
   for (let i = 0; i < doomed.length; i += 500) {
     await repo.store.deleteMany(doomed.slice(i, i + 500).map((o) => o.key))
     progress?.({ phase: 'delete', done: Math.min(doomed.length, i + 500), total: doomed.length })
@@ -200,10 +284,11 @@ export async function collectGarbage(repo: Repository, options: GcOptions = {}):
   report.segments.bytesDeleted = sum(segmentCandidates)
   report.packs.deleted = packCandidates.length
   report.packs.bytesDeleted = sum(packCandidates)
+  report.deadBytesInLiveSegments = deadBytesIn(segments, second, repacked)
 
-  // The blob index: the index objects listed at the start, rewritten without the deleted segments.
-  const gone = new Set(segmentCandidates.map((o) => segmentOf(o.key)))
-  if (gone.size > 0 && indexes.length > 0) {
+  // The blob index: the index objects listed at the start, rewritten without the deleted segments and with the moved blobs.
+  const gone = new Set([...segmentCandidates, ...repacked].map((o) => segmentOf(o.key)))
+  if (gone.size > 0) {
     progress?.({ phase: 'index', done: 0, total: indexes.length })
     const kept: [string, unknown[]][] = []
     for (const o of indexes) {
@@ -211,6 +296,12 @@ export async function collectGarbage(repo: Repository, options: GcOptions = {}):
       const body = repo.keys.open('data', await repo.store.get(o.key), indexAad(id), `index ${id}`)
       for (const [seg, rows] of unpack(body) as [string, unknown[]][]) if (!gone.has(seg)) kept.push([seg, rows])
     }
+    const bySegment = new Map<string, [Buffer, number, number, number][]>()
+    for (const r of newRefs) {
+      if (!bySegment.has(r.seg)) bySegment.set(r.seg, [])
+      bySegment.get(r.seg)!.push([r.id, r.off, r.len, r.raw])
+    }
+    kept.push(...bySegment)
     if (kept.length > 0) {
       const id = randomBytes(16).toString('hex')
       await repo.store.put(indexKey(id), repo.keys.seal('data', pack(kept), indexAad(id)))
@@ -219,8 +310,14 @@ export async function collectGarbage(repo: Repository, options: GcOptions = {}):
     report.indexObjects.after = kept.length > 0 ? 1 : 0
   }
   report.objectsFreed = doomed.length
-  report.bytesFreed = report.segments.bytesDeleted + report.packs.bytesDeleted
+  report.bytesFreed = report.segments.bytesDeleted + report.packs.bytesDeleted + report.repacked.bytesFreed
   return report
+}
+
+/** Bytes of unreferenced blobs left inside segments that stay. */
+function deadBytesIn(segments: ObjectInfo[], m: Marked, leaving: ObjectInfo[]): number {
+  const gone = new Set(leaving.map((o) => o.key))
+  return segments.filter((o) => m.segments.has(segmentOf(o.key)) && !gone.has(o.key)).reduce((n, o) => n + Math.max(0, o.size - liveBytes(m.segments.get(segmentOf(o.key)))), 0)
 }
 
 function sum(objects: ObjectInfo[]): number {
