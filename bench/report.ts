@@ -107,6 +107,18 @@ const RULES: Rule[] = [
     },
     ok: (v) => v < 50,
   },
+  {
+    // Issue #6: on a mounted volume, including the commit of a small dirty set.
+    key: 'meta.s0fs.mounted_snapshot_ms / mounted_fork_ms (largest)',
+    want: '< 100',
+    check: (r) => {
+      const m = r.workloads.meta?.s0fs
+      if (!m) return undefined
+      const v = Object.entries(m).filter(([k, x]) => /^mounted_(snapshot|fork)_ms_/.test(k) && typeof x === 'number').map(([, x]) => x as number)
+      return v.length ? Math.max(...v) : undefined
+    },
+    ok: (v) => v < 100,
+  },
 ]
 
 export function checkTargets(report: Report): TargetCheck[] {

@@ -1,5 +1,5 @@
 import { parseArgs } from 'node:util'
-import { UsageError } from './exit-codes.js'
+import { EXIT_HELP, UsageError } from './exit-codes.js'
 
 export interface OptionSpec {
   type: 'string' | 'boolean'
@@ -109,6 +109,7 @@ export function commandHelp(command: Command): string {
     lines.push('', 'Examples:')
     for (const e of command.examples) lines.push(`  ${e}`)
   }
+  lines.push('', EXIT_HELP)
   return lines.join('\n') + '\n'
 }
 
