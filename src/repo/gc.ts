@@ -4,6 +4,7 @@ import { indexAad, indexKey, Relocations, SegmentBuilder, segmentKey, type BlobR
 import { decodeExtent, KIND, readU64 } from '../fs/index.js'
 import { isPageRef, leafValue, readLease, type Child, type PageRef } from '../meta/index.js'
 import { listAll, type ObjectInfo } from '../store/index.js'
+import { crashPoint } from '../util/crash-points.js'
 import { writeGcNotice } from './gc-notice.js'
 import type { Repository } from './repository.js'
 
@@ -151,10 +152,14 @@ export async function collectGarbage(repo: Repository, options: GcOptions = {}):
   progress?.({ phase: 'list', done: 0 })
   const segments: ObjectInfo[] = []
   const packs: ObjectInfo[] = []
-  const indexes: ObjectInfo[] = []
+  // The index first: a writer uploads a segment before the index object naming it, so every
+  // segment an index object listed now names is in the segment listing that follows — unless deleted.
+  const indexes = await readIndexObjects(repo)
   for await (const o of listAll(repo.store, 'seg/')) segments.push(o)
   for await (const o of listAll(repo.store, 'meta/')) packs.push(o)
-  for await (const o of listAll(repo.store, 'index/')) indexes.push(o)
+  const existing = new Set(segments.map((o) => segmentOf(o.key)))
+  // Rows naming segments that are gone (an earlier run stopped before it rewrote the index): never deduplicate against them.
+  const stale = new Set(indexes.flatMap((x) => x.rows.map(([seg]) => seg)).filter((seg) => !existing.has(seg)))
   const relocations = new Relocations()
   const relocationObjects = await relocations.load(repo.store, repo.keys)
 
@@ -198,13 +203,13 @@ export async function collectGarbage(repo: Repository, options: GcOptions = {}):
     report.bytesFreed = report.segments.bytesDeleted + report.packs.bytesDeleted + report.repacked.bytesFreed
     return report
   }
-  if (segmentCandidates.length + packCandidates.length + repackCandidates.length === 0) {
+  if (segmentCandidates.length + packCandidates.length + repackCandidates.length + stale.size === 0) {
     report.deadBytesInLiveSegments = deadBytesIn(segments, first, [])
     return report
   }
 
   // Tell the writers, and wait until each live one has acted on it.
-  const condemned = [...segmentCandidates, ...repackCandidates].map((o) => segmentOf(o.key))
+  const condemned = [...segmentCandidates, ...repackCandidates].map((o) => segmentOf(o.key)).concat([...stale])
   const notice = { id: randomBytes(12).toString('hex'), created: Date.now(), segments: condemned }
   await writeGcNotice(repo.store, repo.keys, notice)
   const deadline = Date.now() + (options.waitMs ?? DEFAULT_WAIT_MS)
@@ -276,6 +281,7 @@ export async function collectGarbage(repo: Repository, options: GcOptions = {}):
   }
 
   const doomed = [...segmentCandidates, ...repacked, ...packCandidates]
+  crashPoint('gc-before-delete')
   for (let i = 0; i < doomed.length; i += 500) {
     await repo.store.deleteMany(doomed.slice(i, i + 500).map((o) => o.key))
     progress?.({ phase: 'delete', done: Math.min(doomed.length, i + 500), total: doomed.length })
@@ -286,16 +292,15 @@ export async function collectGarbage(repo: Repository, options: GcOptions = {}):
   report.packs.bytesDeleted = sum(packCandidates)
   report.deadBytesInLiveSegments = deadBytesIn(segments, second, repacked)
 
-  // The blob index: the index objects listed at the start, rewritten without the deleted segments and with the moved blobs.
-  const gone = new Set([...segmentCandidates, ...repacked].map((o) => segmentOf(o.key)))
+  crashPoint('gc-before-index')
+
+  // The blob index: the index objects read at the start, rewritten without the deleted (or already missing)
+  // segments and with the moved blobs.
+  const gone = new Set([...segmentCandidates, ...repacked].map((o) => segmentOf(o.key)).concat([...stale]))
   if (gone.size > 0) {
     progress?.({ phase: 'index', done: 0, total: indexes.length })
     const kept: [string, unknown[]][] = []
-    for (const o of indexes) {
-      const id = o.key.slice('index/'.length)
-      const body = repo.keys.open('data', await repo.store.get(o.key), indexAad(id), `index ${id}`)
-      for (const [seg, rows] of unpack(body) as [string, unknown[]][]) if (!gone.has(seg)) kept.push([seg, rows])
-    }
+    for (const x of indexes) for (const [seg, rows] of x.rows) if (!gone.has(seg)) kept.push([seg, rows])
     const bySegment = new Map<string, [Buffer, number, number, number][]>()
     for (const r of newRefs) {
       if (!bySegment.has(r.seg)) bySegment.set(r.seg, [])
@@ -306,7 +311,7 @@ export async function collectGarbage(repo: Repository, options: GcOptions = {}):
       const id = randomBytes(16).toString('hex')
       await repo.store.put(indexKey(id), repo.keys.seal('data', pack(kept), indexAad(id)))
     }
-    await repo.store.deleteMany(indexes.map((o) => o.key))
+    await repo.store.deleteMany(indexes.map((x) => x.key))
     report.indexObjects.after = kept.length > 0 ? 1 : 0
   }
   report.objectsFreed = doomed.length
@@ -318,6 +323,17 @@ export async function collectGarbage(repo: Repository, options: GcOptions = {}):
 function deadBytesIn(segments: ObjectInfo[], m: Marked, leaving: ObjectInfo[]): number {
   const gone = new Set(leaving.map((o) => o.key))
   return segments.filter((o) => m.segments.has(segmentOf(o.key)) && !gone.has(o.key)).reduce((n, o) => n + Math.max(0, o.size - liveBytes(m.segments.get(segmentOf(o.key)))), 0)
+}
+
+/** Every index object: its key and its rows, grouped by segment. */
+async function readIndexObjects(repo: Repository): Promise<{ key: string; rows: [string, unknown[]][] }[]> {
+  const out: { key: string; rows: [string, unknown[]][] }[] = []
+  for await (const o of listAll(repo.store, 'index/')) {
+    const id = o.key.slice('index/'.length)
+    const body = repo.keys.open('data', await repo.store.get(o.key), indexAad(id), `index ${id}`)
+    out.push({ key: o.key, rows: unpack(body) as [string, unknown[]][] })
+  }
+  return out
 }
 
 function sum(objects: ObjectInfo[]): number {

@@ -15,6 +15,7 @@ import {
   type VolumeHead,
 } from '../meta/index.js'
 import { Wal } from '../portal/index.js'
+import { crashPoint } from '../util/crash-points.js'
 import { VolumeFiles, type VolumeFilesOptions } from './files.js'
 import { readGcNotice } from './gc-notice.js'
 import type { Repository } from './repository.js'
@@ -273,6 +274,7 @@ export class VolumeSession {
     const persisted = frozen.root ? Tree.persist(frozen.root, pack) : { ref: null, written: [] }
     try {
       if (pack.pageCount > 0) await this.repo.store.put(packKey(pack.id), pack.finish())
+      crashPoint('commit-before-head')
       lease.assertValid()
       const next: VolumeHead = {
         ...this.head,
@@ -291,6 +293,7 @@ export class VolumeSession {
     this.committedSeq = frozen.seq
     this.repo.pages.rememberWritten(pack)
     this.fs.tree.compact()
+    crashPoint('commit-before-log-drop')
     await wal.dropThrough(frozen.seq, (file) => this.fs.walFileRefs.has(file) || this.fs.readsInFlight > 0)
     return { generation: this.head.generation, root: persisted.ref, pages: pack.pageCount, walSeq: frozen.seq, ms: performance.now() - started }
   }
