@@ -360,6 +360,9 @@ export class BlobStore {
   async waitForUploadRoom(): Promise<void> {
     while (this.sealed.size >= this.maxUploads) {
       const oldest = this.sealed.values().next().value!
+      // An upload that failed (the store was away) is tried again here, not only by flush():
+      // otherwise writers would keep meeting its old error after the store came back.
+      if (oldest.error !== undefined) this.startUpload(oldest.builder.id, oldest)
       await oldest.upload
       if (oldest.error !== undefined) throw oldest.error
     }

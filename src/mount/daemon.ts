@@ -9,7 +9,8 @@ import { VolumeFiles, type Repository, type VolumeSession } from '../repo/index.
 import { sleep } from '../store/index.js'
 import type { Logger } from '../util/log.js'
 import { peakRssBytes } from '../util/process.js'
-import { serveControl, type ControlRequest, type ControlResult, type ControlSession } from './control.js'
+import { EXIT } from '../cli/exit-codes.js'
+import { ControlError, serveControl, type ControlRequest, type ControlResult, type ControlSession } from './control.js'
 import { serveFileOp } from './file-service.js'
 import { canonicalMountpoint, mountState, recordPaths, removeRecord, writeRecord } from './registry.js'
 
@@ -23,6 +24,8 @@ export interface DaemonOptions {
   snapshot?: string
   /** What fsync waits for: the local log, or a commit to the bucket. */
   sync: 'local' | 'remote'
+  /** With sync 'remote': how long fsync waits for the bucket before it answers EIO (default 60 s). */
+  syncTimeoutMs?: number
   cacheDir: string
   cacheBytes: number
   allowOther?: boolean
@@ -60,6 +63,7 @@ export class MountDaemon {
   /** Resolves once the daemon has stopped (unmounted, committed, released). */
   readonly done = new Promise<void>((resolve) => (this.resolveDone = resolve))
   private lastWrite = 0
+  private finalCommitError?: string
   private lastCommit = Date.now()
   private lastCommitError?: string
   private commitFailures = 0
@@ -173,7 +177,8 @@ export class MountDaemon {
     if (backoff && now - this.lastCommit < backoff) return
     const pressure = (this.session.wal?.diskBytes ?? 0) > COMMIT_PRESSURE_BYTES || this.session.metadataPressure
     if (this.session.hasUncommitted && (due || idle || pressure)) {
-      await this.commit('background')
+      // A failed background commit is logged (and retried with backoff) by commit(); it must not escape a timer.
+      await this.commit('background').catch(() => undefined)
     } else if (fs.pendingBytes > FLUSH_PRESSURE_BYTES) {
       this.committing = flushPending(fs, { maxBytes: 4 * FLUSH_PRESSURE_BYTES }).catch((err) => this.options.log.warn('background flush failed', { error: err.message }))
       await this.committing
@@ -208,15 +213,27 @@ export class MountDaemon {
     if (this.options.sync === 'local') return this.session.syncLocal()
     // --sync=remote: durable in the bucket, or EIO after the deadline — never a false success.
     await this.session.syncLocal()
-    const deadline = Date.now() + REMOTE_SYNC_DEADLINE_MS
-    for (;;) {
-      try {
-        await this.commit('fsync')
-        return
-      } catch (err) {
-        if (err instanceof LeaseLostError || Date.now() > deadline) throw new FsError('EIO', `fsync could not reach the bucket: ${(err as Error).message}`)
-        await sleep(500)
+    const timeoutMs = this.options.syncTimeoutMs ?? REMOTE_SYNC_DEADLINE_MS
+    const deadline = Date.now() + timeoutMs
+    let timer: NodeJS.Timeout | undefined
+    // A commit attempt can itself take long against a failing store (retries): the deadline cuts it short.
+    const expired = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(new FsError('EIO', `fsync could not reach the bucket within ${Math.round(timeoutMs / 1000)} s`)), timeoutMs)
+    })
+    expired.catch(() => undefined)
+    try {
+      for (;;) {
+        try {
+          await Promise.race([this.commit('fsync'), expired])
+          return
+        } catch (err) {
+          if (err instanceof FsError) throw err
+          if (err instanceof LeaseLostError || Date.now() > deadline) throw new FsError('EIO', `fsync could not reach the bucket: ${(err as Error).message}`)
+          await Promise.race([sleep(500), expired])
+        }
       }
+    } finally {
+      clearTimeout(timer)
     }
   }
 
@@ -268,6 +285,13 @@ export class MountDaemon {
       }
       case 'unmount':
         await this.stop('s0fs umount')
+        if (this.finalCommitError) {
+          throw new ControlError(
+            `unmounted, but the final commit failed (${this.finalCommitError}); every change is kept in the local log under ${this.options.cacheDir}, and the next mount of volume ${this.options.volume} replays and commits it`,
+            'EIO',
+            EXIT.unavailable,
+          )
+        }
         return { unmounted: true, generation: this.session.generation }
       default:
         throw new Error(`unknown control op ${JSON.stringify(req.op)}`)
@@ -318,11 +342,12 @@ export class MountDaemon {
       try {
         await this.session.close()
       } catch (err) {
+        this.finalCommitError = (err as Error).message
         log.error('final commit failed; the local log keeps every change and the next mount replays it', { error: (err as Error).message })
       }
       this.control?.close()
-      await removeRecord(this.options.runDir, this.canonical)
-      await this.options.repo.close()
+      await removeRecord(this.options.runDir, this.canonical).catch(() => undefined)
+      await this.options.repo.close().catch((err) => log.warn('closing the repository failed', { error: err.message }))
       log.info('stopped', { reason, generation: this.session.generation })
     })().finally(() => this.resolveDone())
     return this.stopping

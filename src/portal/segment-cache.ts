@@ -98,7 +98,7 @@ export class SegmentCache implements SegmentSource {
       await fsp.writeFile(tmp, data, { mode: 0o600 })
       await fsp.rename(tmp, file)
       this.addedSinceScan += data.length
-      if (this.bytes > this.options.capBytes()) void this.enforceCap()
+      if (this.bytes > this.options.capBytes()) this.enforceCap().catch(() => undefined)
     } catch {
       // ignore
     }

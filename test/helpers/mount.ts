@@ -96,10 +96,13 @@ export async function mountVolume(backend: Backend, options: { volume?: string; 
     // A mount left dead by a killed daemon: `s0fs mount` cleans it up.
     if ((err as NodeJS.ErrnoException).code !== 'ENOTCONN') throw err
   }
+  // Resolved before mounting: afterwards realpath would stat the mount from this process, which
+  // can deadlock when this process also serves something the daemon needs (a fault proxy).
+  const canonical = canonicalMountpoint(mountpoint)
   const args = ['mount', ...(backend.repo ? ['--repo', backend.repo] : []), volume, mountpoint, '--create', '--cache-dir', path.join(backend.home, 'portal'), ...(options.args ?? [])]
   await mustCli(args, backend.env, 120_000)
   const runDir = path.join(backend.home, '.cache', 's0fs', 'run')
-  const record = await readRecord(runDir, canonicalMountpoint(mountpoint))
+  const record = await readRecord(runDir, canonical)
   if (!record) throw new Error(`no mount record for ${mountpoint}`)
   const pid = record.pid
   const logFile = record.log

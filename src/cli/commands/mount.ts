@@ -35,6 +35,7 @@ export const mountCommand: Command = {
     'read-only': { type: 'boolean', description: 'mount read-only (no lease is taken)' },
     snapshot: { type: 'string', value: 'NAME', description: 'mount this snapshot (read-only)' },
     sync: { type: 'string', value: 'local|remote', description: 'what fsync waits for: the local log (default) or the bucket' },
+    'sync-timeout': { type: 'string', value: 'SECONDS', description: 'with --sync remote: fsync answers EIO after this long without the bucket (default 60)' },
     'cache-dir': { type: 'string', value: 'DIR', description: `node-local portal: log and cache (default ${defaultPaths().cacheDir}/portal)` },
     'cache-size': { type: 'string', value: 'BYTES', description: 'portal byte cap, dirty data included (default 8G)' },
     'allow-other': { type: 'boolean', description: 'let users other than the mounting one use the mount' },
@@ -68,6 +69,8 @@ export const mountCommand: Command = {
     const interval = ctx.values['commit-interval'] === undefined ? 5 : Number(ctx.values['commit-interval'])
     if (!(interval > 0)) throw new UsageError('--commit-interval must be a positive number of seconds')
     const snapshot = ctx.values.snapshot as string | undefined
+    const syncTimeout = ctx.values['sync-timeout'] === undefined ? 60 : Number(ctx.values['sync-timeout'])
+    if (!(syncTimeout > 0)) throw new UsageError('--sync-timeout must be a positive number of seconds')
 
     if (!ctx.values.foreground) return startBackground(ctx, mountpoint)
 
@@ -90,6 +93,7 @@ export const mountCommand: Command = {
         allowOther: !!ctx.values['allow-other'],
         create: !!ctx.values.create || (isDefault && volume === 'default'),
         commitIntervalMs: interval * 1000,
+        syncTimeoutMs: syncTimeout * 1000,
         runDir: defaultPaths().runDir,
         log,
       })
