@@ -1,0 +1,64 @@
+import { spawn } from 'node:child_process'
+import { mkdtempSync, rmSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import path from 'node:path'
+import { describe, expect, it } from 'vitest'
+import { mountVolume, mustSh, useBackend } from '../helpers/mount.js'
+
+/**
+ * POSIX behaviour, compared with a local directory: the same suite
+ * (test/fixtures/posix-suite.py: permissions, rename edge cases, link
+ * counts, times, sparse files, xattrs, O_APPEND/O_TRUNC/O_EXCL,
+ * unlinked-but-open files, mmap, names) runs on both, and every case must
+ * observe the same thing — except the differences named here, each with its
+ * reason. The README records the count.
+ */
+
+const SUITE = path.join(import.meta.dirname, '../fixtures/posix-suite.py')
+
+/** Where s0fs knowingly differs from a local ext4 directory. */
+const KNOWN_DIFFERENCES: Record<string, string> = {
+  'sparse-1gib': 'st_blocks counts the file size, not the blocks allocated (du shows the apparent size)',
+  'seek-data-hole': 'lseek SEEK_DATA/SEEK_HOLE are answered by the kernel as for a file without holes (data from the offset, the hole at EOF)',
+}
+
+function runSuite(dir: string): Promise<Record<string, unknown>> {
+  return new Promise((resolve, reject) => {
+    const child = spawn('python3', [SUITE, dir], { stdio: ['ignore', 'pipe', 'pipe'] })
+    let out = ''
+    let err = ''
+    child.stdout.on('data', (d) => (out += d))
+    child.stderr.on('data', (d) => (err += d))
+    child.on('close', (code) => {
+      try {
+        resolve(JSON.parse(out))
+      } catch {
+        reject(new Error(`posix suite on ${dir} exited ${code}: ${err}`))
+      }
+    })
+  })
+}
+
+describe('POSIX behaviour against a local directory', () => {
+  const ctx = useBackend()
+
+  it('every case observes what a local directory does, except the known differences', async () => {
+    const local = mkdtempSync(path.join(tmpdir(), 's0fs-posix-ref-'))
+    try {
+      // --allow-other: several cases act as another user (uid 65534).
+      const m = ctx.track(await mountVolume(ctx.backend, { volume: 'posix', args: ['--allow-other'] }))
+      await mustSh(`chmod 755 ${m.mountpoint}`)
+      const [reference, mounted] = [await runSuite(local), await runSuite(m.mountpoint)]
+      const cases = Object.keys(reference)
+      expect(cases.length).toBeGreaterThanOrEqual(60)
+      const differences = cases.filter((c) => JSON.stringify(reference[c]) !== JSON.stringify(mounted[c]))
+      const unexpected = differences.filter((c) => !(c in KNOWN_DIFFERENCES)).map((c) => ({ case: c, local: reference[c], s0fs: mounted[c] }))
+      expect(unexpected).toEqual([])
+      // A known difference that went away is news too: update the list (and the README's count).
+      expect(differences.sort()).toEqual(Object.keys(KNOWN_DIFFERENCES).sort())
+      await m.umount()
+    } finally {
+      rmSync(local, { recursive: true, force: true })
+    }
+  }, 300_000)
+})
