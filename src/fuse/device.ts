@@ -137,13 +137,7 @@ export class FuseDevice {
   /** Sends a reply: `error` is 0 or a negative errno; payload parts are concatenated. */
   reply(unique: bigint, error: number, ...payload: Buffer[]): void {
     if (this.stopped) return
-    let length = OUT_HEADER
-    for (const p of payload) length += p.length
-    const header = Buffer.allocUnsafe(OUT_HEADER)
-    header.writeUInt32LE(length, 0)
-    header.writeInt32LE(error, 4)
-    header.writeBigUInt64LE(unique, 8)
-    this.write([header, ...payload])
+    this.write([outHeader(unique, error, payload), ...payload])
   }
 
   /**
@@ -154,13 +148,7 @@ export class FuseDevice {
    */
   notify(code: number, ...payload: Buffer[]): void {
     if (this.stopped) return
-    let length = OUT_HEADER
-    for (const p of payload) length += p.length
-    const message = Buffer.allocUnsafe(length)
-    message.writeUInt32LE(length, 0)
-    message.writeInt32LE(code, 4)
-    message.writeBigUInt64LE(0n, 8)
-    Buffer.concat(payload).copy(message, OUT_HEADER)
+    const message = Buffer.concat([outHeader(0n, code, payload), ...payload])
     // ENOENT: the kernel no longer knows that inode or name — nothing to forget.
     fs.write(this.fd, message, () => undefined)
   }
@@ -196,6 +184,17 @@ export class FuseDevice {
     }
     this.resolveClosed()
   }
+}
+
+/** The header of a message to the kernel: total length, error (or notification code), unique. */
+function outHeader(unique: bigint, error: number, payload: Buffer[]): Buffer {
+  let length = OUT_HEADER
+  for (const p of payload) length += p.length
+  const header = Buffer.allocUnsafe(OUT_HEADER)
+  header.writeUInt32LE(length, 0)
+  header.writeInt32LE(error, 4)
+  header.writeBigUInt64LE(unique, 8)
+  return header
 }
 
 /** Runs a command; `fd` becomes the child's fd 3. */

@@ -3,7 +3,7 @@ import { existsSync, mkdirSync, readFileSync, statSync, symlinkSync, writeFileSy
 import path from 'node:path'
 import { describe, expect, it } from 'vitest'
 import { runCli, type CliResult } from '../helpers/cli.js'
-import { fileBackend, mountVolume, mustCli, mustSh, s3Backend, sh, useBackend, type Backend } from '../helpers/mount.js'
+import { fileBackend, mountVolume, mustSh, s3Backend, sh, useBackend, withKeyFile, type Backend } from '../helpers/mount.js'
 import { s3Servers } from '../helpers/stores.js'
 
 /**
@@ -12,18 +12,6 @@ import { s3Servers } from '../helpers/stores.js'
  * file:// and on the local S3 server (s3rver), and on a volume that is
  * mounted and being written at the same time.
  */
-
-/**
- * The backend opened with a key file instead of the passphrase: every
- * command here is its own process, and a key file spares each one the
- * Argon2id passphrase derivation (~1 s).
- */
-async function withKeyFile(make: () => Promise<Backend>): Promise<Backend> {
-  const backend = await make()
-  const keyFile = path.join(backend.home, 'volumes.key')
-  await mustCli(['key', 'add', '--repo', backend.repo!, '--new-key-file', keyFile], backend.env)
-  return { ...backend, env: { ...backend.env, S0FS_PASSPHRASE: undefined, S0FS_KEY_FILE: keyFile } }
-}
 
 const backends: [string, () => Promise<Backend>][] = [['file://', () => withKeyFile(fileBackend)]]
 const s3rver = s3Servers().find((s) => s.name === 's3rver')

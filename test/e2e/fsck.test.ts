@@ -3,7 +3,7 @@ import { readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node
 import path from 'node:path'
 import { describe, expect, it } from 'vitest'
 import { runCli } from '../helpers/cli.js'
-import { fileBackend, mustCli, useBackend } from '../helpers/mount.js'
+import { fileBackend, useBackend, withKeyFile } from '../helpers/mount.js'
 
 /**
  * fsck against real damage in a file:// repository (whose objects are plain
@@ -29,12 +29,7 @@ function flipByte(file: string, at: number): void {
 }
 
 describe('fsck', () => {
-  const ctx = useBackend(async () => {
-    const backend = await fileBackend()
-    const keyFile = path.join(backend.home, 'fsck.key')
-    await mustCli(['key', 'add', '--repo', backend.repo!, '--new-key-file', keyFile], backend.env)
-    return { ...backend, env: { ...backend.env, S0FS_PASSPHRASE: undefined, S0FS_KEY_FILE: keyFile } }
-  })
+  const ctx = useBackend(() => withKeyFile(fileBackend))
   const s0fs = (args: string[], input?: Buffer | string) => runCli([...args, '--repo', ctx.backend.repo!], { env: ctx.backend.env, input, timeoutMs: 120_000 })
   const repoDir = () => new URL(ctx.backend.repo!).pathname
 

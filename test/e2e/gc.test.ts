@@ -6,7 +6,7 @@ import { readKeyFile } from '../../src/crypto/index.js'
 import { acquireLease } from '../../src/meta/index.js'
 import { Repository } from '../../src/repo/index.js'
 import { runCli } from '../helpers/cli.js'
-import { fileBackend, mountVolume, mustCli, mustSh, s3Backend, useBackend, type Backend } from '../helpers/mount.js'
+import { fileBackend, mountVolume, mustSh, s3Backend, useBackend, withKeyFile, type Backend } from '../helpers/mount.js'
 import { s3Servers } from '../helpers/stores.js'
 
 /**
@@ -15,13 +15,6 @@ import { s3Servers } from '../helpers/stores.js'
  * still needs (checked with fsck --read-data), and never deletes a segment a
  * live writer is deduplicating against.
  */
-
-async function withKeyFile(make: () => Promise<Backend>): Promise<Backend> {
-  const backend = await make()
-  const keyFile = path.join(backend.home, 'gc.key')
-  await mustCli(['key', 'add', '--repo', backend.repo!, '--new-key-file', keyFile], backend.env)
-  return { ...backend, env: { ...backend.env, S0FS_PASSPHRASE: undefined, S0FS_KEY_FILE: keyFile } }
-}
 
 const backends: [string, () => Promise<Backend>][] = [['file://', () => withKeyFile(fileBackend)]]
 const s3rver = s3Servers().find((s) => s.name === 's3rver')

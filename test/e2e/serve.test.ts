@@ -5,7 +5,7 @@ import http from 'node:http'
 import path from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { BIN, runCli } from '../helpers/cli.js'
-import { fileBackend, mustCli, mustSh, type Backend } from '../helpers/mount.js'
+import { fileBackend, mustSh, withKeyFile, type Backend } from '../helpers/mount.js'
 
 /**
  * `s0fs serve` as a real process on 127.0.0.1, driven over HTTP: auth on
@@ -62,10 +62,7 @@ function rawRequest(method: string, rawPath: string, headers: Record<string, str
 }
 
 beforeAll(async () => {
-  const made = await fileBackend()
-  const keyFile = path.join(made.home, 'serve.key')
-  await mustCli(['key', 'add', '--repo', made.repo!, '--new-key-file', keyFile], made.env)
-  backend = { ...made, env: { ...made.env, S0FS_PASSPHRASE: undefined, S0FS_KEY_FILE: keyFile } }
+  backend = await withKeyFile(fileBackend)
   writeFileSync(path.join(backend.home, 'token'), TOKEN + '\n', { mode: 0o600 })
   const started = await startServer(['--max-upload', '8M'])
   server = started.child
