@@ -679,6 +679,33 @@ export class FileSystem {
     }
   }
 
+  /**
+   * lseek(2) SEEK_DATA (the first data at or after `offset`) and SEEK_HOLE
+   * (the first hole at or after it; end of file counts as a hole). Data is
+   * what extents and pending writes cover; unstored all-zero chunks read as
+   * holes, which SEEK_DATA may skip by POSIX. ENXIO at or past the end.
+   */
+  async seek(ino: number, offset: number, whence: 'data' | 'hole'): Promise<number> {
+    return this.lock.run(async () => {
+      const inode = await this.getInode(ino)
+      if (isDir(inode.mode)) throw fsError('EISDIR')
+      if (offset < 0) throw fsError('EINVAL')
+      if (offset >= inode.size) throw fsError('ENXIO')
+      const ranges: [number, number][] = (await this.extentsIn(ino, offset, inode.size)).map((e) => [e.off, e.off + e.len])
+      for (const p of this.overlays.get(ino)?.covering(offset, inode.size) ?? []) ranges.push([p.start, p.end])
+      ranges.sort((a, b) => a[0] - b[0])
+      let at = offset
+      for (const [start, end] of ranges) {
+        if (end <= at) continue
+        if (whence === 'data') return Math.max(at, start)
+        if (start > at) return at // a gap before this range
+        at = end
+      }
+      if (whence === 'data') throw fsError('ENXIO')
+      return Math.min(at, inode.size)
+    })
+  }
+
   /** Extents intersecting [start, end), in order. */
   async extentsIn(ino: number, start: number, end: number): Promise<Extent[]> {
     const out: Extent[] = []

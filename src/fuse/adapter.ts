@@ -64,6 +64,8 @@ export interface OpStats {
 
 const EIO = -5
 const ENOSYS = -38
+const SEEK_DATA = 3
+const SEEK_HOLE = 4
 const ERANGE = -34
 const MAX_WRITE = 1024 * 1024
 
@@ -249,6 +251,16 @@ export class FuseAdapter {
         const length = readU64(body, 16)
         const mode = body.readUInt32LE(24)
         return fs.fallocate(cred, node, mode, offset, length).then(() => this.device.reply(u, 0))
+      }
+      case Op.LSEEK: {
+        const whence = body.readUInt32LE(16)
+        // The kernel sends only SEEK_DATA and SEEK_HOLE (it moves the offset itself for the others); ENOSYS here would switch LSEEK off for good.
+        if (whence !== SEEK_DATA && whence !== SEEK_HOLE) return Promise.resolve(this.device.reply(u, -22))
+        return fs.seek(node, readU64(body, 8), whence === SEEK_DATA ? 'data' : 'hole').then((offset) => {
+          const out = Buffer.alloc(8)
+          writeU64(out, 0, offset)
+          this.device.reply(u, 0, out)
+        })
       }
       case Op.READDIR:
       case Op.READDIRPLUS:

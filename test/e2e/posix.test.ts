@@ -19,7 +19,6 @@ const SUITE = path.join(import.meta.dirname, '../fixtures/posix-suite.py')
 /** Where s0fs knowingly differs from a local ext4 directory. */
 const KNOWN_DIFFERENCES: Record<string, string> = {
   'sparse-1gib': 'st_blocks counts the file size, not the blocks allocated (du shows the apparent size)',
-  'seek-data-hole': 'lseek SEEK_DATA/SEEK_HOLE are answered by the kernel as for a file without holes (data from the offset, the hole at EOF)',
 }
 
 function runSuite(dir: string): Promise<Record<string, unknown>> {
