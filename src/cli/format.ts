@@ -1,3 +1,4 @@
+import { UsageError } from './exit-codes.js'
 /** Human-readable sizes (binary units), durations and tables for CLI output. */
 
 export function formatBytes(n: number): string {
@@ -36,4 +37,12 @@ export function table(headers: string[], rows: (string | number)[][]): string {
       .map((r) => r.map((c, i) => (numeric[i] ? c.padStart(widths[i]) : c.padEnd(widths[i]))).join('  ').trimEnd())
       .join('\n') + '\n'
   )
+}
+
+/** "HOST:PORT" ("[::1]:PORT" for IPv6) for --listen and --metrics. */
+export function parseHostPort(text: string, option: string): { host: string; port: number } {
+  const m = /^(?:\[([0-9a-f:]+)\]|([^:]+)):(\d{1,5})$/i.exec(text)
+  const port = m ? Number(m[3]) : NaN
+  if (!m || port > 65535) throw new UsageError(`${option} must be HOST:PORT (e.g. 127.0.0.1:9100), got ${JSON.stringify(text)}`)
+  return { host: m[1] ?? m[2], port }
 }

@@ -6,6 +6,7 @@ import { FILE_COMMANDS } from './commands/files.js'
 import { fsckCommand } from './commands/fsck.js'
 import { gcCommand } from './commands/gc.js'
 import { serveCommand } from './commands/serve.js'
+import { statsCommand } from './commands/stats.js'
 import { initCommand, repoInfoCommand } from './commands/repo.js'
 import { VOLUME_COMMANDS } from './commands/volume.js'
 import { errorMessage, EXIT, EXIT_HELP, exitCodeFor, UsageError } from './exit-codes.js'
@@ -13,6 +14,7 @@ import { errorMessage, EXIT, EXIT_HELP, exitCodeFor, UsageError } from './exit-c
 export const COMMANDS: Command[] = [
   mountCommand,
   umountCommand,
+  statsCommand,
   ...VOLUME_COMMANDS,
   ...FILE_COMMANDS,
   serveCommand,

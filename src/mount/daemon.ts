@@ -12,6 +12,7 @@ import { peakRssBytes } from '../util/process.js'
 import { EXIT } from '../cli/exit-codes.js'
 import { ControlError, serveControl, type ControlRequest, type ControlResult, type ControlSession } from './control.js'
 import { serveFileOp } from './file-service.js'
+import { serveMetrics } from './metrics.js'
 import { canonicalMountpoint, mountState, recordPaths, removeRecord, writeRecord } from './registry.js'
 
 export interface DaemonOptions {
@@ -32,6 +33,8 @@ export interface DaemonOptions {
   /** Create the volume if it does not exist. */
   create?: boolean
   commitIntervalMs?: number
+  /** Serve Prometheus metrics at http://HOST:PORT/metrics. */
+  metrics?: { host: string; port: number }
   runDir: string
   log: Logger
 }
@@ -57,6 +60,7 @@ export class MountDaemon {
   private files!: VolumeFiles
   private portal!: Portal
   private control?: Server
+  private metrics?: { server: Server; url: string }
   private timer?: NodeJS.Timeout
   private stopping?: Promise<void>
   private resolveDone!: () => void
@@ -161,6 +165,10 @@ export class MountDaemon {
       log: paths.log,
       started: this.started.toISOString(),
     })
+    if (o.metrics) {
+      this.metrics = await serveMetrics(o.metrics.host, o.metrics.port, () => this.status())
+      log.info('metrics', { url: this.metrics.url })
+    }
     if (!this.session.readOnly) this.timer = setInterval(() => void this.tick(), TICK_MS)
     for (const signal of ['SIGTERM', 'SIGINT', 'SIGHUP'] as const) process.on(signal, () => void this.stop(signal))
     log.info('mounted', { volume: o.snapshot ? `${o.volume}@${o.snapshot}` : o.volume, mountpoint: o.mountpoint, readOnly: this.session.readOnly })
@@ -323,6 +331,7 @@ export class MountDaemon {
       store,
       lease: this.session.lease ? { epoch: this.session.lease.epoch, expires: new Date(this.session.lease.expires).toISOString(), lost: this.session.lease.lost } : undefined,
       ops: Object.fromEntries(this.adapter.stats),
+      metricsUrl: this.metrics?.url,
       rssBytes: process.memoryUsage.rss(),
       peakRssBytes: peakRssBytes(),
       memory: process.memoryUsage(),
@@ -346,6 +355,7 @@ export class MountDaemon {
         log.error('final commit failed; the local log keeps every change and the next mount replays it', { error: (err as Error).message })
       }
       this.control?.close()
+      this.metrics?.server.close()
       await removeRecord(this.options.runDir, this.canonical).catch(() => undefined)
       await this.options.repo.close().catch((err) => log.warn('closing the repository failed', { error: err.message }))
       log.info('stopped', { reason, generation: this.session.generation })

@@ -12,7 +12,7 @@ import { createLogger, type Level } from '../../util/log.js'
 import type { Command, CommandContext } from '../command.js'
 import { defaultPaths, repoUrl, resolveCredential } from '../credentials.js'
 import { CliError, EXIT, exitCodeFor, UsageError } from '../exit-codes.js'
-import { parseBytes } from '../format.js'
+import { parseBytes, parseHostPort } from '../format.js'
 import { processAlive } from '../../util/process.js'
 
 const DEFAULT_CACHE_BYTES = 8 * 1024 * 1024 * 1024
@@ -41,6 +41,7 @@ export const mountCommand: Command = {
     'allow-other': { type: 'boolean', description: 'let users other than the mounting one use the mount' },
     create: { type: 'boolean', description: 'create the volume if it does not exist' },
     'commit-interval': { type: 'string', value: 'SECONDS', description: 'commit to the bucket at least this often while writing (default 5)' },
+    metrics: { type: 'string', value: 'HOST:PORT', description: 'serve Prometheus metrics at http://HOST:PORT/metrics (port 0 picks one; see s0fs stats)' },
     'log-format': { type: 'string', value: 'text|json', description: 'daemon log format (default text)' },
     'log-level': { type: 'string', value: 'LEVEL', description: 'debug, info (default), warn or error' },
     'ready-fd': { type: 'string', value: 'FD', description: '(internal) report readiness on this file descriptor' },
@@ -69,6 +70,7 @@ export const mountCommand: Command = {
     const interval = ctx.values['commit-interval'] === undefined ? 5 : Number(ctx.values['commit-interval'])
     if (!(interval > 0)) throw new UsageError('--commit-interval must be a positive number of seconds')
     const snapshot = ctx.values.snapshot as string | undefined
+    const metrics = ctx.values.metrics === undefined ? undefined : parseHostPort(ctx.values.metrics as string, '--metrics')
     const syncTimeout = ctx.values['sync-timeout'] === undefined ? 60 : Number(ctx.values['sync-timeout'])
     if (!(syncTimeout > 0)) throw new UsageError('--sync-timeout must be a positive number of seconds')
 
@@ -94,6 +96,7 @@ export const mountCommand: Command = {
         create: !!ctx.values.create || (isDefault && volume === 'default'),
         commitIntervalMs: interval * 1000,
         syncTimeoutMs: syncTimeout * 1000,
+        metrics,
         runDir: defaultPaths().runDir,
         log,
       })

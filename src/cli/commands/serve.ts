@@ -5,7 +5,7 @@ import { createLogger, type Level } from '../../util/log.js'
 import type { Command } from '../command.js'
 import { defaultPaths } from '../credentials.js'
 import { CliError, EXIT, UsageError } from '../exit-codes.js'
-import { parseBytes } from '../format.js'
+import { parseBytes, parseHostPort } from '../format.js'
 import { openRepo } from './repo.js'
 
 /** Reads the bearer token: a private file (like a key file), one line, long enough to resist guessing. */
@@ -25,13 +25,6 @@ export function readTokenFile(file: string): string {
   return token
 }
 
-function parseListen(text: string): { host: string; port: number } {
-  const m = /^(?:\[([0-9a-f:]+)\]|([^:]+)):(\d{1,5})$/i.exec(text)
-  const port = m ? Number(m[3]) : NaN
-  if (!m || port > 65535) throw new UsageError(`--listen must be HOST:PORT (e.g. 127.0.0.1:8080), got ${JSON.stringify(text)}`)
-  return { host: m[1] ?? m[2], port }
-}
-
 export const serveCommand: Command = {
   path: ['serve'],
   summary: 'Serve the repository over HTTP: volumes, snapshots, forks, diff, files, tar, change events.',
@@ -49,7 +42,7 @@ export const serveCommand: Command = {
   },
   examples: ['s0fs serve --listen 127.0.0.1:8080 --token-file /etc/s0fs/token', 'curl -H "Authorization: Bearer $(cat token)" http://127.0.0.1:8080/v1/volumes'],
   async run(ctx) {
-    const listen = parseListen((ctx.values.listen as string | undefined) ?? '127.0.0.1:8080')
+    const listen = parseHostPort((ctx.values.listen as string | undefined) ?? '127.0.0.1:8080', '--listen')
     if (!ctx.values['token-file']) throw new UsageError('--token-file is required: every route needs a bearer token')
     const token = readTokenFile(ctx.values['token-file'] as string)
     let maxUploadBytes = 1024 ** 3
