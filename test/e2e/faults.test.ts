@@ -41,7 +41,7 @@ describe.runIf(s3rver)('object-store faults through a proxy (s3rver)', () => {
   const workload = (dir: string, files: number, tag: string) =>
     `mkdir -p ${dir} && for i in $(seq 1 ${files}); do echo "${tag} file $i $RANDOM" > ${dir}/f$i; done && head -c 16777216 /dev/urandom > ${dir}/big.bin && sync -f ${dir}/big.bin`
 
-  it('a flaky store and a 10 s outage: the workload finishes from the portal, and all of it reaches the bucket', async () => {
+  it('a flaky store and a 30 s outage: the workload finishes from the portal, and all of it reaches the bucket', async () => {
     proxy.set({ errorRate: 0.1, slowDownRate: 0.05, spikeRate: 0.2, spikeMs: 500 })
     const m = await mountVolume(backend, { volume: 'flaky', args: ['--commit-interval', '1'] })
     mounts.push(m)
@@ -49,7 +49,7 @@ describe.runIf(s3rver)('object-store faults through a proxy (s3rver)', () => {
     // A full outage while the next phase runs: writes keep landing in the portal.
     proxy.down()
     const during = sh(workload(`${m.mountpoint}/phase2`, 100, 'outage'), { timeoutMs: 180_000 })
-    await new Promise((r) => setTimeout(r, 10_000))
+    await new Promise((r) => setTimeout(r, 30_000))
     const resetDuringOutage = proxy.counters.reset
     proxy.up()
     expect((await during).code).toBe(0)
