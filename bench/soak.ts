@@ -88,7 +88,10 @@ function prng(seed: number): () => number {
 
 interface TrialResult {
   trial: number
+  /** What the checks found lost or torn (a loss). */
   problems: string[]
+  /** The trial could not run to its check (the harness or the system failed); not a loss, but not a pass either. */
+  error?: string
   detail: string
 }
 
@@ -199,16 +202,17 @@ async function crash(e: Env, trials: number, at: string | undefined, seed: numbe
       else r = await writeTrial(e, t, rnd, at === 'commit' ? COMMIT_POINTS[Math.floor(rnd() * COMMIT_POINTS.length)] : at)
     } catch (err) {
       forceUnmount(path.join(e.work, 'mnt'))
-      r = { trial: t, problems: [`trial failed: ${(err as Error).message}`], detail: '' }
+      r = { trial: t, problems: [], error: (err as Error).message, detail: '' }
     }
     results.push(r)
-    if (!json) process.stderr.write(`trial ${t}/${trials}: ${r.problems.length ? `LOSS: ${r.problems.join('; ')}` : 'ok'} (${r.detail})\n`)
+    if (!json) process.stderr.write(`trial ${t}/${trials}: ${r.problems.length ? `LOSS: ${r.problems.join('; ')}` : r.error ? `ERROR (not checked): ${r.error}` : 'ok'} (${r.detail})\n`)
   }
   const losses = results.filter((r) => r.problems.length > 0).length
-  const summary = { kind: 'crash', at: at ?? 'random', trials, losses, seconds: Math.round((Date.now() - started) / 1000), seed, failures: results.filter((r) => r.problems.length) }
+  const errors = results.filter((r) => r.error).length
+  const summary = { kind: 'crash', at: at ?? 'random', trials, losses, errors, seconds: Math.round((Date.now() - started) / 1000), seed, failures: results.filter((r) => r.problems.length || r.error) }
   if (json) process.stdout.write(JSON.stringify(summary, null, 2) + '\n')
-  else process.stdout.write(`crash trials (${summary.at}): ${trials}, losses: ${losses}, ${summary.seconds} s (seed ${seed})\n`)
-  return losses === 0 ? 0 : 1
+  else process.stdout.write(`crash trials (${summary.at}): ${trials}, losses: ${losses}, trials that could not run: ${errors}, ${summary.seconds} s (seed ${seed})\n`)
+  return losses === 0 && errors === 0 ? 0 : 1
 }
 
 // --- load ---------------------------------------------------------------------------------

@@ -37,19 +37,19 @@ function soak(args: string[], timeoutMs: number): Promise<{ code: number; summar
 describe('soak, short form', () => {
   it('10 kill -9 trials during random writes lose nothing fsynced', async () => {
     const r = await soak(['crash', '--trials', '10'], 300_000)
-    expect(r.summary).toMatchObject({ trials: 10, losses: 0 })
+    expect(r.summary).toMatchObject({ trials: 10, losses: 0, errors: 0 })
     expect(r.code).toBe(0)
   }, 320_000)
 
   it('a daemon dying inside a commit (before the head moves, or before the log is dropped) loses nothing', async () => {
     const r = await soak(['crash', '--at', 'commit', '--trials', '3'], 300_000)
-    expect(r.summary).toMatchObject({ trials: 3, losses: 0 })
+    expect(r.summary).toMatchObject({ trials: 3, losses: 0, errors: 0 })
     expect(r.code).toBe(0)
   }, 320_000)
 
   it('GC dying before it deletes, or before it rewrites the index, loses nothing; the next run finishes', async () => {
     const r = await soak(['crash', '--at', 'gc', '--trials', '2'], 300_000)
-    expect(r.summary).toMatchObject({ trials: 2, losses: 0 })
+    expect(r.summary).toMatchObject({ trials: 2, losses: 0, errors: 0 })
     expect(r.code).toBe(0)
   }, 320_000)
 
