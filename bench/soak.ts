@@ -29,6 +29,8 @@ const BIN = path.join(ROOT, 'bin/s0fs.js')
 const CRASH_WRITER = path.join(ROOT, 'test/fixtures/crash-writer.py')
 const LOAD_WORKER = path.join(ROOT, 'test/fixtures/load-worker.py')
 const COMMIT_POINTS = ['commit-before-head', 'commit-before-log-drop']
+/** Sampled portal size (log + cache) allowed over its cap: admission runs every few MiB, and commits take time. */
+export const PORTAL_CAP_SLACK = 1.1
 const GC_POINTS = ['gc-before-delete', 'gc-before-index']
 
 interface Env {
@@ -222,14 +224,15 @@ async function load(e: Env, procs: number, seconds: number, json: boolean): Prom
   const capBytes = 256 * 1024 * 1024
   await mount(e, 'load', mnt, ['--cache-size', '256M'])
   const socket = (await readRecord(e.runDir, canonicalMountpoint(mnt)))!.socket
-  const samples: { t: number; rss: number; cache: number; dirty: number }[] = []
+  const samples: { t: number; rss: number; portal: number; dirty: number }[] = []
   const started = Date.now()
   let sampling = true
   const sampler = (async () => {
     while (sampling) {
       try {
         const s = await controlRequest(socket, { op: 'status' })
-        samples.push({ t: (Date.now() - started) / 1000, rss: Number(s.rssBytes), cache: Number(s.cacheBytes), dirty: Number(s.dirtyBytes) })
+        // The portal is the log and the segment cache together: the cap covers both.
+        samples.push({ t: (Date.now() - started) / 1000, rss: Number(s.rssBytes), portal: Number(s.cacheBytes) + Number(s.walBytes), dirty: Number(s.dirtyBytes) })
       } catch {
         // the daemon is busy or going away; the next sample will tell
       }
@@ -271,7 +274,7 @@ async function load(e: Env, procs: number, seconds: number, json: boolean): Prom
   must(e, ['umount', mnt])
   const half = samples.filter((s) => s.t <= seconds / 2)
   const late = samples.filter((s) => s.t > seconds / 2)
-  const maxOf = (xs: typeof samples, k: 'rss' | 'cache' | 'dirty') => Math.max(0, ...xs.map((s) => s[k]))
+  const maxOf = (xs: typeof samples, k: 'rss' | 'portal' | 'dirty') => Math.max(0, ...xs.map((s) => s[k]))
   const mib = (n: number) => Math.round(n / 1024 / 1024)
   const summary = {
     kind: 'load',
@@ -283,10 +286,11 @@ async function load(e: Env, procs: number, seconds: number, json: boolean): Prom
     files_checked_after_remount: checked,
     files_mismatched: mismatched,
     rss_mib: { first_half_max: mib(maxOf(half, 'rss')), second_half_max: mib(maxOf(late, 'rss')), max: mib(maxOf(samples, 'rss')) },
-    portal_mib: { max: mib(maxOf(samples, 'cache')), cap: mib(capBytes) },
+    portal_mib: { max: mib(maxOf(samples, 'portal')), cap: mib(capBytes) },
     samples: samples.length,
   }
-  const ok = summary.errors === 0 && mismatched === 0 && summary.portal_mib.max <= summary.portal_mib.cap
+  // The cap is enforced at admission, every few MiB written: the log may run ahead by one interval plus a commit.
+  const ok = summary.errors === 0 && mismatched === 0 && summary.portal_mib.max <= summary.portal_mib.cap * PORTAL_CAP_SLACK
   if (json) process.stdout.write(JSON.stringify(summary, null, 2) + '\n')
   else {
     process.stdout.write(

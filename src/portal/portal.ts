@@ -23,6 +23,8 @@ export interface PortalOptions {
 export class Portal {
   readonly cache: SegmentCache
   private dirtyElsewhere = 0
+  /** Bytes of this mount's own log (set by the mount daemon once its session is open). */
+  ownLogBytes: () => number = () => 0
   private lastScan = 0
 
   constructor(
@@ -30,7 +32,8 @@ export class Portal {
     store: ObjectStore,
     readonly options: PortalOptions,
   ) {
-    this.cache = new SegmentCache(store, path.join(dir, 'cache'), { capBytes: () => Math.max(0, this.options.capBytes - this.dirtyElsewhere) })
+    // The cap covers everything in the portal: the cache gets what the logs (this mount's and others') leave.
+    this.cache = new SegmentCache(store, path.join(dir, 'cache'), { capBytes: () => Math.max(0, this.options.capBytes - this.dirtyElsewhere - this.ownLogBytes()) })
   }
 
   get capBytes(): number {

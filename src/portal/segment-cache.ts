@@ -98,7 +98,8 @@ export class SegmentCache implements SegmentSource {
       await fsp.writeFile(tmp, data, { mode: 0o600 })
       await fsp.rename(tmp, file)
       this.addedSinceScan += data.length
-      if (this.bytes > this.options.capBytes()) this.enforceCap().catch(() => undefined)
+      // Over the cap: this reader waits for the eviction (backpressure), so the cache cannot outrun it.
+      if (this.bytes > this.options.capBytes()) await this.enforceCap().catch(() => undefined)
     } catch {
       // ignore
     }
@@ -115,11 +116,17 @@ export class SegmentCache implements SegmentSource {
 
   /** Scans the cache directory and evicts least-recently-used windows until under the cap. */
   enforceCap(): Promise<void> {
-    this.scanning ??= this.scanAndEvict().finally(() => (this.scanning = undefined))
+    this.scanning ??= this.scanAndEvict().finally(() => {
+      this.scanning = undefined
+      // Windows cached while the scan ran may have pushed it over again: look once more.
+      if (this.bytes > this.options.capBytes()) this.enforceCap().catch(() => undefined)
+    })
     return this.scanning
   }
 
   private async scanAndEvict(): Promise<void> {
+    // Windows added from here on may or may not be in the listing: keep counting them (over, never under).
+    const addedBefore = this.addedSinceScan
     const files: { file: string; size: number; mtime: number }[] = []
     let total = 0
     let subdirs: string[] = []
@@ -143,7 +150,7 @@ export class SegmentCache implements SegmentSource {
         total += st.size
       }
     }
-    this.addedSinceScan = 0
+    this.addedSinceScan -= addedBefore
     this.usage = total
     const cap = this.options.capBytes()
     if (total <= cap) return

@@ -219,7 +219,7 @@ export class VolumeSession {
       this.actOnGcNotice()
         .catch((err) => this.log?.(`volume ${this.name}: GC notice check failed (will retry): ${(err as Error).message}`))
         .finally(() => (checking = false))
-    }, Math.max(50, Math.floor(ttlMs / 3)))
+    }, Math.max(50, Math.min(10_000, Math.floor(ttlMs / 3))))
     this.gcTimer.unref()
   }
 

@@ -35,6 +35,7 @@ export const mountCommand: Command = {
     'read-only': { type: 'boolean', description: 'mount read-only (no lease is taken)' },
     snapshot: { type: 'string', value: 'NAME', description: 'mount this snapshot (read-only)' },
     sync: { type: 'string', value: 'local|remote', description: 'what fsync waits for: the local log (default) or the bucket' },
+    'lease-ttl': { type: 'string', value: 'SECONDS', description: 'write lease time to live: the longest store outage writes continue through (default 90)' },
     'sync-timeout': { type: 'string', value: 'SECONDS', description: 'with --sync remote: fsync answers EIO after this long without the bucket (default 60)' },
     'cache-dir': { type: 'string', value: 'DIR', description: `node-local portal: log and cache (default ${defaultPaths().cacheDir}/portal)` },
     'cache-size': { type: 'string', value: 'BYTES', description: 'portal byte cap, dirty data included (default 8G)' },
@@ -71,6 +72,8 @@ export const mountCommand: Command = {
     if (!(interval > 0)) throw new UsageError('--commit-interval must be a positive number of seconds')
     const snapshot = ctx.values.snapshot as string | undefined
     const metrics = ctx.values.metrics === undefined ? undefined : parseHostPort(ctx.values.metrics as string, '--metrics')
+    const leaseTtl = ctx.values['lease-ttl'] === undefined ? 90 : Number(ctx.values['lease-ttl'])
+    if (!(leaseTtl >= 3)) throw new UsageError('--lease-ttl must be at least 3 seconds')
     const syncTimeout = ctx.values['sync-timeout'] === undefined ? 60 : Number(ctx.values['sync-timeout'])
     if (!(syncTimeout > 0)) throw new UsageError('--sync-timeout must be a positive number of seconds')
 
@@ -96,6 +99,7 @@ export const mountCommand: Command = {
         create: !!ctx.values.create || (isDefault && volume === 'default'),
         commitIntervalMs: interval * 1000,
         syncTimeoutMs: syncTimeout * 1000,
+        leaseTtlMs: leaseTtl * 1000,
         metrics,
         runDir: defaultPaths().runDir,
         log,
