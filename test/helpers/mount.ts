@@ -106,7 +106,7 @@ export async function mountVolume(backend: Backend, options: { volume?: string; 
     mkdirSync(mountpoint, { recursive: true })
   } catch (err) {
     // A mount left dead by a killed daemon: `s0fs mount` cleans it up.
-    if ((err as NodeJS.ErrnoException).code !== 'ENOTCONN') throw err
+    if (!['ENOTCONN', 'ECONNABORTED'].includes((err as NodeJS.ErrnoException).code ?? '')) throw err
   }
   // Resolved before mounting: afterwards realpath would stat the mount from this process, which
   // can deadlock when this process also serves something the daemon needs (a fault proxy).
