@@ -2,13 +2,16 @@
  * What every workload of `s0fs bench` runs against: a Target is a directory
  * plus a way to make its caches cold. The s0fs target is a real mount (the
  * `s0fs mount` daemon, a fresh volume per workload); the local target is a
- * plain directory on the disk that holds the benchmark's work directory.
+ * plain directory on the disk that holds the benchmark's work directory; the
+ * rclone target (`--compare rclone`) is an rclone mount of a directory on
+ * that same disk.
  *
  * The benchmark process never serves a mount itself (the daemon does), so it
  * may use blocking calls and child processes on the mountpoint freely.
  */
-import { execFileSync, spawnSync } from 'node:child_process'
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
+import { execFileSync, spawn, spawnSync } from 'node:child_process'
+import { closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
+import { createServer, type AddressInfo } from 'node:net'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
@@ -40,13 +43,26 @@ export interface RequestCounts {
   bytes_down: number
 }
 
+/** The file systems a workload can run on: s0fs, the local disk, and the tools s0fs is compared with (`--compare`). */
+export type TargetName = 's0fs' | 'local' | 'rclone'
+
+/** What a target tells when its workload ends, beyond the workload's own figures. */
+export interface FinishInfo {
+  /** Object-store requests (s0fs). */
+  requests?: RequestCounts
+  /** Peak RSS of the mount's daemon (s0fs, rclone): the kernel's high-water mark, VmHWM. */
+  daemon_peak_rss_mib?: number
+  /** Seconds the harness waited for the mount's asynchronous uploads to reach the backing store before cold steps and at the end (rclone). */
+  writeback_wait_seconds?: number
+}
+
 export interface Target {
-  readonly name: 's0fs' | 'local'
+  readonly name: TargetName
   readonly dir: string
-  /** Makes the next access cold: remount (s0fs) and drop the kernel's page cache; with `portal`, also empty the node-local cache. */
+  /** Makes the next access cold: remount (s0fs, rclone) and drop the kernel's page cache; with `portal`, also empty the node-local cache (s0fs's portal, rclone's VFS cache). */
   cold(options?: { portal?: boolean }): Promise<void>
-  /** Ends the workload; the s0fs target reports requests and the daemon's peak RSS. */
-  finish(): Promise<{ requests?: RequestCounts; daemon_peak_rss_mib?: number }>
+  /** Ends the workload; the s0fs target reports requests and the daemon's peak RSS, rclone its peak RSS and upload waits. */
+  finish(): Promise<FinishInfo>
 }
 
 export function prepareContext(options: { repo?: string; quick: boolean }): BenchContext {
@@ -172,6 +188,215 @@ export class LocalTarget implements Target {
     rmSync(this.dir, { recursive: true, force: true })
     return {}
   }
+}
+
+/**
+ * rclone mount of a plain local directory, the comparison of `--compare rclone`:
+ * `rclone mount <backing dir> <mountpoint> --vfs-cache-mode full --cache-dir <dir>`,
+ * the backing directory on the same disk as s0fs's file:// repository (the
+ * closest analogue of it: rclone stores each file as one object there).
+ *
+ * rclone's defaults are kept: with a full VFS cache a write lands in the cache
+ * on local disk, and the file is uploaded to the backing store in the
+ * background `--vfs-write-back` (5 s) after its last close; fsync makes it
+ * durable in the cache only. Before each cold step and at the end the harness
+ * waits (untimed) until rclone reports no upload queued or in progress, and
+ * counts that wait; an unmount before then would leave dirty files in the
+ * cache (rclone uploads them at its next start), and emptying the cache for a
+ * read "from the backing store" would lose them.
+ */
+export class RcloneTarget implements Target {
+  readonly name = 'rclone'
+  readonly dir: string
+  private readonly backing: string
+  private readonly cache: string
+  private readonly config: string
+  private readonly log: string
+  private child?: { pid: number; exited: Promise<void>; rcPort: number }
+  private peakRssKib = 0
+  private waitSeconds = 0
+
+  private constructor(
+    private readonly ctx: BenchContext,
+    workload: string,
+  ) {
+    this.dir = path.join(ctx.work, `rclone-mnt-${workload}`)
+    this.backing = path.join(ctx.work, `rclone-backing-${workload}`)
+    this.cache = path.join(ctx.work, `rclone-cache-${workload}`)
+    this.config = path.join(ctx.work, 'rclone.conf')
+    this.log = path.join(ctx.work, `rclone-${workload}.log`)
+  }
+
+  /** rclone's version line, or undefined when rclone is not installed. */
+  static version(): string | undefined {
+    const r = spawnSync('rclone', ['version'], { encoding: 'utf8', timeout: 30_000 })
+    if (r.status !== 0) return undefined
+    return r.stdout.split('\n')[0].trim()
+  }
+
+  /** The mount command, as the report states it. */
+  static readonly COMMAND = 'rclone mount <local dir> <mountpoint> --vfs-cache-mode full --cache-dir <dir>'
+
+  static async mount(ctx: BenchContext, workload: string): Promise<RcloneTarget> {
+    const target = new RcloneTarget(ctx, workload)
+    for (const d of [target.dir, target.backing, target.cache]) mkdirSync(d, { recursive: true })
+    // An empty config: no remote is named (the backing store is a path), and the user's config stays out of it.
+    writeFileSync(target.config, '')
+    await target.mountNow()
+    return target
+  }
+
+  async cold(options: { portal?: boolean } = {}): Promise<void> {
+    await this.unmount()
+    if (options.portal) {
+      // Only clean files may be dropped from the cache: a dirty one exists nowhere else.
+      const dirty = this.dirtyInCache()
+      if (dirty.length) throw new Error(`rclone left ${dirty.length} file(s) not uploaded after its queue was empty, e.g. ${dirty[0]}`)
+      rmSync(this.cache, { recursive: true, force: true })
+      mkdirSync(this.cache, { recursive: true })
+    }
+    if (this.ctx.canDropCaches) tryDropCaches()
+    await this.mountNow()
+  }
+
+  async finish(): Promise<FinishInfo> {
+    await this.unmount()
+    for (const d of [this.dir, this.backing, this.cache]) rmSync(d, { recursive: true, force: true })
+    return { daemon_peak_rss_mib: Math.round(this.peakRssKib / 1024), writeback_wait_seconds: Math.round(this.waitSeconds * 100) / 100 }
+  }
+
+  private async mountNow(): Promise<void> {
+    const rcPort = await freePort()
+    const logFd = openSync(this.log, 'a')
+    const args = ['mount', this.backing, this.dir, '--config', this.config, '--vfs-cache-mode', 'full', '--cache-dir', this.cache]
+    // The remote control answers vfs/stats (uploads queued and in progress) on loopback.
+    args.push('--rc', '--rc-addr', `127.0.0.1:${rcPort}`)
+    const child = spawn('rclone', args, { detached: true, stdio: ['ignore', logFd, logFd] })
+    closeSync(logFd)
+    let exitCode: number | string | null | undefined
+    const exited = new Promise<void>((resolve) => {
+      child.once('exit', (code, signal) => {
+        exitCode = code ?? signal
+        resolve()
+      })
+      child.once('error', (err) => {
+        exitCode = err.message
+        resolve()
+      })
+    })
+    child.unref()
+    const deadline = Date.now() + 30_000
+    while (!isMounted(this.dir)) {
+      if (exitCode !== undefined || Date.now() > deadline) {
+        if (exitCode === undefined && child.pid) process.kill(child.pid, 'SIGTERM')
+        throw new Error(`rclone mount of ${this.dir} ${exitCode === undefined ? 'did not appear within 30 s' : `exited (${exitCode})`}: ${tail(this.log)}`)
+      }
+      await sleep(50)
+    }
+    this.child = { pid: child.pid!, exited, rcPort }
+  }
+
+  /** Waits for rclone's uploads, records its peak RSS, unmounts and waits for the process to end. */
+  private async unmount(): Promise<void> {
+    const child = this.child
+    if (!child) return
+    this.child = undefined
+    const t0 = performance.now()
+    await this.drain(child.rcPort)
+    this.waitSeconds += (performance.now() - t0) / 1000
+    this.peakRssKib = Math.max(this.peakRssKib, vmHwmKib(child.pid))
+    const r = spawnSync('fusermount', ['-u', this.dir], { encoding: 'utf8' })
+    if (r.status !== 0) spawnSync('umount', ['-l', this.dir])
+    let timer: NodeJS.Timeout | undefined
+    const ended = await Promise.race([child.exited.then(() => true), new Promise<boolean>((resolve) => (timer = setTimeout(() => resolve(false), 30_000)))])
+    clearTimeout(timer)
+    if (!ended) {
+      process.kill(child.pid, 'SIGKILL')
+      await child.exited
+    }
+  }
+
+  /** Until rclone reports nothing queued or uploading three polls in a row (a file's release reaches rclone just after close returns). */
+  private async drain(rcPort: number): Promise<void> {
+    const deadline = Date.now() + 600_000
+    let quiet = 0
+    for (;;) {
+      const stats = await rcCall(rcPort, 'vfs/stats')
+      const disk = stats?.diskCache as { uploadsInProgress?: number; uploadsQueued?: number; erroredFiles?: number } | undefined
+      if (disk?.erroredFiles) throw new Error(`rclone failed to upload ${disk.erroredFiles} file(s): ${tail(this.log)}`)
+      if (disk && disk.uploadsInProgress === 0 && disk.uploadsQueued === 0) {
+        if (++quiet >= 3) return
+      } else {
+        quiet = 0
+      }
+      if (Date.now() > deadline) throw new Error(`rclone's uploads did not finish within 600 s: ${JSON.stringify(disk)}`)
+      await sleep(100)
+    }
+  }
+
+  /** Files whose cache metadata says they are not uploaded yet. */
+  private dirtyInCache(): string[] {
+    const meta = path.join(this.cache, 'vfsMeta')
+    if (!existsSync(meta)) return []
+    const dirty: string[] = []
+    const walk = (dir: string): void => {
+      for (const e of readdirSync(dir, { withFileTypes: true })) {
+        const full = path.join(dir, e.name)
+        if (e.isDirectory()) walk(full)
+        else if (e.isFile() && /"Dirty":\s*true/.test(readFileSync(full, 'utf8'))) dirty.push(path.relative(meta, full))
+      }
+    }
+    walk(meta)
+    return dirty
+  }
+}
+
+async function rcCall(port: number, command: string): Promise<Record<string, unknown> | undefined> {
+  try {
+    const res = await fetch(`http://127.0.0.1:${port}/${command}`, { method: 'POST', signal: AbortSignal.timeout(10_000) })
+    return res.ok ? ((await res.json()) as Record<string, unknown>) : undefined
+  } catch {
+    return undefined // not listening yet
+  }
+}
+
+function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const server = createServer()
+    server.once('error', reject)
+    server.listen(0, '127.0.0.1', () => {
+      const port = (server.address() as AddressInfo).port
+      server.close(() => resolve(port))
+    })
+  })
+}
+
+/** Whether `dir` is a mountpoint now (/proc/self/mountinfo's fifth field, octal escapes decoded). */
+function isMounted(dir: string): boolean {
+  return readFileSync('/proc/self/mountinfo', 'utf8')
+    .split('\n')
+    .some((line) => line.split(' ')[4]?.replace(/\\([0-7]{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8))) === dir)
+}
+
+function vmHwmKib(pid: number): number {
+  try {
+    const m = /^VmHWM:\s+(\d+) kB/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))
+    return m ? Number(m[1]) : 0
+  } catch {
+    return 0
+  }
+}
+
+function tail(file: string): string {
+  try {
+    return readFileSync(file, 'utf8').trim().slice(-1500) || '(no output)'
+  } catch {
+    return '(no log)'
+  }
+}
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms))
 }
 
 /** Runs a command, returns its wall time in seconds and its output; a failure throws with the command's stderr. */

@@ -2,8 +2,10 @@
  * The benchmark report: one JSON object per workload with the s0fs and
  * local-disk figures side by side (`small.s0fs.create_files_per_s`,
  * `small.local.create_files_per_s`, …), their speed ratios, the targets and
- * whether each was met; a Markdown table of the same; and an SVG chart of
- * the ratios to local disk.
+ * whether each was met; with `--compare rclone`, the same workload's figures
+ * on an rclone mount (`small.rclone.create_files_per_s`) and their ratios to
+ * local disk; a Markdown table of the same; and an SVG chart of the ratios
+ * to local disk.
  */
 import type { RequestCounts } from './harness.js'
 import type { Figures } from './workloads.js'
@@ -17,6 +19,21 @@ export interface WorkloadReport {
   requests?: RequestCounts
   /** s0fs speed relative to local disk per figure (> 1: s0fs faster). */
   ratio_to_local?: Record<string, number>
+  /** The same workload on an rclone mount (`--compare rclone`), with rclone's peak RSS and upload waits. */
+  rclone?: Figures
+  /** rclone speed relative to local disk per figure (> 1: rclone faster). */
+  rclone_ratio_to_local?: Record<string, number>
+  /** Why the workload could not run to its end on rclone (its figures are then absent). */
+  rclone_error?: string
+}
+
+/** A tool the run compared s0fs with, and how it was set up. */
+export interface ComparedTool {
+  version: string
+  mount: string
+  backing: string
+  /** What the tool's fsync and timings mean for durability. */
+  note: string
 }
 
 export interface TargetCheck {
@@ -33,6 +50,8 @@ export interface Report {
   page_cache_dropped: boolean
   workloads: Record<string, WorkloadReport>
   targets: TargetCheck[]
+  /** The tools of `--compare`, when any. */
+  compared?: { rclone?: ComparedTool }
 }
 
 /** Bigger is better for rates; smaller is better for times. Other figures get no ratio. */
@@ -137,23 +156,49 @@ export function markdown(report: Report): string {
       `Repository: \`${report.repository}\`. Page cache dropped before cold steps: ${report.page_cache_dropped ? 'yes' : 'no (needs root)'}.`,
     '',
   )
-  lines.push('| workload | figure | s0fs | local disk | s0fs speed ÷ local |', '| --- | --- | ---: | ---: | ---: |')
+  const rclone = report.compared?.rclone
+  if (rclone) {
+    lines.push(
+      `Compared with ${rclone.version}: \`${rclone.mount}\`; backing store: ${rclone.backing}. ${rclone.note}`,
+      '',
+      '| workload | figure | s0fs | rclone | local disk | s0fs speed ÷ local | rclone speed ÷ local | s0fs speed ÷ rclone |',
+      '| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |',
+    )
+  } else {
+    lines.push('| workload | figure | s0fs | local disk | s0fs speed ÷ local |', '| --- | --- | ---: | ---: | ---: |')
+  }
+  const x = (r: number | undefined) => (r === undefined ? '—' : r.toFixed(2) + '×')
+  const cell = (v: unknown) => (v === undefined ? '—' : fmt(v))
   for (const [name, w] of Object.entries(report.workloads)) {
-    for (const [key, value] of Object.entries(w.s0fs)) {
+    // s0fs's figures first, in its order, then what only rclone reports (its upload waits, tar's differences).
+    const keys = [...Object.keys(w.s0fs), ...Object.keys(w.rclone ?? {}).filter((k) => !(k in w.s0fs))]
+    for (const key of keys) {
+      const value = w.s0fs[key]
       const local = w.local?.[key]
-      const ratio = w.ratio_to_local?.[key]
-      lines.push(`| ${name} | ${key} | ${fmt(value)} | ${local === undefined ? '—' : fmt(local)} | ${ratio === undefined ? '—' : ratio.toFixed(2) + '×'} |`)
+      if (!rclone) {
+        lines.push(`| ${name} | ${key} | ${cell(value)} | ${cell(local)} | ${x(w.ratio_to_local?.[key])} |`)
+        continue
+      }
+      const other = w.rclone?.[key]
+      const vs = typeof value === 'number' && typeof other === 'number' ? speedRatio(key, value, other) : undefined
+      lines.push(`| ${name} | ${key} | ${cell(value)} | ${cell(other)} | ${cell(local)} | ${x(w.ratio_to_local?.[key])} | ${x(w.rclone_ratio_to_local?.[key])} | ${x(vs)} |`)
     }
     const q = w.requests
-    if (q) lines.push(`| ${name} | requests (PUT/GET/LIST/DELETE), MiB up/down | ${q.put}/${q.get}/${q.list}/${q.delete}, ${mib(q.bytes_up)}/${mib(q.bytes_down)} | — | — |`)
+    if (q) lines.push(`| ${name} | requests (PUT/GET/LIST/DELETE), MiB up/down | ${q.put}/${q.get}/${q.list}/${q.delete}, ${mib(q.bytes_up)}/${mib(q.bytes_down)} |${rclone ? ' — | — | — |' : ''} — | — |`)
+    if (rclone && w.rclone_error) lines.push(`| ${name} | rclone failed | | ${w.rclone_error.replace(/\|/g, '\\|').replace(/\s+/g, ' ').slice(0, 300)} | | | | |`)
   }
   lines.push('', '## Targets', '', '| figure | target | measured | met |', '| --- | --- | ---: | :---: |')
   for (const t of report.targets) lines.push(`| ${t.key} | ${t.want} | ${t.measured === undefined ? 'not run' : fmt(t.measured)} | ${t.met === undefined ? '—' : t.met ? 'yes' : '**no**'} |`)
   return lines.join('\n') + '\n'
 }
 
-/** A horizontal bar per figure: s0fs speed relative to local disk, on a log scale with 1× marked. */
+/**
+ * A horizontal bar per figure: s0fs speed relative to local disk, on a log
+ * scale with 1× marked. With `--compare rclone` each figure gets a second,
+ * thinner bar for rclone (colour by tool instead of by side of the line).
+ */
 export function svgChart(report: Report): string {
+  if (report.compared?.rclone) return svgChartCompared(report)
   const bars: { label: string; ratio: number }[] = []
   for (const [name, w] of Object.entries(report.workloads)) {
     for (const [key, ratio] of Object.entries(w.ratio_to_local ?? {})) bars.push({ label: `${name}.${key}`, ratio })
@@ -182,6 +227,59 @@ export function svgChart(report: Report): string {
     out.push(`<text x="${labelW - 8}" y="${y + 14}" text-anchor="end">${esc(b.label)}</text>`)
     out.push(`<rect x="${Math.min(x0, x1)}" y="${y + 3}" width="${Math.max(1, Math.abs(x1 - x0))}" height="${rowH - 8}" fill="${b.ratio >= 1 ? '#2a9d8f' : '#e76f51'}"/>`)
     out.push(`<text x="${Math.max(x0, x1) + 4}" y="${y + 14}">${b.ratio.toFixed(2)}×</text>`)
+  })
+  out.push('</svg>')
+  return out.join('\n') + '\n'
+}
+
+function svgChartCompared(report: Report): string {
+  const rows: { label: string; s0fs?: number; rclone?: number }[] = []
+  for (const [name, w] of Object.entries(report.workloads)) {
+    const keys = [...new Set([...Object.keys(w.ratio_to_local ?? {}), ...Object.keys(w.rclone_ratio_to_local ?? {})])]
+    for (const key of keys) rows.push({ label: `${name}.${key}`, s0fs: w.ratio_to_local?.[key], rclone: w.rclone_ratio_to_local?.[key] })
+  }
+  const series = [
+    { key: 's0fs' as const, colour: '#2a9d8f', label: 's0fs' },
+    { key: 'rclone' as const, colour: '#8d6cab', label: 'rclone mount (full VFS cache)' },
+  ]
+  const rowH = 30
+  const barH = 10
+  const labelW = 330
+  const plotW = 460
+  const top = 56
+  const height = top + rows.length * rowH + 40
+  const minLog = -3 // 0.001×
+  const maxLog = 1 // 10×
+  const x = (r: number) => labelW + ((Math.min(maxLog, Math.max(minLog, Math.log10(r))) - minLog) / (maxLog - minLog)) * plotW
+  const esc = (s: string) => s.replace(/&/g, '&amp;').replace(/</g, '&lt;')
+  const out: string[] = []
+  out.push(`<svg xmlns="http://www.w3.org/2000/svg" width="${labelW + plotW + 80}" height="${height}" font-family="sans-serif" font-size="12">`)
+  out.push(`<text x="10" y="20" font-size="14" font-weight="bold">Speed relative to local disk (log scale; right of the line: faster) — ${esc(report.date)}</text>`)
+  series.forEach((s, i) => {
+    const lx = labelW + i * 120
+    out.push(`<rect x="${lx}" y="30" width="12" height="${barH}" fill="${s.colour}"/>`)
+    out.push(`<text x="${lx + 16}" y="39">${esc(s.label)}</text>`)
+  })
+  for (const tick of [0.001, 0.01, 0.1, 1, 10]) {
+    const tx = x(tick)
+    out.push(`<line x1="${tx}" y1="${top - 6}" x2="${tx}" y2="${height - 30}" stroke="${tick === 1 ? '#333' : '#ddd'}" stroke-width="${tick === 1 ? 1.5 : 1}"/>`)
+    out.push(`<text x="${tx}" y="${height - 14}" text-anchor="middle">${tick}×</text>`)
+  }
+  rows.forEach((row, i) => {
+    const y = top + i * rowH
+    out.push(`<text x="${labelW - 8}" y="${y + 17}" text-anchor="end">${esc(row.label)}</text>`)
+    series.forEach((s, j) => {
+      const ratio = row[s.key]
+      const by = y + 3 + j * (barH + 2)
+      if (ratio === undefined) {
+        out.push(`<text x="${x(1) + 4}" y="${by + barH - 1}" font-size="10" fill="#888">${s.key}: —</text>`)
+        return
+      }
+      const x0 = x(1)
+      const x1 = x(ratio)
+      out.push(`<rect x="${Math.min(x0, x1)}" y="${by}" width="${Math.max(1, Math.abs(x1 - x0))}" height="${barH}" fill="${s.colour}"/>`)
+      out.push(`<text x="${Math.max(x0, x1) + 4}" y="${by + barH - 1}" font-size="10">${ratio.toFixed(2)}×</text>`)
+    })
   })
   out.push('</svg>')
   return out.join('\n') + '\n'

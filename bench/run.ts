@@ -1,6 +1,7 @@
 /**
  * `s0fs bench` / `npm run bench`: mounts a fresh volume per workload, runs the
- * workload on it and on a plain local directory in the same run, and writes
+ * workload on it and on a plain local directory in the same run (and, with
+ * --compare rclone, on an rclone mount of a local directory), and writes
  * report.json, report.md and ratios.svg to --out. Progress goes to stderr
  * (one rewritten line on a terminal, plain lines otherwise); the table (or,
  * with --json, the report) goes to stdout.
@@ -10,9 +11,9 @@ import os from 'node:os'
 import path from 'node:path'
 import { parseArgs } from 'node:util'
 import { ProgressLine } from '../src/cli/progress.js'
-import { LocalTarget, prepareContext, removeWork, S0fsTarget, type BenchContext, type RequestCounts, type Target } from './harness.js'
+import { LocalTarget, prepareContext, RcloneTarget, removeWork, S0fsTarget, type BenchContext, type FinishInfo, type RequestCounts, type Target } from './harness.js'
 import { runMicro } from './micro.js'
-import { checkTargets, markdown, ratios, svgChart, type Report, type WorkloadReport } from './report.js'
+import { checkTargets, markdown, ratios, svgChart, type ComparedTool, type Report, type WorkloadReport } from './report.js'
 import { WORKLOADS, type Figures, type Workload } from './workloads.js'
 
 const micro: Workload = {
@@ -27,13 +28,27 @@ const micro: Workload = {
 
 const ALL: Workload[] = [micro, ...WORKLOADS]
 
-const USAGE = `Usage: s0fs bench [--repo URL] [--workload NAMES] [--out DIR] [--json] [--quick]
+/** The tools `--compare` knows. */
+const COMPARE_TOOLS = ['rclone'] as const
+type CompareTool = (typeof COMPARE_TOOLS)[number]
+
+const RCLONE_NOTE =
+  "rclone's defaults are kept: with a full VFS cache, writes and fsync reach rclone's cache on local disk, and a file is uploaded to the backing store " +
+  '`--vfs-write-back` (5 s) after its last close, so rclone\'s write figures stop the clock before the data is in the backing store. ' +
+  "Before each cold step and at the end the harness waits, untimed, until rclone reports no upload queued or in progress: `writeback_wait_seconds` is that wait's total. " +
+  "s0fs's write figures stop the clock when fsync returns, i.e. when the data is in its local log (default `--sync local`); its commit to the bucket is likewise untimed (the harness commits before each cold step). " +
+  "rclone's cold steps remount it (and drop the page cache); reads from the bucket (`read_cold_bucket`) also empty rclone's VFS cache first, as s0fs's portal is emptied."
+
+const USAGE = `Usage: s0fs bench [--repo URL] [--workload NAMES] [--compare TOOLS] [--out DIR] [--json] [--quick]
 
 Runs each workload on a fresh s0fs volume and on a local directory in the same
 run, and prints s0fs's figures next to local disk's.
 
   --repo URL        repository to benchmark (default: a new file:// repository in a temporary directory)
   --workload NAMES  comma-separated, from: ${ALL.map((w) => w.name).join(', ')} (default: all)
+  --compare TOOLS   also run each workload that has a local-disk counterpart on these, comma-separated, from:
+                    rclone (rclone mount of a directory on the local disk, --vfs-cache-mode full;
+                    needs the rclone command: apt-get install rclone)
   --out DIR         where report.json, report.md and ratios.svg go (default: ./bench-results)
   --json            print the report as JSON instead of the table
   --quick           small sizes and short runs: checks the harness, measures nothing meaningful
@@ -42,17 +57,20 @@ run, and prints s0fs's figures next to local disk's.
 Workloads:
 ${ALL.map((w) => `  ${w.name.padEnd(9)} ${w.summary}`).join('\n')}
 
-Cold steps drop the kernel's page cache (root only). Exit status: 0 done, 2 bad arguments, 1 a workload failed.
+Cold steps drop the kernel's page cache (root only). A workload that a --compare
+tool cannot run is reported as such, not as a failure. Exit status: 0 done,
+2 bad arguments or a --compare tool not installed, 1 a workload failed.
 `
 
 export async function runBench(argv: string[]): Promise<number> {
-  let values: { repo?: string; workload?: string; out?: string; json?: boolean; quick?: boolean; help?: boolean }
+  let values: { repo?: string; workload?: string; compare?: string; out?: string; json?: boolean; quick?: boolean; help?: boolean }
   try {
     values = parseArgs({
       args: argv,
       options: {
         repo: { type: 'string' },
         workload: { type: 'string' },
+        compare: { type: 'string' },
         out: { type: 'string' },
         json: { type: 'boolean', default: false },
         quick: { type: 'boolean', default: false },
@@ -74,6 +92,24 @@ export async function runBench(argv: string[]): Promise<number> {
     return 2
   }
   const selected = ALL.filter((w) => names.includes(w.name))
+  const compare = (values.compare ?? '')
+    .split(',')
+    .map((s) => s.trim())
+    .filter(Boolean)
+  const unknownTools = compare.filter((n) => !(COMPARE_TOOLS as readonly string[]).includes(n))
+  if (unknownTools.length) {
+    process.stderr.write(`s0fs bench: unknown --compare tool ${unknownTools.map((n) => JSON.stringify(n)).join(', ')} (known: ${COMPARE_TOOLS.join(', ')})\n`)
+    return 2
+  }
+  const compared: Report['compared'] = {}
+  if (compare.includes('rclone')) {
+    const version = RcloneTarget.version()
+    if (!version) {
+      process.stderr.write('s0fs bench: --compare rclone needs the rclone command, which is not installed here (Debian/Ubuntu: apt-get install rclone)\n')
+      return 2
+    }
+    compared.rclone = { version, mount: RcloneTarget.COMMAND, backing: "a plain directory on the same local disk as s0fs's file:// repository", note: RCLONE_NOTE } satisfies ComparedTool
+  }
   const out = path.resolve(values.out ?? 'bench-results')
   const progress = new ProgressLine(process.stderr)
   const ctx = prepareContext({ repo: values.repo, quick: values.quick ?? false })
@@ -84,13 +120,14 @@ export async function runBench(argv: string[]): Promise<number> {
     page_cache_dropped: ctx.canDropCaches,
     workloads: {},
     targets: [],
+    ...(compare.length ? { compared } : {}),
   }
   let failed = false
   try {
     for (const [i, w] of selected.entries()) {
       const step = (side: string) => (s: string) => progress.update(`[${i + 1}/${selected.length}] ${w.name} · ${side} · ${s}`)
       try {
-        report.workloads[w.name] = await runWorkload(ctx, w, step)
+        report.workloads[w.name] = await runWorkload(ctx, w, step, compare as CompareTool[], (line) => progress.line(line))
       } catch (err) {
         failed = true
         progress.line(`${w.name}: FAILED: ${(err as Error).message}`)
@@ -111,15 +148,37 @@ export async function runBench(argv: string[]): Promise<number> {
   return failed ? 1 : 0
 }
 
-async function runWorkload(ctx: BenchContext, w: Workload, step: (side: string) => (s: string) => void): Promise<WorkloadReport> {
+async function runWorkload(
+  ctx: BenchContext,
+  w: Workload,
+  step: (side: string) => (s: string) => void,
+  compare: CompareTool[],
+  note: (line: string) => void,
+): Promise<WorkloadReport> {
   if (w.runOnce) return { summary: w.summary, s0fs: await w.runOnce(ctx, step('s0fs')) }
   const s0fsTarget = await S0fsTarget.mount(ctx, w.name)
   const { figures: s0fs, requests } = await measureOn(ctx, w, s0fsTarget, step('s0fs'))
   const { figures: local } = await measureOn(ctx, w, new LocalTarget(ctx, w.name), step('local'))
+  // s0fs and local disk must produce a tree equal to the source; a compared tool's differences are reported instead.
+  for (const [side, f] of [['s0fs', s0fs], ['local', local]] as const) {
+    if (f.tree_matches === false) throw new Error(`the tree on ${side} differs from its source: ${String(f.compare_differences)}`)
+  }
   if (w.name === 'small' && requests && typeof s0fs.files === 'number') {
     s0fs.puts_per_1000_files = Math.round((requests.put / s0fs.files) * 1000 * 10) / 10
   }
-  return { summary: w.summary, s0fs, local, requests, ratio_to_local: ratios(s0fs, local) }
+  const report: WorkloadReport = { summary: w.summary, s0fs, local, requests, ratio_to_local: ratios(s0fs, local) }
+  if (compare.includes('rclone')) {
+    try {
+      const { figures } = await measureOn(ctx, w, await RcloneTarget.mount(ctx, w.name), step('rclone'))
+      report.rclone = figures
+      report.rclone_ratio_to_local = ratios(figures, local)
+    } catch (err) {
+      // A compared tool that cannot run a workload is a result, not a failure of the benchmark.
+      report.rclone_error = (err as Error).message
+      note(`${w.name}: rclone could not run it: ${report.rclone_error}`)
+    }
+  }
+  return report
 }
 
 async function measureOn(ctx: BenchContext, w: Workload, t: Target, progress: (s: string) => void): Promise<{ figures: Figures; requests?: RequestCounts }> {
@@ -136,8 +195,9 @@ async function measureOn(ctx: BenchContext, w: Workload, t: Target, progress: (s
     return {}
   })
   if (failure) throw failure
-  const { requests, daemon_peak_rss_mib } = extra as { requests?: RequestCounts; daemon_peak_rss_mib?: number }
+  const { requests, daemon_peak_rss_mib, writeback_wait_seconds } = extra as FinishInfo
   if (daemon_peak_rss_mib !== undefined) figures.daemon_peak_rss_mib = daemon_peak_rss_mib
+  if (writeback_wait_seconds !== undefined) figures.writeback_wait_seconds = writeback_wait_seconds
   return { figures, requests }
 }
 

@@ -4,6 +4,7 @@
  * report pairs them up. Real tools do the work (dd, tar, git, fio); loops of
  * small-file syscalls run in Python so no shell sits between two calls.
  */
+import { spawnSync } from 'node:child_process'
 import { randomFillSync } from 'node:crypto'
 import { closeSync, existsSync, mkdirSync, openSync, readdirSync, statSync, writeFileSync, writeSync } from 'node:fs'
 import path from 'node:path'
@@ -22,7 +23,7 @@ export type Progress = (step: string) => void
 export interface Workload {
   name: string
   summary: string
-  /** Figures measured on one target (run on s0fs, then on local disk)… */
+  /** Figures measured on one target (run on s0fs, then on local disk, then on each `--compare` tool)… */
   run?(ctx: BenchContext, t: Target, progress: Progress): Promise<Figures>
   /** …or, for what has no local-disk counterpart, on s0fs alone. */
   runOnce?(ctx: BenchContext, progress: Progress): Promise<Figures>
@@ -196,9 +197,29 @@ const tar: Workload = {
     progress('compare')
     await t.cold()
     // --compare reads every file back and checks contents, sizes, modes and times.
-    timed('tar', ['--compare', '-f', tarball, '-C', dest])
-    return { entries, seconds: round2(extract.seconds), tree_matches: true }
+    const compare = tarCompare(tarball, dest)
+    return { entries, seconds: round2(extract.seconds), tree_matches: compare === undefined, ...(compare ? { compare_differences: compare } : {}) }
   },
+}
+
+/**
+ * `tar --compare` of the tree against the tarball: undefined when they match,
+ * else what differs, counted by kind ("Mode differs ×57"). The harness fails
+ * the workload on s0fs or local disk over any difference; a compared tool's
+ * differences are part of its report (rclone mount keeps no file modes).
+ */
+function tarCompare(tarball: string, dest: string): string | undefined {
+  const r = spawnSync('tar', ['--compare', '-f', tarball, '-C', dest], { encoding: 'utf8', maxBuffer: 64 * 1024 * 1024, timeout: 900_000 })
+  if (r.status === 0) return undefined
+  const kinds = new Map<string, number>()
+  for (const line of `${r.stdout}\n${r.stderr}`.split('\n')) {
+    // GNU tar's words: "path: Mode differs", "path: Contents differ", "path: Not linked to x", "tar: path: Warning: Cannot stat: …".
+    const kind = /Cannot stat/.test(line) ? 'missing' : /: Not linked to /.test(line) ? 'Not linked' : /: ([A-Za-z ]+ differs?)$/.exec(line)?.[1]
+    if (kind) kinds.set(kind, (kinds.get(kind) ?? 0) + 1)
+  }
+  // Exit 1 is "some files differ"; anything else (or nothing recognised) is a failure of tar itself.
+  if (r.status !== 1 || kinds.size === 0) throw new Error(`tar --compare failed (exit ${r.status ?? r.signal}): ${(r.stderr || r.stdout).trim().slice(-2000)}`)
+  return [...kinds].map(([k, n]) => `${k} ×${n}`).join(', ')
 }
 
 function gitSource(ctx: BenchContext): { repo: string; files: number } {

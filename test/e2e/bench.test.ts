@@ -42,6 +42,47 @@ describe('s0fs bench', () => {
     expect(svg).toContain('tar.seconds')
   }, 300_000)
 
+  it('runs a workload on an rclone mount too with --compare rclone, and reports its figures beside s0fs and local disk', async () => {
+    const dir = mkdtempSync(path.join(tmpdir(), 's0fs-bench-rclone-'))
+    try {
+      const r = await runCli(['bench', '--quick', '--workload', 'small', '--compare', 'rclone', '--out', dir, '--json'], { timeoutMs: 240_000 })
+      expect(r.code, r.stderr).toBe(0)
+      const report = JSON.parse(readFileSync(path.join(dir, 'report.json'), 'utf8'))
+      const small = report.workloads.small
+      expect(small.rclone_error).toBeUndefined()
+      for (const key of ['create_files_per_s', 'stat_files_per_s', 'read_files_per_s', 'delete_files_per_s']) {
+        expect(small.rclone[key], key).toBeGreaterThan(0)
+        expect(small.rclone_ratio_to_local[key], key).toBeGreaterThan(0)
+        // s0fs's keys are unchanged beside rclone's.
+        expect(small.s0fs[key], key).toBeGreaterThan(0)
+        expect(small.ratio_to_local[key], key).toBeGreaterThan(0)
+      }
+      expect(small.rclone.files).toBe(small.s0fs.files)
+      expect(small.rclone.daemon_peak_rss_mib).toBeGreaterThan(5)
+      // rclone uploads 5 s after the last close by default: the harness waited for that before the cold steps.
+      expect(small.rclone.writeback_wait_seconds).toBeGreaterThan(0)
+      expect(report.compared.rclone.version).toMatch(/^rclone v\d/)
+      expect(report.compared.rclone.mount).toContain('--vfs-cache-mode full')
+      const md = readFileSync(path.join(dir, 'report.md'), 'utf8')
+      expect(md).toContain('| workload | figure | s0fs | rclone | local disk |')
+      expect(md).toMatch(/\| small \| create_files_per_s \| [\d,]+ \| [\d,]+ \| [\d,]+ \| [\d.]+× \| [\d.]+× \| [\d.]+× \|/)
+      expect(readFileSync(path.join(dir, 'ratios.svg'), 'utf8')).toContain('rclone')
+      // Nothing is left mounted.
+      expect(readFileSync('/proc/self/mountinfo', 'utf8')).not.toContain('rclone-mnt-small')
+    } finally {
+      rmSync(dir, { recursive: true, force: true })
+    }
+  }, 300_000)
+
+  it('rejects an unknown --compare tool, and a missing rclone, with exit status 2', async () => {
+    const r = await runCli(['bench', '--workload', 'small', '--compare', 'rclone,nosuch', '--out', out])
+    expect(r.code).toBe(2)
+    expect(r.stderr).toMatch(/unknown --compare tool "nosuch" \(known: rclone\)/)
+    const missing = await runCli(['bench', '--workload', 'small', '--compare', 'rclone', '--out', out], { env: { PATH: '/nonexistent' } })
+    expect(missing.code).toBe(2)
+    expect(missing.stderr).toMatch(/rclone .*not installed.*apt-get install rclone/)
+  })
+
   it('rejects an unknown workload with exit status 2, naming it and the known ones', async () => {
     const r = await runCli(['bench', '--workload', 'small,nope', '--out', out])
     expect(r.code).toBe(2)
@@ -53,5 +94,6 @@ describe('s0fs bench', () => {
     expect(r.code).toBe(0)
     expect(r.stdout).toMatch(/Usage: s0fs bench/)
     expect(r.stdout).toMatch(/jfsbench/)
+    expect(r.stdout).toMatch(/--compare TOOLS/)
   })
 })

@@ -6,7 +6,7 @@ import type { Command } from '../command.js'
  */
 export const benchCommand: Command = {
   path: ['bench'],
-  summary: 'Benchmark s0fs against local disk (seq, small, tar, git, fio, meta, jfsbench, micro).',
+  summary: 'Benchmark s0fs against local disk, and with --compare rclone against an rclone mount (seq, small, tar, git, fio, meta, jfsbench, micro).',
   rawArgs: true,
   async run(ctx) {
     const { runBench } = (await import(new URL('../../../bench/run.js', import.meta.url).href)) as typeof import('../../../bench/run.js')
