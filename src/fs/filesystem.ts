@@ -18,6 +18,7 @@ import {
   REC,
   type ExtentsRecord,
 } from './journal.js'
+import { ReadTracker } from './read-tracker.js'
 import { Mutex } from './mutex.js'
 import { Overlay, type Piece } from './overlay.js'
 import { checkAccess, checkSticky, chmodResult, inGroup, isOwnerOrRoot, mayAccess, R_OK, W_OK, X_OK, type Cred } from './perms.js'
@@ -120,10 +121,13 @@ export interface FileSystemOptions {
   onDirty?: (ino: number) => void
   /**
    * Awaited before bytes are accepted: the portal's admission control (waits
-   * while the cache is full of dirty data, throws ENOSPC when the disk is).
+   * while the portal is full, throws ENOSPC when the disk is). Resolves to a
+   * function called once the bytes are in the log (it ends their reservation).
    */
-  admit?: (bytes: number) => Promise<void>
+  admit?: Admit
 }
+
+export type Admit = (bytes: number) => Promise<() => void>
 
 export function nowTimespec(): Timespec {
   const ms = performance.timeOrigin + performance.now()
@@ -165,12 +169,12 @@ export class FileSystem {
   private readonly pins = new Map<number, number>()
   private readonly now: () => Timespec
   private readonly onDirty?: (ino: number) => void
-  admit?: (bytes: number) => Promise<void>
+  admit?: Admit
   private superblock?: Superblock
   private readonly inodeCache = new LRUCache<number, Inode>({ max: INODE_CACHE_ENTRIES })
   private failure?: Error
-  /** Reads in flight that may touch log files (log files are not dropped meanwhile). */
-  readsInFlight = 0
+  /** Reads in flight that may touch log files (a log file is dropped only after those begun before have ended). */
+  readonly reads = new ReadTracker()
 
   constructor(options: FileSystemOptions) {
     this.tree = options.tree
@@ -663,7 +667,7 @@ export class FileSystem {
 
   async read(ino: number, offset: number, length: number): Promise<Buffer> {
     let plan: { extents: Extent[]; pieces: Piece[]; start: number; end: number }
-    this.readsInFlight++
+    const read = this.reads.begin()
     try {
       plan = await this.lock.run(async () => {
         const inode = await this.getInode(ino)
@@ -675,7 +679,7 @@ export class FileSystem {
       })
       return await this.assemble(plan.start, plan.end, plan.extents, plan.pieces)
     } finally {
-      this.readsInFlight--
+      this.reads.end(read)
     }
   }
 
@@ -741,7 +745,15 @@ export class FileSystem {
     if (offset < 0) throw fsError('EINVAL')
     if (offset + data.length > MAX_FILE_SIZE) throw fsError('EFBIG')
     this.requireWritable()
-    if (this.admit) await this.admit(data.length)
+    const admitted = this.admit ? await this.admit(data.length) : undefined
+    try {
+      return await this.writeAdmitted(cred, ino, offset, data, options)
+    } finally {
+      admitted?.()
+    }
+  }
+
+  private writeAdmitted(cred: Cred, ino: number, offset: number, data: Buffer, options: { killPriv?: boolean }): Promise<number> {
     return this.lock.run(async () => {
       const inode = await this.getInode(ino)
       if (isDir(inode.mode)) throw fsError('EISDIR')

@@ -64,12 +64,12 @@ export async function flushPending(fs: FileSystem, options: FlushOptions = {}): 
   const regions = await withLock(() => planRegions(fs, options))
   const result: FlushResult = { files: new Set(regions.map((r) => r.ino)).size, regions: regions.length, bytes: 0, skipped: 0 }
   if (regions.length === 0) return result
-  fs.readsInFlight++
+  const read = fs.reads.begin()
   try {
     await storeSmall(fs, regions.filter((r) => r.whole))
     for (const r of regions.filter((r) => !r.whole)) await storeLarge(fs, r)
   } finally {
-    fs.readsInFlight--
+    fs.reads.end(read)
   }
   await fs.blobs.flush()
   await withLock(async () => {

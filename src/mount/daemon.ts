@@ -13,6 +13,7 @@ import { EXIT } from '../cli/exit-codes.js'
 import { ControlError, serveControl, type ControlRequest, type ControlResult, type ControlSession } from './control.js'
 import { serveFileOp } from './file-service.js'
 import { serveMetrics } from './metrics.js'
+import { EARLY_COMMIT_FRACTION, PortalAdmission } from './admission.js'
 import { canonicalMountpoint, mountState, recordPaths, removeRecord, writeRecord } from './registry.js'
 
 export interface DaemonOptions {
@@ -55,7 +56,6 @@ const TICK_MS = 1_000
 const IDLE_MS = 1_000
 const FLUSH_PRESSURE_BYTES = 64 * 1024 * 1024
 const COMMIT_PRESSURE_BYTES = 256 * 1024 * 1024
-const ADMIT_CHECK_BYTES = 8 * 1024 * 1024
 
 /**
  * One mounted volume: the FUSE session, the writer session (lease, log,
@@ -82,8 +82,7 @@ export class MountDaemon {
   private lastCommitError?: string
   private commitFailures = 0
   private committing?: Promise<unknown>
-  private admitted = 0
-  private lastAdmitCheck = 0
+  private admission!: PortalAdmission
   readonly started = new Date()
 
   constructor(readonly options: DaemonOptions) {}
@@ -130,8 +129,17 @@ export class MountDaemon {
     if (recovery && (recovery.replayedRecords || recovery.tornBytes || recovery.staleLogQuarantined)) {
       log.warn('recovered after an unclean shutdown', { ...recovery })
     }
-    this.session.fs.admit = (bytes) => this.admit(bytes)
-    this.portal.ownLogBytes = () => this.session.wal?.diskBytes ?? 0
+    this.admission = new PortalAdmission(this.portal, {
+      volumeId: this.session.volumeId,
+      logBytes: () => this.session.wal?.diskBytes ?? 0,
+      hasUncommitted: () => this.session.hasUncommitted,
+      commit: (reason) => this.commit(reason),
+      commitSoon: (reason) => {
+        if (!this.committing && !this.backingOff(Date.now())) this.commit(reason).catch(() => undefined)
+      },
+    })
+    this.session.fs.admit = (bytes) => this.admission.admit(bytes)
+    this.portal.ownLogBytes = () => this.admission.ownLogBytes
 
     this.device = await FuseDevice.mount({
       mountpoint: this.canonical,
@@ -193,9 +201,9 @@ export class MountDaemon {
     const fs = this.session.fs
     const due = now - this.lastCommit >= (this.options.commitIntervalMs ?? 5_000)
     const idle = now - this.lastWrite >= IDLE_MS
-    const backoff = this.commitFailures ? Math.min(30_000, 1000 * 2 ** this.commitFailures) : 0
-    if (backoff && now - this.lastCommit < backoff) return
-    const pressure = (this.session.wal?.diskBytes ?? 0) > COMMIT_PRESSURE_BYTES || this.session.metadataPressure
+    if (this.backingOff(now)) return
+    const logBytes = this.session.wal?.diskBytes ?? 0
+    const pressure = logBytes > COMMIT_PRESSURE_BYTES || this.admission.logBytes > this.portal.capBytes * EARLY_COMMIT_FRACTION || this.session.metadataPressure
     if (this.session.hasUncommitted && (due || idle || pressure)) {
       // A failed background commit is logged (and retried with backoff) by commit(); it must not escape a timer.
       await this.commit('background').catch(() => undefined)
@@ -204,6 +212,12 @@ export class MountDaemon {
       await this.committing
       this.committing = undefined
     }
+  }
+
+  /** After failed commits, background commits wait (1 s, doubling, at most 30 s) before trying again. */
+  private backingOff(now: number): boolean {
+    const backoff = this.commitFailures ? Math.min(30_000, 1000 * 2 ** this.commitFailures) : 0
+    return backoff > 0 && now - this.lastCommit < backoff
   }
 
   private async commit(reason: string): Promise<void> {
@@ -254,39 +268,6 @@ export class MountDaemon {
       }
     } finally {
       clearTimeout(timer)
-    }
-  }
-
-  /** Admission control for writes: the portal's byte cap and the disk's free space. */
-  private async admit(bytes: number): Promise<void> {
-    this.admitted += bytes
-    if (this.admitted < ADMIT_CHECK_BYTES && Date.now() - this.lastAdmitCheck < 500) return
-    this.admitted = 0
-    this.lastAdmitCheck = Date.now()
-    const wal = this.session.wal!
-    for (let attempt = 0; ; attempt++) {
-      const free = await this.portal.freeBytes()
-      const dirty = wal.diskBytes + (await this.portal.otherDirtyBytes(this.session.volumeId))
-      const overCap = dirty + this.portal.cache.bytes > this.portal.capBytes
-      if (free > this.portal.reserveBytes + bytes && !overCap) return
-      // Make room: clean cache first, then commit so the log can be dropped.
-      if (this.portal.cache.bytes > 0) await this.portal.cache.enforceCap()
-      const dirtyOverCap = dirty > this.portal.capBytes * 0.9
-      if (!dirtyOverCap && free > this.portal.reserveBytes + bytes && attempt < 20 && dirty + this.portal.cache.bytes > this.portal.capBytes) {
-        // The cache is still over what the log leaves it (reads keep filling it): let eviction catch up.
-        await sleep(25)
-        continue
-      }
-      if (free <= this.portal.reserveBytes + bytes || dirtyOverCap) {
-        if (!this.session.hasUncommitted && free <= this.portal.reserveBytes + bytes) {
-          throw new FsError('ENOSPC', `the portal's disk (${this.options.cacheDir}) is full`)
-        }
-        await this.commit('portal full').catch(() => undefined)
-        if (attempt > 3 && free <= this.portal.reserveBytes + bytes) throw new FsError('ENOSPC', `the portal's disk (${this.options.cacheDir}) is full`)
-        if (attempt > 0) await sleep(Math.min(2_000, 100 * 2 ** attempt))
-        continue
-      }
-      return
     }
   }
 

@@ -22,8 +22,8 @@ export interface PortalOptions {
 
 export class Portal {
   readonly cache: SegmentCache
-  private dirtyElsewhere = 0
-  /** Bytes of this mount's own log (set by the mount daemon once its session is open). */
+  private dirtyElsewhereBytes = 0
+  /** Bytes of this mount's own log, with room reserved for admitted writes (set by the mount daemon). */
   ownLogBytes: () => number = () => 0
   private lastScan = 0
 
@@ -33,7 +33,7 @@ export class Portal {
     readonly options: PortalOptions,
   ) {
     // The cap covers everything in the portal: the cache gets what the logs (this mount's and others') leave.
-    this.cache = new SegmentCache(store, path.join(dir, 'cache'), { capBytes: () => Math.max(0, this.options.capBytes - this.dirtyElsewhere - this.ownLogBytes()) })
+    this.cache = new SegmentCache(store, path.join(dir, 'cache'), { capBytes: () => Math.max(0, this.options.capBytes - this.dirtyElsewhereBytes - this.ownLogBytes()) })
   }
 
   get capBytes(): number {
@@ -60,12 +60,17 @@ export class Portal {
     return st.bavail * st.bsize
   }
 
+  /** Other mounts' log bytes as of the last `otherDirtyBytes` scan. */
+  get dirtyElsewhere(): number {
+    return this.dirtyElsewhereBytes
+  }
+
   /**
    * Bytes of every log on the node except `ownVolume`'s (other mounts' dirty
    * data), refreshed at most every few seconds.
    */
   async otherDirtyBytes(ownVolume: string): Promise<number> {
-    if (Date.now() - this.lastScan < 5_000) return this.dirtyElsewhere
+    if (Date.now() - this.lastScan < 5_000) return this.dirtyElsewhereBytes
     this.lastScan = Date.now()
     let total = 0
     const volumes = await fsp.readdir(path.join(this.dir, 'volumes')).catch(() => [] as string[])
@@ -77,7 +82,7 @@ export class Portal {
         if (st?.isFile()) total += st.size
       }
     }
-    this.dirtyElsewhere = total
+    this.dirtyElsewhereBytes = total
     return total
   }
 }

@@ -28,6 +28,8 @@ export class SegmentCache implements SegmentSource {
   private readonly inflight = new Map<string, Promise<Buffer>>()
   /** Cache bytes added by this process since the last full scan. */
   private addedSinceScan = 0
+  /** Room held for windows being written (counted before their files exist). */
+  private writing = 0
   private usage = 0
   private scanning?: Promise<void>
   /** Last time we bumped a file's mtime (LRU order), to touch each at most once a minute. */
@@ -43,9 +45,9 @@ export class SegmentCache implements SegmentSource {
     return this.options.windowBytes ?? 4 * 1024 * 1024
   }
 
-  /** Bytes the cache holds on disk (as of the last scan, plus what this process added since). */
+  /** Bytes the cache holds on disk (as of the last scan, plus what this process added or is adding since). */
   get bytes(): number {
-    return this.usage + this.addedSinceScan
+    return this.usage + this.addedSinceScan + this.writing
   }
 
   async read(seg: string, off: number, len: number): Promise<Buffer> {
@@ -91,17 +93,23 @@ export class SegmentCache implements SegmentSource {
     const W = this.windowBytes
     const data = await this.store.get(segmentKey(seg), { start: window * W, end: (window + 1) * W })
     this.stats.bytesFetched += data.length
+    // The window is cached only if it fits under the cap, evicting older ones first: this reader
+    // waits for the eviction (backpressure), so the cache cannot outrun the cap.
+    if (data.length > this.options.capBytes()) return data
+    if (this.bytes + data.length > this.options.capBytes()) await this.enforceCap(data.length).catch(() => undefined)
+    if (this.bytes + data.length > this.options.capBytes()) return data
     // Caching is best effort: a full disk or a race with eviction only costs a later GET.
+    this.writing += data.length
     try {
       await fsp.mkdir(path.dirname(file), { recursive: true, mode: 0o700 })
       const tmp = `${file}.${randomBytes(4).toString('hex')}.tmp`
       await fsp.writeFile(tmp, data, { mode: 0o600 })
       await fsp.rename(tmp, file)
       this.addedSinceScan += data.length
-      // Over the cap: this reader waits for the eviction (backpressure), so the cache cannot outrun it.
-      if (this.bytes > this.options.capBytes()) await this.enforceCap().catch(() => undefined)
     } catch {
       // ignore
+    } finally {
+      this.writing -= data.length
     }
     return data
   }
@@ -114,9 +122,13 @@ export class SegmentCache implements SegmentSource {
     fsp.utimes(file, new Date(), new Date()).catch(() => undefined)
   }
 
-  /** Scans the cache directory and evicts least-recently-used windows until under the cap. */
-  enforceCap(): Promise<void> {
-    this.scanning ??= this.scanAndEvict().finally(() => {
+  /**
+   * Scans the cache directory and evicts least-recently-used windows until
+   * under the cap with `room` bytes to spare. One scan runs at a time; a
+   * caller that needs more room than the running scan makes checks again.
+   */
+  enforceCap(room = 0): Promise<void> {
+    this.scanning ??= this.scanAndEvict(room).finally(() => {
       this.scanning = undefined
       // Windows cached while the scan ran may have pushed it over again: look once more.
       if (this.bytes > this.options.capBytes()) this.enforceCap().catch(() => undefined)
@@ -124,7 +136,7 @@ export class SegmentCache implements SegmentSource {
     return this.scanning
   }
 
-  private async scanAndEvict(): Promise<void> {
+  private async scanAndEvict(room: number): Promise<void> {
     // Windows added from here on may or may not be in the listing: keep counting them (over, never under).
     const addedBefore = this.addedSinceScan
     const files: { file: string; size: number; mtime: number }[] = []
@@ -153,11 +165,12 @@ export class SegmentCache implements SegmentSource {
     this.addedSinceScan -= addedBefore
     this.usage = total
     const cap = this.options.capBytes()
-    if (total <= cap) return
+    if (this.bytes + room <= cap) return
     files.sort((a, b) => a.mtime - b.mtime)
-    // Evict down to 90% of the cap, so eviction does not run on every miss.
+    // Evict down to 90% of the cap (less if more room is wanted), so eviction does not run on every miss.
+    const target = Math.min(cap * 0.9, cap - room) - this.addedSinceScan - this.writing
     for (const f of files) {
-      if (this.usage <= cap * 0.9) break
+      if (this.usage <= target) break
       await fsp.rm(f.file, { force: true })
       this.usage -= f.size
       this.stats.evictedBytes += f.size

@@ -77,6 +77,8 @@ export class VolumeSession {
   recovery?: RecoveryReport
   private readonly commitLock = new Mutex()
   private committedSeq: number
+  /** The latest background deletion of committed log files (see dropLog). */
+  private logDrop: Promise<void> = Promise.resolve()
   private closed = false
   private gcTimer?: NodeJS.Timeout
   private log?: (message: string) => void
@@ -294,8 +296,28 @@ export class VolumeSession {
     this.repo.pages.rememberWritten(pack)
     this.fs.tree.compact()
     crashPoint('commit-before-log-drop')
-    await wal.dropThrough(frozen.seq, (file) => this.fs.walFileRefs.has(file) || this.fs.readsInFlight > 0)
+    await this.dropLog(frozen.seq)
     return { generation: this.head.generation, root: persisted.ref, pages: pack.pageCount, walSeq: frozen.seq, ms: performance.now() - started }
+  }
+
+  /**
+   * Deletes the log files this commit made redundant, once the reads that
+   * began before it (which may hold locations in them) have ended. Waiting for
+   * every read to end would, under steady reads, never drop anything; so when
+   * reads are in flight the drop is left to finish in the background.
+   */
+  private dropLog(seq: number): Promise<void> {
+    const wal = this.wal!
+    const drained = this.fs.reads.drained()
+    const drop = this.logDrop
+      .then(() => drained)
+      .then(() => wal.dropThrough(seq, (file) => this.fs.walFileRefs.has(file)))
+      .then(
+        () => undefined,
+        (err: Error) => this.log?.(`could not delete committed log files (retried after the next commit): ${err.message}`),
+      )
+    this.logDrop = drop
+    return this.fs.reads.inFlight === 0 ? drop : Promise.resolve()
   }
 
   /** Commits, then records the head as an immutable snapshot. */
@@ -320,6 +342,7 @@ export class VolumeSession {
     try {
       if (!this.readOnly && !this.fs.failed) await this.commit()
     } finally {
+      await this.logDrop
       await this.wal?.close()
       await this.lease?.release().catch(() => undefined)
     }

@@ -1,0 +1,118 @@
+import { FsError } from '../fs/index.js'
+import type { Portal } from '../portal/index.js'
+import { sleep } from '../store/index.js'
+
+/**
+ * Admission control for writes into the portal. One byte cap covers the logs
+ * (this mount's and other mounts' on the node) and the read cache, and a
+ * write is admitted only when its log record fits under it:
+ *
+ * - clean cache is evicted first;
+ * - when the logs alone leave no room, the writer waits for a commit, after
+ *   which the committed log files are dropped;
+ * - commits start early, in the background, once the logs pass half the cap,
+ *   so that writers seldom have to wait;
+ * - room is reserved from admission until the record is in the log, so
+ *   concurrent writers cannot all squeeze into the same free bytes;
+ * - data stops short of the cap by a headroom for metadata records (creates,
+ *   renames, attribute changes), which are not admitted one by one: they are
+ *   small, and the commits that pressure starts drop them with the data;
+ * - a full disk (less than the portal's reserve free) answers ENOSPC.
+ */
+
+/** What admission needs from the mount's writer session. */
+export interface AdmissionWriter {
+  readonly volumeId: string
+  /** Bytes of this mount's log on disk, including records not yet written out. */
+  logBytes(): number
+  hasUncommitted(): boolean
+  /** Commits now (waits for a commit in progress first); failures are the caller's to ignore. */
+  commit(reason: string): Promise<void>
+  /** Starts a commit in the background unless one is running or failures are backing off. */
+  commitSoon(reason: string): void
+}
+
+/** A data record's header and its share of the log frame's seal, beyond the data itself. */
+const RECORD_OVERHEAD = 64
+/** Room left under the cap for metadata records: 1/64 of it, at most 4 MiB. */
+const metadataHeadroom = (cap: number): number => Math.min(4 * 1024 * 1024, Math.floor(cap / 64))
+/** The logs' share of the cap past which a commit starts in the background. */
+export const EARLY_COMMIT_FRACTION = 0.5
+/** Free space is checked (statfs) every few MiB admitted or half a second. */
+const DISK_CHECK_BYTES = 8 * 1024 * 1024
+const DISK_CHECK_MS = 500
+
+export class PortalAdmission {
+  /** Bytes admitted whose records are not yet counted in the log's size. */
+  private reserved = 0
+  private sinceDiskCheck = 0
+  private lastDiskCheck = 0
+
+  constructor(
+    private readonly portal: Portal,
+    private readonly writer: AdmissionWriter,
+  ) {}
+
+  /** This mount's log, with the room reserved for admitted writes. */
+  get ownLogBytes(): number {
+    return this.writer.logBytes() + this.reserved
+  }
+
+  /** Every log on the node that counts against the cap. */
+  get logBytes(): number {
+    return this.ownLogBytes + this.portal.dirtyElsewhere
+  }
+
+  /** Waits until `bytes` of data fit in the portal; call the returned function once they are in the log. */
+  async admit(bytes: number): Promise<() => void> {
+    const need = bytes + RECORD_OVERHEAD
+    await this.makeRoom(need)
+    this.reserved += need
+    let released = false
+    return () => {
+      if (released) return
+      released = true
+      this.reserved -= need
+    }
+  }
+
+  private fits(bytes: number): boolean {
+    const cap = this.portal.capBytes
+    return this.logBytes + this.portal.cache.bytes + bytes <= cap - metadataHeadroom(cap)
+  }
+
+  private async makeRoom(bytes: number): Promise<void> {
+    for (let attempt = 0; ; attempt++) {
+      if (await this.diskIsFull(bytes, attempt > 0)) {
+        if (!this.writer.hasUncommitted() || attempt > 3) throw this.diskFull()
+        // Committing lets the log be dropped, which may be what fills the disk.
+        await this.writer.commit('portal disk full').catch(() => undefined)
+        await sleep(Math.min(2_000, 100 * 2 ** attempt))
+        continue
+      }
+      if (this.logBytes + bytes > this.portal.capBytes * EARLY_COMMIT_FRACTION) this.writer.commitSoon('portal filling')
+      if (this.fits(bytes)) return
+      if (this.portal.cache.bytes > 0) {
+        await this.portal.cache.enforceCap(bytes + metadataHeadroom(this.portal.capBytes))
+        if (this.fits(bytes)) return
+      }
+      // The logs leave no room: wait for a commit to drop them.
+      await this.writer.commit('portal full').catch(() => undefined)
+      if (this.fits(bytes)) return
+      await sleep(Math.min(500, 10 * 2 ** attempt))
+    }
+  }
+
+  private async diskIsFull(bytes: number, now: boolean): Promise<boolean> {
+    this.sinceDiskCheck += bytes
+    if (!now && this.sinceDiskCheck < DISK_CHECK_BYTES && Date.now() - this.lastDiskCheck < DISK_CHECK_MS) return false
+    this.sinceDiskCheck = 0
+    this.lastDiskCheck = Date.now()
+    await this.portal.otherDirtyBytes(this.writer.volumeId)
+    return (await this.portal.freeBytes()) <= this.portal.reserveBytes + bytes
+  }
+
+  private diskFull(): FsError {
+    return new FsError('ENOSPC', `the portal's disk (${this.portal.dir}) is full`)
+  }
+}

@@ -1,0 +1,88 @@
+import { mkdirSync, writeFileSync } from 'node:fs'
+import path from 'node:path'
+import { describe, expect, it } from 'vitest'
+import { ReadTracker } from '../../src/fs/read-tracker.js'
+import { PortalAdmission } from '../../src/mount/admission.js'
+import { Portal } from '../../src/portal/index.js'
+import { MemoryStore } from '../../src/store/index.js'
+import { tempDir } from '../helpers/stores.js'
+
+const MiB = 1024 * 1024
+const tick = () => new Promise((resolve) => setTimeout(resolve, 1))
+
+describe('portal admission', () => {
+  it('keeps concurrent writers, the log and the cache together under the cap', async () => {
+    const tmp = tempDir('s0fs-admission-')
+    try {
+      const cap = 64 * MiB
+      const portal = new Portal(tmp.dir, new MemoryStore('admission'), { capBytes: cap, reserveBytes: 0 })
+      await portal.init()
+      // 24 MiB of cached windows that must make way for the log.
+      for (let i = 0; i < 6; i++) {
+        const dir = path.join(tmp.dir, 'cache', `0${i}`)
+        mkdirSync(dir, { recursive: true })
+        writeFileSync(path.join(dir, `0${i}segment.0`), Buffer.alloc(4 * MiB))
+      }
+      await portal.cache.enforceCap()
+      expect(portal.cache.bytes).toBe(24 * MiB)
+
+      let log = 0
+      let committing: Promise<void> | undefined
+      let commits = 0
+      let peak = 0
+      const commit = (): Promise<void> =>
+        (committing ??= (async () => {
+          const through = log
+          for (let i = 0; i < 5; i++) await tick()
+          log -= through
+          commits++
+        })().finally(() => (committing = undefined)))
+      const admission = new PortalAdmission(portal, {
+        volumeId: 'v',
+        logBytes: () => log,
+        hasUncommitted: () => log > 0,
+        commit: () => commit(),
+        commitSoon: () => void commit(),
+      })
+      portal.ownLogBytes = () => admission.ownLogBytes
+
+      const writer = async () => {
+        for (let i = 0; i < 40; i++) {
+          const release = await admission.admit(MiB)
+          await tick()
+          log += MiB + 64
+          release()
+          peak = Math.max(peak, log + portal.cache.bytes)
+        }
+      }
+      await Promise.all(Array.from({ length: 8 }, writer))
+      // 320 MiB went through a 64 MiB portal: commits made room, the cache gave way, and the cap held.
+      expect(commits).toBeGreaterThan(3)
+      expect(portal.cache.bytes).toBeLessThan(24 * MiB)
+      expect(peak).toBeGreaterThan(cap / 2)
+      expect(peak).toBeLessThanOrEqual(cap)
+    } finally {
+      tmp.cleanup()
+    }
+  })
+})
+
+describe('read tracker', () => {
+  it('waits only for the reads that began before it was asked', async () => {
+    const reads = new ReadTracker()
+    const early = reads.begin()
+    let drained = false
+    const waiting = reads.drained().then(() => (drained = true))
+    const late = reads.begin()
+    await tick()
+    expect(drained).toBe(false)
+    reads.end(early)
+    await waiting
+    expect(drained).toBe(true)
+    // The later read is still in flight, and did not hold the earlier wait up.
+    expect(reads.inFlight).toBe(1)
+    reads.end(late)
+    expect(reads.inFlight).toBe(0)
+    await reads.drained()
+  })
+})
