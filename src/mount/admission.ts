@@ -14,9 +14,8 @@ import { sleep } from '../store/index.js'
  *   so that writers seldom have to wait;
  * - room is reserved from admission until the record is in the log, so
  *   concurrent writers cannot all squeeze into the same free bytes;
- * - data stops short of the cap by a headroom for metadata records (creates,
- *   renames, attribute changes), which are not admitted one by one: they are
- *   small, and the commits that pressure starts drop them with the data;
+ * - data and cache stop short of the cap by a headroom for metadata records
+ *   (see `Portal.dataCapBytes`);
  * - a full disk (less than the portal's reserve free) answers ENOSPC.
  */
 
@@ -34,8 +33,6 @@ export interface AdmissionWriter {
 
 /** A data record's header and its share of the log frame's seal, beyond the data itself. */
 const RECORD_OVERHEAD = 64
-/** Room left under the cap for metadata records: 1/64 of it, at most 4 MiB. */
-const metadataHeadroom = (cap: number): number => Math.min(4 * 1024 * 1024, Math.floor(cap / 64))
 /** The logs' share of the cap past which a commit starts in the background. */
 export const EARLY_COMMIT_FRACTION = 0.5
 /** Free space is checked (statfs) every few MiB admitted or half a second. */
@@ -77,8 +74,7 @@ export class PortalAdmission {
   }
 
   private fits(bytes: number): boolean {
-    const cap = this.portal.capBytes
-    return this.logBytes + this.portal.cache.bytes + bytes <= cap - metadataHeadroom(cap)
+    return this.logBytes + this.portal.cache.bytes + bytes <= this.portal.dataCapBytes
   }
 
   private async makeRoom(bytes: number): Promise<void> {
@@ -93,7 +89,7 @@ export class PortalAdmission {
       if (this.logBytes + bytes > this.portal.capBytes * EARLY_COMMIT_FRACTION) this.writer.commitSoon('portal filling')
       if (this.fits(bytes)) return
       if (this.portal.cache.bytes > 0) {
-        await this.portal.cache.enforceCap(bytes + metadataHeadroom(this.portal.capBytes))
+        await this.portal.cache.enforceCap(bytes)
         if (this.fits(bytes)) return
       }
       // The logs leave no room: wait for a commit to drop them.

@@ -33,11 +33,22 @@ export class Portal {
     readonly options: PortalOptions,
   ) {
     // The cap covers everything in the portal: the cache gets what the logs (this mount's and others') leave.
-    this.cache = new SegmentCache(store, path.join(dir, 'cache'), { capBytes: () => Math.max(0, this.options.capBytes - this.dirtyElsewhereBytes - this.ownLogBytes()) })
+    this.cache = new SegmentCache(store, path.join(dir, 'cache'), { capBytes: () => Math.max(0, this.dataCapBytes - this.dirtyElsewhereBytes - this.ownLogBytes()) })
   }
 
   get capBytes(): number {
     return this.options.capBytes
+  }
+
+  /**
+   * What written data and cached windows may fill together: the cap less a
+   * headroom for metadata records (creates, renames, attribute changes),
+   * which are logged without waiting for room — they are small, and the
+   * commits that pressure starts drop them with the data. 1/32 of the cap,
+   * at most 8 MiB.
+   */
+  get dataCapBytes(): number {
+    return this.options.capBytes - Math.min(8 * 1024 * 1024, Math.floor(this.options.capBytes / 32))
   }
 
   get reserveBytes(): number {
