@@ -63,8 +63,7 @@ export class PortalAdmission {
   /** Waits until `bytes` of data fit in the portal; call the returned function once they are in the log. */
   async admit(bytes: number): Promise<() => void> {
     const need = bytes + RECORD_OVERHEAD
-    await this.makeRoom(need)
-    this.reserved += need
+    await this.reserve(need)
     let released = false
     return () => {
       if (released) return
@@ -73,11 +72,19 @@ export class PortalAdmission {
     }
   }
 
-  private fits(bytes: number): boolean {
-    return this.logBytes + this.portal.cache.bytes + bytes <= this.portal.dataCapBytes
+  /**
+   * Takes the room if it is there. The check and the taking must happen in
+   * one synchronous step: with an await between them, other writers could
+   * pass the same check for the same bytes.
+   */
+  private take(bytes: number): boolean {
+    if (this.logBytes + this.portal.cache.bytes + bytes > this.portal.dataCapBytes) return false
+    this.reserved += bytes
+    return true
   }
 
-  private async makeRoom(bytes: number): Promise<void> {
+  /** Waits until `bytes` fit under the cap, making room, and reserves them. */
+  private async reserve(bytes: number): Promise<void> {
     for (let attempt = 0; ; attempt++) {
       if (await this.diskIsFull(bytes, attempt > 0)) {
         if (!this.writer.hasUncommitted() || attempt > 3) throw this.diskFull()
@@ -87,14 +94,14 @@ export class PortalAdmission {
         continue
       }
       if (this.logBytes + bytes > this.portal.capBytes * EARLY_COMMIT_FRACTION) this.writer.commitSoon('portal filling')
-      if (this.fits(bytes)) return
+      if (this.take(bytes)) return
       if (this.portal.cache.bytes > 0) {
         await this.portal.cache.enforceCap(bytes)
-        if (this.fits(bytes)) return
+        if (this.take(bytes)) return
       }
       // The logs leave no room: wait for a commit to drop them.
       await this.writer.commit('portal full').catch(() => undefined)
-      if (this.fits(bytes)) return
+      if (this.take(bytes)) return
       await sleep(Math.min(500, 10 * 2 ** attempt))
     }
   }
