@@ -45,6 +45,8 @@ export interface AdapterHooks {
   fsync(): Promise<void>
   /** An operation failed for a reason other than a POSIX error (storage, corruption): log it. */
   onError?(op: string, err: unknown): void
+  /** The kernel's INIT has been answered: the mount is live. */
+  onInit?(): void
 }
 
 export interface AdapterOptions {
@@ -310,6 +312,7 @@ export class FuseAdapter {
     out.writeUInt16LE(MAX_WRITE / 4096, 28) // max_pages
     this.initialized = true
     this.device.reply(h.unique, 0, this.minor >= 23 ? out : out.subarray(0, 24))
+    this.hooks.onInit?.()
   }
 
   get ready(): boolean {

@@ -14,7 +14,7 @@ import { ControlError, serveControl, type ControlRequest, type ControlResult, ty
 import { serveFileOp } from './file-service.js'
 import { serveMetrics } from './metrics.js'
 import { EARLY_COMMIT_FRACTION, PortalAdmission } from './admission.js'
-import { canonicalMountpoint, mountState, recordPaths, removeRecord, writeRecord } from './registry.js'
+import { canonicalMountpoint, mountsAt, mountState, recordPaths, removeRecord, writeRecord } from './registry.js'
 
 export interface DaemonOptions {
   repo: Repository
@@ -56,6 +56,13 @@ const TICK_MS = 1_000
 const IDLE_MS = 1_000
 const FLUSH_PRESSURE_BYTES = 64 * 1024 * 1024
 const COMMIT_PRESSURE_BYTES = 256 * 1024 * 1024
+/**
+ * Readahead of the mount. A FUSE mount starts at 128 KiB (and INIT can only
+ * lower it), so sequential reads arrive as 128 KiB requests, each a round
+ * trip; one full-size request (1 MiB) took cold sequential reads from the
+ * portal from 281–289 to 359–418 MB/s (dd of 512 MiB, this machine).
+ */
+const READAHEAD_KB = 1024
 
 /**
  * One mounted volume: the FUSE session, the writer session (lease, log,
@@ -150,6 +157,7 @@ export class MountDaemon {
     this.adapter = new FuseAdapter(this.device, this.session.fs, {
       fsync: () => this.fsync(),
       onError: (op, err) => log.error('operation failed', { op, error: (err as Error).message }),
+      onInit: () => void this.raiseReadahead(),
     })
     // Changes made through the control socket bypass the kernel: make it forget what they touched.
     this.files = new VolumeFiles(this.session.fs, {
@@ -192,6 +200,23 @@ export class MountDaemon {
     if (!this.session.readOnly) this.timer = setInterval(() => void this.tick(), TICK_MS)
     for (const signal of ['SIGTERM', 'SIGINT', 'SIGHUP'] as const) process.on(signal, () => void this.stop(signal))
     log.info('mounted', { volume: o.snapshot ? `${o.volume}@${o.snapshot}` : o.volume, mountpoint: o.mountpoint, readOnly: this.session.readOnly })
+  }
+
+  /**
+   * Raises the mount's readahead (its backing device's read_ahead_kb) to one
+   * full-size request. Set after INIT, which can only lower it.
+   */
+  private async raiseReadahead(): Promise<void> {
+    const device = mountsAt(this.canonical)
+      .filter((m) => m.fstype === 'fuse.s0fs')
+      .pop()?.device
+    if (!device) return
+    try {
+      await fsp.writeFile(`/sys/class/bdi/${device}/read_ahead_kb`, String(READAHEAD_KB))
+    } catch (err) {
+      // sysfs is often read-only in containers: reads still work, in 128 KiB requests.
+      this.options.log.debug('could not raise the readahead', { device, error: (err as Error).message })
+    }
   }
 
   /** Background work: flush pending data under pressure, commit when due or idle. */

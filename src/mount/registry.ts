@@ -79,10 +79,10 @@ export async function removeRecord(runDir: string, canonical: string): Promise<v
   await fsp.rm(paths.socket, { force: true })
 }
 
-/** The mounts of this mount namespace at `canonical`, from /proc/self/mountinfo. */
-export function mountsAt(canonical: string): { fstype: string; source: string }[] {
+/** The mounts of this mount namespace at `canonical`, from /proc/self/mountinfo (`device` is "major:minor"), oldest first. */
+export function mountsAt(canonical: string): { fstype: string; source: string; device: string }[] {
   const target = canonical
-  const out: { fstype: string; source: string }[] = []
+  const out: { fstype: string; source: string; device: string }[] = []
   let text = ''
   try {
     text = readFileSync('/proc/self/mountinfo', 'utf8')
@@ -96,7 +96,7 @@ export function mountsAt(canonical: string): { fstype: string; source: string }[
     const point = fields[4]?.replace(/\\040/g, ' ')
     if (point !== target) continue
     const [fstype, source] = right.split(' ')
-    out.push({ fstype, source })
+    out.push({ fstype, source, device: fields[2] })
   }
   return out
 }
