@@ -30,6 +30,10 @@ export class SegmentCache implements SegmentSource {
   private addedSinceScan = 0
   /** Room held for windows being written (counted before their files exist). */
   private writing = 0
+  /** Temporary files of windows being written (counted in `writing`, so a scan skips them). */
+  private readonly writingFiles = new Set<string>()
+  /** Windows stored while a scan runs (counted in `addedSinceScan`, so the scan skips them). */
+  private addedDuringScan?: Set<string>
   private usage = 0
   private scanning?: Promise<void>
   /** Last time we bumped a file's mtime (LRU order), to touch each at most once a minute. */
@@ -100,16 +104,19 @@ export class SegmentCache implements SegmentSource {
     if (this.bytes + data.length > this.options.capBytes()) return data
     // Caching is best effort: a full disk or a race with eviction only costs a later GET.
     this.writing += data.length
+    const tmp = `${file}.${randomBytes(4).toString('hex')}.tmp`
+    this.writingFiles.add(tmp)
     try {
       await fsp.mkdir(path.dirname(file), { recursive: true, mode: 0o700 })
-      const tmp = `${file}.${randomBytes(4).toString('hex')}.tmp`
       await fsp.writeFile(tmp, data, { mode: 0o600 })
       await fsp.rename(tmp, file)
       this.addedSinceScan += data.length
+      this.addedDuringScan?.add(file)
     } catch {
       // ignore
     } finally {
       this.writing -= data.length
+      this.writingFiles.delete(tmp)
     }
     return data
   }
@@ -137,8 +144,18 @@ export class SegmentCache implements SegmentSource {
   }
 
   private async scanAndEvict(room: number): Promise<void> {
-    // Windows added from here on may or may not be in the listing: keep counting them (over, never under).
+    // Windows added from here on are counted in addedSinceScan; the listing skips them (and windows
+    // still being written, counted in `writing`), so nothing is counted twice.
     const addedBefore = this.addedSinceScan
+    const addedDuring = (this.addedDuringScan = new Set())
+    try {
+      await this.scanAndEvictCounted(room, addedBefore, addedDuring)
+    } finally {
+      this.addedDuringScan = undefined
+    }
+  }
+
+  private async scanAndEvictCounted(room: number, addedBefore: number, addedDuring: Set<string>): Promise<void> {
     const files: { file: string; size: number; mtime: number }[] = []
     let total = 0
     let subdirs: string[] = []
@@ -156,6 +173,7 @@ export class SegmentCache implements SegmentSource {
       }
       for (const name of names) {
         const file = path.join(this.dir, sub, name)
+        if (addedDuring.has(file) || this.writingFiles.has(file)) continue
         const st = await fsp.stat(file).catch(() => undefined)
         if (!st?.isFile()) continue
         files.push({ file, size: st.size, mtime: st.mtimeMs })
