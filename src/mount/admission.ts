@@ -34,7 +34,7 @@ export interface AdmissionWriter {
 /** A data record's header and its share of the log frame's seal, beyond the data itself. */
 const RECORD_OVERHEAD = 64
 /** The logs' share of the cap past which a commit starts in the background. */
-export const EARLY_COMMIT_FRACTION = 0.5
+const EARLY_COMMIT_FRACTION = 0.5
 /** Free space is checked (statfs) every few MiB admitted or half a second. */
 const DISK_CHECK_BYTES = 8 * 1024 * 1024
 const DISK_CHECK_MS = 500
@@ -58,6 +58,11 @@ export class PortalAdmission {
   /** Every log on the node that counts against the cap. */
   get logBytes(): number {
     return this.ownLogBytes + this.portal.dirtyElsewhere
+  }
+
+  /** Whether the logs (with `incoming` more bytes) have passed the share of the cap at which commits start early. */
+  filling(incoming = 0): boolean {
+    return this.logBytes + incoming > this.portal.capBytes * EARLY_COMMIT_FRACTION
   }
 
   /** Waits until `bytes` of data fit in the portal; call the returned function once they are in the log. */
@@ -93,7 +98,7 @@ export class PortalAdmission {
         await sleep(Math.min(2_000, 100 * 2 ** attempt))
         continue
       }
-      if (this.logBytes + bytes > this.portal.capBytes * EARLY_COMMIT_FRACTION) this.writer.commitSoon('portal filling')
+      if (this.filling(bytes)) this.writer.commitSoon('portal filling')
       if (this.take(bytes)) return
       if (this.portal.cache.bytes > 0) {
         await this.portal.cache.enforceCap(bytes)

@@ -13,7 +13,7 @@ import { EXIT } from '../cli/exit-codes.js'
 import { ControlError, serveControl, type ControlRequest, type ControlResult, type ControlSession } from './control.js'
 import { serveFileOp } from './file-service.js'
 import { serveMetrics } from './metrics.js'
-import { EARLY_COMMIT_FRACTION, PortalAdmission } from './admission.js'
+import { PortalAdmission } from './admission.js'
 import { canonicalMountpoint, mountsAt, mountState, recordPaths, removeRecord, writeRecord } from './registry.js'
 
 export interface DaemonOptions {
@@ -227,8 +227,7 @@ export class MountDaemon {
     const due = now - this.lastCommit >= (this.options.commitIntervalMs ?? 5_000)
     const idle = now - this.lastWrite >= IDLE_MS
     if (this.backingOff(now)) return
-    const logBytes = this.session.wal?.diskBytes ?? 0
-    const pressure = logBytes > COMMIT_PRESSURE_BYTES || this.admission.logBytes > this.portal.capBytes * EARLY_COMMIT_FRACTION || this.session.metadataPressure
+    const pressure = (this.session.wal?.diskBytes ?? 0) > COMMIT_PRESSURE_BYTES || this.admission.filling() || this.session.metadataPressure
     if (this.session.hasUncommitted && (due || idle || pressure)) {
       // A failed background commit is logged (and retried with backoff) by commit(); it must not escape a timer.
       await this.commit('background').catch(() => undefined)
