@@ -23,6 +23,7 @@ import { controlRequest } from '../src/mount/control.js'
 import { canonicalMountpoint, readRecord } from '../src/mount/registry.js'
 import { processAlive } from '../src/util/process.js'
 import { checkSurvivors } from './crash-check.js'
+import { runPythonJson } from './python.js'
 
 const ROOT = fileURLToPath(new URL('../..', import.meta.url))
 const BIN = path.join(ROOT, 'bin/s0fs.js')
@@ -269,23 +270,11 @@ async function load(e: Env, procs: number, seconds: number, json: boolean): Prom
       await sleep(200)
     }
   })()
-  const workers = Array.from({ length: procs }, (_, i) =>
-    new Promise<{ ops: number; errors: number; first_errors: string[]; files: Record<string, string>; dir: string }>((resolve, reject) => {
-      const dir = path.join(mnt, `worker-${i}`)
-      const child = spawn('python3', [LOAD_WORKER, dir, String(1000 + i), String(seconds)], { stdio: ['ignore', 'pipe', 'pipe'] })
-      let out = ''
-      let err = ''
-      child.stdout.on('data', (d) => (out += d))
-      child.stderr.on('data', (d) => (err += d))
-      child.on('close', (code) => {
-        try {
-          resolve({ ...JSON.parse(out), dir: `worker-${i}` })
-        } catch {
-          reject(new Error(`worker ${i} exited ${code}: ${err}`))
-        }
-      })
-    }),
-  )
+  type WorkerResult = { ops: number; errors: number; first_errors: string[]; files: Record<string, string> }
+  const workers = Array.from({ length: procs }, async (_, i) => {
+    const result = await runPythonJson<WorkerResult>(LOAD_WORKER, [path.join(mnt, `worker-${i}`), String(1000 + i), String(seconds)], `worker ${i}`)
+    return { ...result, dir: `worker-${i}` }
+  })
   const done = await Promise.all(workers)
   sampling = false
   await Promise.all([sampler, diskSampler])

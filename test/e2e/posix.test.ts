@@ -1,8 +1,8 @@
-import { spawn } from 'node:child_process'
 import { mkdtempSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
 import { describe, expect, it } from 'vitest'
+import { runPythonJson } from '../../bench/python.js'
 import { mountVolume, mustSh, useBackend } from '../helpers/mount.js'
 
 /**
@@ -22,20 +22,7 @@ const KNOWN_DIFFERENCES: Record<string, string> = {
 }
 
 function runSuite(dir: string): Promise<Record<string, unknown>> {
-  return new Promise((resolve, reject) => {
-    const child = spawn('python3', [SUITE, dir], { stdio: ['ignore', 'pipe', 'pipe'] })
-    let out = ''
-    let err = ''
-    child.stdout.on('data', (d) => (out += d))
-    child.stderr.on('data', (d) => (err += d))
-    child.on('close', (code) => {
-      try {
-        resolve(JSON.parse(out))
-      } catch {
-        reject(new Error(`posix suite on ${dir} exited ${code}: ${err}`))
-      }
-    })
-  })
+  return runPythonJson(SUITE, [dir], `posix suite on ${dir}`)
 }
 
 describe('POSIX behaviour against a local directory', () => {
