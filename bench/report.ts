@@ -204,27 +204,15 @@ export function svgChart(report: Report): string {
     for (const [key, ratio] of Object.entries(w.ratio_to_local ?? {})) bars.push({ label: `${name}.${key}`, ratio })
   }
   const rowH = 22
-  const labelW = 330
-  const plotW = 460
   const top = 40
   const height = top + bars.length * rowH + 40
-  const minLog = -2 // 0.01×
-  const maxLog = 1 // 10×
-  const x = (r: number) => labelW + ((Math.min(maxLog, Math.max(minLog, Math.log10(r))) - minLog) / (maxLog - minLog)) * plotW
-  const esc = (s: string) => s.replace(/&/g, '&amp;').replace(/</g, '&lt;')
-  const out: string[] = []
-  out.push(`<svg xmlns="http://www.w3.org/2000/svg" width="${labelW + plotW + 80}" height="${height}" font-family="sans-serif" font-size="12">`)
-  out.push(`<text x="10" y="20" font-size="14" font-weight="bold">s0fs speed relative to local disk (log scale; right of the line: faster) — ${esc(report.date)}</text>`)
-  for (const tick of [0.01, 0.1, 1, 10]) {
-    const tx = x(tick)
-    out.push(`<line x1="${tx}" y1="${top - 6}" x2="${tx}" y2="${height - 30}" stroke="${tick === 1 ? '#333' : '#ddd'}" stroke-width="${tick === 1 ? 1.5 : 1}"/>`)
-    out.push(`<text x="${tx}" y="${height - 14}" text-anchor="middle">${tick}×</text>`)
-  }
+  const x = ratioAxis(-2) // 0.01× to 10×
+  const out = chartFrame({ height, top, x, ticks: [0.01, 0.1, 1, 10], title: `s0fs speed relative to local disk (log scale; right of the line: faster) — ${esc(report.date)}` })
   bars.forEach((b, i) => {
     const y = top + i * rowH
     const x0 = x(1)
     const x1 = x(b.ratio)
-    out.push(`<text x="${labelW - 8}" y="${y + 14}" text-anchor="end">${esc(b.label)}</text>`)
+    out.push(`<text x="${LABEL_W - 8}" y="${y + 14}" text-anchor="end">${esc(b.label)}</text>`)
     out.push(`<rect x="${Math.min(x0, x1)}" y="${y + 3}" width="${Math.max(1, Math.abs(x1 - x0))}" height="${rowH - 8}" fill="${b.ratio >= 1 ? '#2a9d8f' : '#e76f51'}"/>`)
     out.push(`<text x="${Math.max(x0, x1) + 4}" y="${y + 14}">${b.ratio.toFixed(2)}×</text>`)
   })
@@ -244,30 +232,17 @@ function svgChartCompared(report: Report): string {
   ]
   const rowH = 30
   const barH = 10
-  const labelW = 330
-  const plotW = 460
   const top = 56
   const height = top + rows.length * rowH + 40
-  const minLog = -3 // 0.001×
-  const maxLog = 1 // 10×
-  const x = (r: number) => labelW + ((Math.min(maxLog, Math.max(minLog, Math.log10(r))) - minLog) / (maxLog - minLog)) * plotW
-  const esc = (s: string) => s.replace(/&/g, '&amp;').replace(/</g, '&lt;')
-  const out: string[] = []
-  out.push(`<svg xmlns="http://www.w3.org/2000/svg" width="${labelW + plotW + 80}" height="${height}" font-family="sans-serif" font-size="12">`)
-  out.push(`<text x="10" y="20" font-size="14" font-weight="bold">Speed relative to local disk (log scale; right of the line: faster) — ${esc(report.date)}</text>`)
-  series.forEach((s, i) => {
-    const lx = labelW + i * 120
-    out.push(`<rect x="${lx}" y="30" width="12" height="${barH}" fill="${s.colour}"/>`)
-    out.push(`<text x="${lx + 16}" y="39">${esc(s.label)}</text>`)
+  const x = ratioAxis(-3) // 0.001× to 10×
+  const legend = series.flatMap((s, i) => {
+    const lx = LABEL_W + i * 120
+    return [`<rect x="${lx}" y="30" width="12" height="${barH}" fill="${s.colour}"/>`, `<text x="${lx + 16}" y="39">${esc(s.label)}</text>`]
   })
-  for (const tick of [0.001, 0.01, 0.1, 1, 10]) {
-    const tx = x(tick)
-    out.push(`<line x1="${tx}" y1="${top - 6}" x2="${tx}" y2="${height - 30}" stroke="${tick === 1 ? '#333' : '#ddd'}" stroke-width="${tick === 1 ? 1.5 : 1}"/>`)
-    out.push(`<text x="${tx}" y="${height - 14}" text-anchor="middle">${tick}×</text>`)
-  }
+  const out = chartFrame({ height, top, x, ticks: [0.001, 0.01, 0.1, 1, 10], title: `Speed relative to local disk (log scale; right of the line: faster) — ${esc(report.date)}`, legend })
   rows.forEach((row, i) => {
     const y = top + i * rowH
-    out.push(`<text x="${labelW - 8}" y="${y + 17}" text-anchor="end">${esc(row.label)}</text>`)
+    out.push(`<text x="${LABEL_W - 8}" y="${y + 17}" text-anchor="end">${esc(row.label)}</text>`)
     series.forEach((s, j) => {
       const ratio = row[s.key]
       const by = y + 3 + j * (barH + 2)
@@ -283,6 +258,31 @@ function svgChartCompared(report: Report): string {
   })
   out.push('</svg>')
   return out.join('\n') + '\n'
+}
+
+const LABEL_W = 330
+const PLOT_W = 460
+
+const esc = (s: string) => s.replace(/&/g, '&amp;').replace(/</g, '&lt;')
+
+/** x of a ratio on a log scale from 10^minLog to 10× (clamped), right of the labels. */
+function ratioAxis(minLog: number, maxLog = 1): (ratio: number) => number {
+  return (r) => LABEL_W + ((Math.min(maxLog, Math.max(minLog, Math.log10(r))) - minLog) / (maxLog - minLog)) * PLOT_W
+}
+
+/** A chart's opening lines: the svg element, its title, any legend, and the axis's tick lines (1× dark). */
+function chartFrame(o: { height: number; top: number; x: (ratio: number) => number; ticks: number[]; title: string; legend?: string[] }): string[] {
+  const out = [
+    `<svg xmlns="http://www.w3.org/2000/svg" width="${LABEL_W + PLOT_W + 80}" height="${o.height}" font-family="sans-serif" font-size="12">`,
+    `<text x="10" y="20" font-size="14" font-weight="bold">${o.title}</text>`,
+    ...(o.legend ?? []),
+  ]
+  for (const tick of o.ticks) {
+    const tx = o.x(tick)
+    out.push(`<line x1="${tx}" y1="${o.top - 6}" x2="${tx}" y2="${o.height - 30}" stroke="${tick === 1 ? '#333' : '#ddd'}" stroke-width="${tick === 1 ? 1.5 : 1}"/>`)
+    out.push(`<text x="${tx}" y="${o.height - 14}" text-anchor="middle">${tick}×</text>`)
+  }
+  return out
 }
 
 function fmt(v: unknown): string {
