@@ -84,7 +84,9 @@ export class ModelFs {
   mkdir(path: string[]): void {
     const { dir, name, node } = this.lookup(path)
     if (node) throw new ModelError('EEXIST')
-    this.add(dir, name, { type: 'dir', mode: 0o755, data: Buffer.alloc(0), xattrs: new Map(), entries: new Map(), parent: dir.id, nlink: 2 })
+    // A directory made inside a set-group-ID directory inherits the bit (Linux, like ext4).
+    const mode = 0o755 | (dir.mode & 0o2000)
+    this.add(dir, name, { type: 'dir', mode, data: Buffer.alloc(0), xattrs: new Map(), entries: new Map(), parent: dir.id, nlink: 2 })
   }
 
   create(path: string[]): void {
