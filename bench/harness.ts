@@ -56,11 +56,20 @@ export interface FinishInfo {
   writeback_wait_seconds?: number
 }
 
+export interface ColdOptions {
+  portal?: boolean
+  writebackCache?: boolean
+}
+
 export interface Target {
   readonly name: TargetName
   readonly dir: string
-  /** Makes the next access cold: remount (s0fs, rclone) and drop the kernel's page cache; with `portal`, also empty the node-local cache (s0fs's portal, rclone's VFS cache). */
-  cold(options?: { portal?: boolean }): Promise<void>
+  /**
+   * Makes the next access cold: remount (s0fs, rclone) and drop the kernel's page cache; with `portal`, also empty the
+   * node-local cache (s0fs's portal, rclone's VFS cache); with `writebackCache`, remount with the kernel's writeback cache
+   * (s0fs --writeback-cache, rclone --write-back-cache) until the next remount.
+   */
+  cold(options?: ColdOptions): Promise<void>
   /** Ends the workload; the s0fs target reports requests and the daemon's peak RSS, rclone its peak RSS and upload waits. */
   finish(): Promise<FinishInfo>
 }
@@ -123,12 +132,12 @@ export class S0fsTarget implements Target {
     return target
   }
 
-  async cold(options: { portal?: boolean } = {}): Promise<void> {
+  async cold(options: ColdOptions = {}): Promise<void> {
     await this.unmount()
     // After a clean unmount everything is in the bucket: the portal is only a cache now.
     if (options.portal) rmSync(this.portal, { recursive: true, force: true })
     if (this.ctx.canDropCaches) tryDropCaches()
-    this.mountNow([])
+    this.mountNow(options.writebackCache ? ['--writeback-cache'] : [])
   }
 
   async finish(): Promise<{ requests: RequestCounts; daemon_peak_rss_mib: number }> {
@@ -246,7 +255,7 @@ export class RcloneTarget implements Target {
     return target
   }
 
-  async cold(options: { portal?: boolean } = {}): Promise<void> {
+  async cold(options: ColdOptions = {}): Promise<void> {
     await this.unmount()
     if (options.portal) {
       // Only clean files may be dropped from the cache: a dirty one exists nowhere else.
@@ -256,7 +265,7 @@ export class RcloneTarget implements Target {
       mkdirSync(this.cache, { recursive: true })
     }
     if (this.ctx.canDropCaches) tryDropCaches()
-    await this.mountNow()
+    await this.mountNow(options.writebackCache ? ['--write-back-cache'] : [])
   }
 
   async finish(): Promise<FinishInfo> {
@@ -265,10 +274,10 @@ export class RcloneTarget implements Target {
     return { daemon_peak_rss_mib: Math.round(this.peakRssKib / 1024), writeback_wait_seconds: Math.round(this.waitSeconds * 100) / 100 }
   }
 
-  private async mountNow(): Promise<void> {
+  private async mountNow(extra: string[] = []): Promise<void> {
     const rcPort = await freePort()
     const logFd = openSync(this.log, 'a')
-    const args = ['mount', this.backing, this.dir, '--config', this.config, '--vfs-cache-mode', 'full', '--cache-dir', this.cache]
+    const args = ['mount', this.backing, this.dir, '--config', this.config, '--vfs-cache-mode', 'full', '--cache-dir', this.cache, ...extra]
     // The remote control answers vfs/stats (uploads queued and in progress) on loopback.
     args.push('--rc', '--rc-addr', `127.0.0.1:${rcPort}`)
     const child = spawn('rclone', args, { detached: true, stdio: ['ignore', logFd, logFd] })

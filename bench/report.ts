@@ -107,6 +107,12 @@ const RULES: Rule[] = [
   { key: 'seq.s0fs.read_cold_portal_mib_per_s', want: '>= 400', check: fig('seq', 's0fs', 'read_cold_portal_mib_per_s'), ok: (v) => v >= 400 },
   { key: 'fio.s0fs.randwrite_iops', want: '>= 8000', check: fig('fio', 's0fs', 'randwrite_iops'), ok: (v) => v >= 8000 },
   {
+    key: 'fio.s0fs.randwrite_writeback_cache_iops',
+    want: '>= 8000 (mount --writeback-cache)',
+    check: fig('fio', 's0fs', 'randwrite_writeback_cache_iops'),
+    ok: (v) => v >= 8000,
+  },
+  {
     key: '*.s0fs.daemon_peak_rss_mib (largest)',
     want: '< 150',
     check: (r) => {

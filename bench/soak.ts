@@ -52,17 +52,19 @@ interface Env {
   repo: string
   env: NodeJS.ProcessEnv
   runDir: string
+  /** Added to every mount (--writeback-cache). */
+  mountArgs: string[]
 }
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
 
-function setup(): Env {
+function setup(mountArgs: string[]): Env {
   const work = mkdtempSync(path.join(tmpdir(), 's0fs-soak-'))
   const repo = `file://${path.join(work, 'repo')}`
   const env: NodeJS.ProcessEnv = { ...process.env, HOME: work, XDG_RUNTIME_DIR: '', XDG_CACHE_HOME: '', XDG_DATA_HOME: '', S0FS_KEY_FILE: path.join(work, 'key') }
   delete env.S0FS_PASSPHRASE
   delete env.S0FS_CRASH_AT
-  const e: Env = { work, repo, env, runDir: path.join(work, '.cache', 's0fs', 'run') }
+  const e: Env = { work, repo, env, runDir: path.join(work, '.cache', 's0fs', 'run'), mountArgs }
   s0fs(e, ['init'])
   return e
 }
@@ -89,7 +91,7 @@ async function mount(e: Env, volume: string, mnt: string, args: string[] = [], e
     // A mount left dead by the killed daemon (ECONNABORTED when a request was in flight): `s0fs mount` cleans it up.
     if (!['ENOTCONN', 'ECONNABORTED'].includes((err as NodeJS.ErrnoException).code ?? '')) throw err
   }
-  must(e, ['mount', volume, mnt, '--create', '--cache-dir', portalOf(e), ...args], extraEnv)
+  must(e, ['mount', volume, mnt, '--create', '--cache-dir', portalOf(e), ...e.mountArgs, ...args], extraEnv)
   const record = await readRecord(e.runDir, canonicalMountpoint(mnt))
   if (!record) throw new Error(`no mount record for ${mnt}`)
   return record.pid
@@ -325,8 +327,9 @@ async function load(e: Env, procs: number, seconds: number, json: boolean): Prom
 
 // --- entry ----------------------------------------------------------------------------------
 
-const USAGE = `Usage: npm run soak -- crash [--trials N] [--at commit|gc|POINT] [--seed N] [--json]
-       npm run soak -- load [--procs N] [--seconds N] [--json]
+const USAGE = `Usage: npm run soak -- crash [--trials N] [--at commit|gc|POINT] [--seed N] [--writeback-cache] [--json]
+       npm run soak -- load [--procs N] [--seconds N] [--writeback-cache] [--json]
+  --writeback-cache   mount with the kernel's writeback cache (s0fs mount --writeback-cache)
 `
 
 export async function runSoak(argv: string[]): Promise<number> {
@@ -343,6 +346,7 @@ export async function runSoak(argv: string[]): Promise<number> {
         seconds: { type: 'string' },
         json: { type: 'boolean' },
         keep: { type: 'boolean' },
+        'writeback-cache': { type: 'boolean' },
         help: { type: 'boolean', short: 'h' },
       },
     })
@@ -370,7 +374,7 @@ export async function runSoak(argv: string[]): Promise<number> {
     process.stderr.write(`soak: --at must be commit, gc, ${COMMIT_POINTS.join(' or ')}\n`)
     return 2
   }
-  const e = setup()
+  const e = setup(values['writeback-cache'] ? ['--writeback-cache'] : [])
   try {
     if (kind === 'crash') return await crash(e, int(values.trials, 10, 'trials'), at, int(values.seed, Date.now() % 1_000_000, 'seed'), values.json === true)
     return await load(e, int(values.procs, 8, 'procs'), int(values.seconds, 300, 'seconds'), values.json === true)

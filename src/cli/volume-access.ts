@@ -2,6 +2,7 @@ import path from 'node:path'
 import { FsError, type Cred } from '../fs/index.js'
 import { RefNotFoundError } from '../meta/index.js'
 import { controlRequest } from '../mount/control.js'
+import { flushKernelCache } from '../mount/kernel-flush.js'
 import { listRecords, type MountRecord } from '../mount/registry.js'
 import { RemoteFiles } from '../mount/remote-files.js'
 import type { FileTree, Repository, VolumeSession } from '../repo/index.js'
@@ -53,6 +54,7 @@ export async function findWriterMount(repo: Repository, volume: string): Promise
 export async function commitIfMounted(warn: (message: string) => void, repo: Repository, volume: string): Promise<void> {
   const mount = await findWriterMount(repo, volume)
   if (mount) {
+    await flushKernelCache(mount)
     await controlRequest(mount.socket, { op: 'commit' })
     return
   }

@@ -54,6 +54,15 @@ export interface AdapterOptions {
   entryTtl?: number
   attrTtl?: number
   negativeTtl?: number
+  /**
+   * FUSE_WRITEBACK_CACHE: the kernel buffers writes in its page cache and
+   * sends them in large batches (on close, fsync, memory pressure or after
+   * ~30 s), and owns files' sizes and times meanwhile. Off by default: data
+   * written but not yet closed or fsynced sits in the kernel, which a daemon
+   * crash loses, and changes made around the kernel (the control socket)
+   * cannot update a size the kernel caches.
+   */
+  writebackCache?: boolean
 }
 
 export interface OpStats {
@@ -258,6 +267,9 @@ export class FuseAdapter {
         const whence = body.readUInt32LE(16)
         // The kernel sends only SEEK_DATA and SEEK_HOLE (it moves the offset itself for the others); ENOSYS here would switch LSEEK off for good.
         if (whence !== SEEK_DATA && whence !== SEEK_HOLE) return Promise.resolve(this.device.reply(u, -22))
+        // With the writeback cache the latest writes may still be in the kernel, where this daemon cannot
+        // see them: rather than call written data a hole, let the kernel treat every byte as data (ENOSYS).
+        if (this.options.writebackCache) return Promise.resolve(this.device.reply(u, ENOSYS))
         return fs.seek(node, readU64(body, 8), whence === SEEK_DATA ? 'data' : 'hole').then((offset) => {
           const out = Buffer.alloc(8)
           writeU64(out, 0, offset)
@@ -299,7 +311,8 @@ export class FuseAdapter {
       Init.NO_OPENDIR_SUPPORT |
       // We clear setuid/setgid ourselves when told to, which spares the kernel a
       // getxattr("security.capability") round trip before every write.
-      Init.HANDLE_KILLPRIV_V2
+      Init.HANDLE_KILLPRIV_V2 |
+      (this.options.writebackCache ? Init.WRITEBACK_CACHE : 0)
     const out = Buffer.alloc(64)
     out.writeUInt32LE(FUSE_KERNEL_VERSION, 0)
     out.writeUInt32LE(this.minor, 4)

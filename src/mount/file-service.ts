@@ -28,7 +28,22 @@ interface OpenWrite {
   done: Promise<unknown>
 }
 
-export async function serveFileOp(files: FileTree, req: ControlRequest, payload: Buffer, session: ControlSession): Promise<ControlResult> {
+export interface FileServiceOptions {
+  /**
+   * False on a --writeback-cache mount: the kernel keeps the size and times
+   * of files it has cached and would not see them change, so existing files
+   * are not rewritten around it (new files are fine).
+   */
+  rewriteExisting?: boolean
+}
+
+export async function serveFileOp(
+  files: FileTree,
+  req: ControlRequest,
+  payload: Buffer,
+  session: ControlSession,
+  options: FileServiceOptions = {},
+): Promise<ControlResult> {
   switch (req.op) {
     case 'fs.stat':
       return { stat: await files.stat(str(req, 'path'), { follow: req.follow === true }) }
@@ -66,7 +81,18 @@ export async function serveFileOp(files: FileTree, req: ControlRequest, payload:
       if (session.state.has('write')) throw new ControlError('a write is already open on this connection', 'EBUSY')
       const queue = new ByteQueue()
       const mtime = typeof req.mtime === 'string' ? new Date(req.mtime) : undefined
-      const done = files.write(str(req, 'path'), queue, { mode: num(req, 'mode'), exclusive: req.exclusive === true, mtime })
+      const path = str(req, 'path')
+      const exclusive = req.exclusive === true
+      const rewriteRefused = options.rewriteExisting === false && !exclusive
+      const done = files.write(path, queue, { mode: num(req, 'mode'), exclusive: exclusive || rewriteRefused, mtime }).catch((err: unknown) => {
+        if (rewriteRefused && err instanceof FsError && err.code === 'EEXIST') {
+          throw new FsError(
+            'EBUSY',
+            `${path} exists, and this volume is mounted with --writeback-cache (the kernel owns the size of files it caches): overwrite it through the mountpoint, or remount without --writeback-cache`,
+          )
+        }
+        throw err
+      })
       done.catch(() => undefined)
       session.state.set('write', { queue, done } satisfies OpenWrite)
       // The client went away mid-file: stop the write (what arrived stays, like an interrupted cp).

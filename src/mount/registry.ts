@@ -16,6 +16,8 @@ export interface MountRecord {
   volume: string
   snapshot?: string
   readOnly: boolean
+  /** The kernel buffers writes (mount --writeback-cache): flush it (flushKernelCache) before asking for a commit. */
+  writebackCache?: boolean
   socket: string
   log?: string
   started: string

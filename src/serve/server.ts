@@ -3,6 +3,7 @@ import { readFileSync } from 'node:fs'
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
 import path from 'node:path'
 import { controlRequest } from '../mount/control.js'
+import { flushKernelCache } from '../mount/kernel-flush.js'
 import { commitIfMounted, findWriterMount } from '../cli/volume-access.js'
 import type { Repository } from '../repo/index.js'
 import type { Logger } from '../util/log.js'
@@ -167,6 +168,7 @@ export class ApiServer {
       const mount = await findWriterMount(repo, volume)
       if (!mount) return sendJson(res, 201, await repo.createSnapshot(volume, name))
       // Mounted here: the daemon commits and records the snapshot in one step.
+      await flushKernelCache(mount)
       await controlRequest(mount.socket, { op: 'snapshot', name })
       sendJson(res, 201, (await repo.listSnapshots(volume)).find((s) => s.name === name))
     })

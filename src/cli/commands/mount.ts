@@ -4,6 +4,7 @@ import path from 'node:path'
 import { createKeyFile, type Credential } from '../../crypto/index.js'
 import { run } from '../../fuse/device.js'
 import { controlRequest } from '../../mount/control.js'
+import { flushKernelCache } from '../../mount/kernel-flush.js'
 import { MountDaemon } from '../../mount/daemon.js'
 import { DAEMON_ENV, DAEMON_NODE_FLAGS } from '../../mount/runtime.js'
 import { canonicalMountpoint, mountState, readRecord, recordPaths } from '../../mount/registry.js'
@@ -40,6 +41,10 @@ export const mountCommand: Command = {
     'cache-dir': { type: 'string', value: 'DIR', description: `node-local portal: log and cache (default ${defaultPaths().cacheDir}/portal)` },
     'cache-size': { type: 'string', value: 'BYTES', description: 'portal byte cap, dirty data included (default 8G)' },
     'allow-other': { type: 'boolean', description: 'let users other than the mounting one use the mount' },
+    'writeback-cache': {
+      type: 'boolean',
+      description: "let the kernel buffer writes until close or fsync (much faster small random writes; a daemon crash loses what was written to still-open files since their last fsync)",
+    },
     create: { type: 'boolean', description: 'create the volume if it does not exist' },
     'commit-interval': { type: 'string', value: 'SECONDS', description: 'commit to the bucket at least this often while writing (default 5)' },
     metrics: { type: 'string', value: 'HOST:PORT', description: 'serve Prometheus metrics at http://HOST:PORT/metrics (port 0 picks one; see s0fs stats)' },
@@ -96,6 +101,7 @@ export const mountCommand: Command = {
         cacheDir: (ctx.values['cache-dir'] as string | undefined) ?? path.join(defaultPaths().cacheDir, 'portal'),
         cacheBytes,
         allowOther: !!ctx.values['allow-other'],
+        writebackCache: !!ctx.values['writeback-cache'],
         create: !!ctx.values.create || (isDefault && volume === 'default'),
         commitIntervalMs: interval * 1000,
         syncTimeoutMs: syncTimeout * 1000,
@@ -205,6 +211,7 @@ export const umountCommand: Command = {
     const runDir = defaultPaths().runDir
     const record = await readRecord(runDir, mountpoint)
     if (record && processAlive(record.pid)) {
+      await flushKernelCache(record)
       const reply = await controlRequest(record.socket, { op: 'unmount' }, 30 * 60_000)
       if (ctx.values.verbose) ctx.io.err(`unmounted ${mountpoint} (volume ${record.volume}, generation ${reply.generation})\n`)
       return EXIT.ok

@@ -1,6 +1,7 @@
 import type { SnapshotInfo, VolumeDiff, VolumeInfo } from '../../repo/index.js'
 import type { Command, CommandContext } from '../command.js'
 import { controlRequest } from '../../mount/control.js'
+import { flushKernelCache } from '../../mount/kernel-flush.js'
 import { table } from '../format.js'
 import { commitIfMounted, findWriterMount } from '../volume-access.js'
 import { openRepo } from './repo.js'
@@ -120,6 +121,7 @@ export const snapshotCreateCommand: Command = {
         return repo.createSnapshot(volume, name)
       }
       // The daemon commits and records the snapshot in one step, so no write slips in between.
+      await flushKernelCache(mount)
       await controlRequest(mount.socket, { op: 'snapshot', name })
       return (await repo.listSnapshots(volume)).find((s) => s.name === name)!
     })
