@@ -52,6 +52,8 @@ export interface FinishInfo {
   requests?: RequestCounts
   /** Peak RSS of the mount's daemon (s0fs, rclone): the kernel's high-water mark, VmHWM. */
   daemon_peak_rss_mib?: number
+  /** The s0fs daemon's RSS after the workload, once it has been idle for IDLE_SETTLE_MS (it returns freed memory when idle). */
+  daemon_idle_rss_mib?: number
   /** Seconds the harness waited for the mount's asynchronous uploads to reach the backing store before cold steps and at the end (rclone). */
   writeback_wait_seconds?: number
 }
@@ -106,6 +108,8 @@ export function tryDropCaches(): boolean {
 }
 
 let volumeSeq = 0
+/** How long the harness leaves a daemon idle before reading its idle RSS (it trims its heap after 2 s idle). */
+const IDLE_SETTLE_MS = 3500
 
 /** A fresh volume of the benchmark repository, mounted by the real daemon. */
 export class S0fsTarget implements Target {
@@ -140,10 +144,13 @@ export class S0fsTarget implements Target {
     this.mountNow(options.writebackCache ? ['--writeback-cache'] : [])
   }
 
-  async finish(): Promise<{ requests: RequestCounts; daemon_peak_rss_mib: number }> {
+  async finish(): Promise<FinishInfo> {
+    await controlRequest(this.socket, { op: 'commit' })
+    await sleep(IDLE_SETTLE_MS)
+    const idleRss = Number((await this.status()).rssBytes ?? 0)
     await this.unmount()
     rmSync(this.portal, { recursive: true, force: true })
-    return { requests: { ...this.totals }, daemon_peak_rss_mib: Math.round(this.peakRss / 1024 / 1024) }
+    return { requests: { ...this.totals }, daemon_peak_rss_mib: Math.round(this.peakRss / 1024 / 1024), daemon_idle_rss_mib: Math.round(idleRss / 1024 / 1024) }
   }
 
   /** The daemon's status answer (see MountDaemon.status). */

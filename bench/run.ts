@@ -195,8 +195,9 @@ async function measureOn(ctx: BenchContext, w: Workload, t: Target, progress: (s
     return {}
   })
   if (failure) throw failure
-  const { requests, daemon_peak_rss_mib, writeback_wait_seconds } = extra as FinishInfo
+  const { requests, daemon_peak_rss_mib, daemon_idle_rss_mib, writeback_wait_seconds } = extra as FinishInfo
   if (daemon_peak_rss_mib !== undefined) figures.daemon_peak_rss_mib = daemon_peak_rss_mib
+  if (daemon_idle_rss_mib !== undefined) figures.daemon_idle_rss_mib = daemon_idle_rss_mib
   if (writeback_wait_seconds !== undefined) figures.writeback_wait_seconds = writeback_wait_seconds
   return { figures, requests }
 }

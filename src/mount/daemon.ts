@@ -9,6 +9,7 @@ import { VolumeFiles, type Repository, type VolumeSession } from '../repo/index.
 import { sleep } from '../store/index.js'
 import type { Logger } from '../util/log.js'
 import { peakRssBytes } from '../util/process.js'
+import { startHeapTrimmer } from './runtime.js'
 import { EXIT } from '../cli/exit-codes.js'
 import { ControlError, serveControl, type ControlRequest, type ControlResult, type ControlSession } from './control.js'
 import { serveFileOp } from './file-service.js'
@@ -91,11 +92,13 @@ export class MountDaemon {
   private control?: Server
   private metrics?: { server: Server; url: string }
   private timer?: NodeJS.Timeout
+  private stopTrimmer?: () => void
   private stopping?: Promise<void>
   private resolveDone!: () => void
   /** Resolves once the daemon has stopped (unmounted, committed, released). */
   readonly done = new Promise<void>((resolve) => (this.resolveDone = resolve))
   private lastWrite = 0
+  private lastRequest = 0
   private finalCommitError?: string
   private lastCommit = Date.now()
   private lastCommitError?: string
@@ -180,7 +183,8 @@ export class MountDaemon {
       },
     })
     this.device.start((h, body) => {
-      if (h.opcode === 16 /* WRITE */) this.lastWrite = Date.now()
+      this.lastRequest = Date.now()
+      if (h.opcode === 16 /* WRITE */) this.lastWrite = this.lastRequest
       this.adapter.handle(h, body)
     })
     this.device.closed.then(() => void this.stop('unmounted'))
@@ -211,6 +215,7 @@ export class MountDaemon {
       log.info('metrics', { url: this.metrics.url })
     }
     if (!this.session.readOnly) this.timer = setInterval(() => void this.tick(), TICK_MS)
+    this.stopTrimmer = startHeapTrimmer(() => Date.now() - this.lastRequest)
     for (const signal of ['SIGTERM', 'SIGINT', 'SIGHUP'] as const) process.on(signal, () => void this.stop(signal))
     log.info('mounted', { volume: o.snapshot ? `${o.volume}@${o.snapshot}` : o.volume, mountpoint: o.mountpoint, readOnly: this.session.readOnly })
   }
@@ -384,6 +389,7 @@ export class MountDaemon {
       const log = this.options.log
       log.info('stopping', { reason })
       if (this.timer) clearInterval(this.timer)
+      this.stopTrimmer?.()
       await this.committing?.catch(() => undefined)
       await this.device.unmount().catch((err) => log.warn('unmount failed', { error: err.message }))
       // Requests on files still open after a lazy unmount keep coming until the last one closes.

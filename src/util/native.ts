@@ -7,6 +7,8 @@ export interface NativeAddon {
   /** Calls `callback` on the event loop whenever `fd` is readable (uv_poll). */
   watch(fd: number, callback: (status: number) => void): object
   unwatch(handle: object): void
+  /** malloc_trim(0): returns the C heap's free pages to the kernel; true if any were released. */
+  trimHeap(): boolean
 }
 
 let loaded: NativeAddon | null | undefined

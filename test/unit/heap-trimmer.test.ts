@@ -1,0 +1,41 @@
+import { afterEach, describe, expect, it, vi } from 'vitest'
+import { startHeapTrimmer } from '../../src/mount/runtime.js'
+import { nativeAddon } from '../../src/util/native.js'
+
+describe('heap trimmer', () => {
+  afterEach(() => {
+    vi.useRealTimers()
+  })
+
+  it('trims only once the daemon has been idle long enough and holds more than the slack', () => {
+    vi.useFakeTimers()
+    let idle = 0
+    const trim = vi.fn(() => true)
+    const stop = startHeapTrimmer(() => idle, { minIdleMs: 2000, slackBytes: 0, trim })
+    vi.advanceTimersByTime(5000)
+    expect(trim).not.toHaveBeenCalled() // busy
+    idle = 2500
+    vi.advanceTimersByTime(1000)
+    expect(trim).toHaveBeenCalledTimes(1)
+    stop()
+    vi.advanceTimersByTime(5000)
+    expect(trim).toHaveBeenCalledTimes(1)
+  })
+
+  it('leaves a process alone that holds little beyond its heap and Buffers', () => {
+    vi.useFakeTimers()
+    const trim = vi.fn(() => true)
+    const stop = startHeapTrimmer(() => 60_000, { slackBytes: 64 * 1024 ** 3, trim })
+    vi.advanceTimersByTime(5000)
+    expect(trim).not.toHaveBeenCalled()
+    stop()
+  })
+
+  it('the native addon releases the C heap (malloc_trim)', () => {
+    const addon = nativeAddon()
+    // The addon is built by `npm install`; CI has a compiler, so it must be there.
+    if (process.env.S0FS_NATIVE === '0') return expect(addon).toBeUndefined()
+    expect(addon).toBeDefined()
+    expect(typeof addon!.trimHeap()).toBe('boolean')
+  })
+})
