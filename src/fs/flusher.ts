@@ -18,8 +18,14 @@ import { decodeInode, inodeKey, isReg, type Extent } from './records.js'
 
 /** Files up to this size are stored as one blob. */
 export const SMALL_FILE = 1024 * 1024
-/** Large regions are read and chunked in pieces of this size. */
-const STREAM_PIECE = 8 * 1024 * 1024
+/**
+ * Large regions are read and chunked in pieces of this size (cut points do not
+ * depend on it: the tail after the last cut is carried into the next piece).
+ * Smaller pieces keep both workers fed sooner and hold less in flight: a
+ * 512 MiB dd, alternating three times each, ran 139–147 MB/s with a peak RSS
+ * of 307–325 MiB at 8 MiB, and 142–180 MB/s at 265–278 MiB with 2 MiB.
+ */
+const STREAM_PIECE = 2 * 1024 * 1024
 /** Small files are encoded in batches of about this many bytes. */
 const SMALL_BATCH = 8 * 1024 * 1024
 
