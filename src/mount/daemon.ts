@@ -73,7 +73,8 @@ const READAHEAD_KB = 1024
  * to a 128 MiB file at 9–10k IOPS: the kernel wrote scattered pages back as
  * small WRITEs about as fast as they came. 256 MiB (at most a quarter of the
  * portal cap) lets rewrites of the same pages meet in the page cache first
- * (~300k IOPS); it is also the most an opted-in daemon crash can lose.
+ * (158k IOPS in the benchmark); it is also the most an opted-in daemon crash
+ * can lose.
  */
 const WRITEBACK_DIRTY_BYTES = 256 * 1024 * 1024
 
@@ -222,9 +223,10 @@ export class MountDaemon {
 
   /**
    * Raises the mount's readahead (its backing device's read_ahead_kb) to one
-   * full-size request. Set after INIT, which can only lower it.
+   * full-size request and, with the writeback cache, its dirty-page limit
+   * (max_bytes). Set after INIT, which can only lower the readahead; best
+   * effort (sysfs).
    */
-  /** Raises the mount's readahead and, with the writeback cache, its dirty-page limit (sysfs, best effort). */
   private async tuneKernelCache(): Promise<void> {
     const device = mountsAt(this.canonical)
       .filter((m) => m.fstype === 'fuse.s0fs')

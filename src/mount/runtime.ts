@@ -18,10 +18,6 @@ import { nativeAddon } from '../util/native.js'
  *   and a munmap.
  * - 16 libuv threads: /dev/fuse reads block a thread each.
  */
-const HEAP_TRIM_IDLE_MS = 2000
-/** What the process holds besides V8's heap and Buffers when idle (code, the addon, libuv, OpenSSL): ~60 MiB. */
-const HEAP_TRIM_SLACK_BYTES = 96 * 1024 * 1024
-
 export const DAEMON_NODE_FLAGS = ['--max-semi-space-size=2', '--heap-growing-percent=10']
 
 export const DAEMON_ENV: Record<string, string> = {
@@ -31,14 +27,18 @@ export const DAEMON_ENV: Record<string, string> = {
   UV_THREADPOOL_SIZE: '16',
 }
 
+const HEAP_TRIM_IDLE_MS = 2000
+/** What the process holds besides V8's heap and Buffers when idle (code, the addon, libuv, OpenSSL): ~60 MiB. */
+const HEAP_TRIM_SLACK_BYTES = 96 * 1024 * 1024
+
 /**
  * Returns the C heap's free pages to the kernel once the daemon is idle (see
- * native/src/memory.c): checked every second; trims when no request came for
- * `idleMs` and the resident set exceeds what V8 and Buffers hold by more than
- * `slackBytes`. Not while busy: trimming every second during a 512 MiB `dd`
- * cost a fifth of its throughput (the freed pages fault back in) and barely
- * moved its peak. Without the native addon it does nothing. Returns a stop
- * function.
+ * native/src/memory.c): checked every second; trims when `idleMs()` (time
+ * since the last request) reaches `minIdleMs` and the resident set exceeds
+ * what V8 and Buffers hold by more than `slackBytes`. Not while busy:
+ * trimming every second during a 512 MiB `dd` cost a fifth of its throughput
+ * (the freed pages fault back in) and barely moved its peak. Without the
+ * native addon it does nothing. Returns a stop function.
  */
 export function startHeapTrimmer(
   idleMs: () => number,
