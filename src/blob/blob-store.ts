@@ -47,6 +47,8 @@ export interface BlobStats {
   storedBytes: number
   segmentsUploaded: number
   indexObjects: number
+  /** Blobs read and decoded (cache misses). */
+  blobsDecoded: number
 }
 
 export class BlobReadError extends Error {
@@ -86,7 +88,7 @@ export function indexAad(id: string): string {
  * blobs back with one ranged GET each.
  */
 export class BlobStore {
-  readonly stats: BlobStats = { blobsStored: 0, blobsDeduplicated: 0, rawBytes: 0, storedBytes: 0, segmentsUploaded: 0, indexObjects: 0 }
+  readonly stats: BlobStats = { blobsStored: 0, blobsDeduplicated: 0, rawBytes: 0, storedBytes: 0, segmentsUploaded: 0, indexObjects: 0, blobsDecoded: 0 }
   private readonly known = new BlobIndex()
   private open?: SegmentBuilder
   private readonly sealed = new Map<string, SealedSegment>()
@@ -96,6 +98,8 @@ export class BlobStore {
   /** Segments a GC run is about to delete: never deduplicate against them (see repo/gc.ts). */
   private readonly condemned = new Set<string>()
   private readonly decoded: LRUCache<string, Buffer>
+  /** Blobs being read and decoded now, shared by everyone who asks meanwhile. */
+  private readonly decoding = new Map<string, Promise<Buffer>>()
   private readonly segmentSize: number
   private readonly maxUploads: number
   private readonly source: SegmentSource
@@ -260,6 +264,16 @@ export class BlobStore {
     const cacheKey = ref.id.toString('latin1')
     const hit = this.decoded.get(cacheKey)
     if (hit) return hit
+    // A reader and the read-ahead (or two neighbouring READs) often want the same blob at once: decode it once.
+    let pending = this.decoding.get(cacheKey)
+    if (!pending) {
+      pending = this.readUncached(ref, cacheKey).finally(() => this.decoding.delete(cacheKey))
+      this.decoding.set(cacheKey, pending)
+    }
+    return pending
+  }
+
+  private async readUncached(ref: BlobRef, cacheKey: string): Promise<Buffer> {
     let sealed = this.pendingBytes(ref)
     let at = ref
     try {
@@ -279,6 +293,7 @@ export class BlobStore {
       }
       if (sealed.length !== at.len) throw new Error(`read ${sealed.length} of ${at.len} bytes`)
       const data = decodeBlob(this.keys, ref.id, sealed, ref.raw)
+      this.stats.blobsDecoded++
       this.decoded.set(cacheKey, data)
       return data
     } catch (err) {

@@ -156,3 +156,61 @@ describe('volumes: write, commit, reopen', () => {
     expect(await t.repo.diff('before', 'vol')).toEqual({ added: [], removed: [], modified: [] })
   })
 })
+
+describe('read-ahead', () => {
+  const MiB = 1024 * 1024
+
+  it('decodes the chunks ahead of a sequential reader, each once, and leaves random readers alone', async () => {
+    const t = await setup()
+    const v = await t.repo.openVolume('vol', { portalDir: t.portalDir })
+    const data = randomBytes(24 * MiB)
+    await writeFile(v, ['big.bin'], data)
+    const otherIno = await writeFile(v, ['other.bin'], randomBytes(2 * MiB))
+    await v.commit()
+    await v.close()
+
+    const cold = await t.repo.openVolume('vol', { portalDir: t.portalDir, readOnly: true })
+    const ino = (await cold.fs.lookup(ROOT, ROOT_INO, b('big.bin'))).ino
+    const chunks = new Set((await cold.fs.extentsIn(ino, 0, data.length)).map((e) => e.blob.id.toString('hex')))
+    expect(chunks.size).toBeGreaterThan(8)
+    const decoded = () => cold.fs.blobs.stats.blobsDecoded
+    const settled = async () => {
+      // Read-ahead runs in the background: wait until decoding stops.
+      for (let last = -1; last !== decoded(); ) {
+        last = decoded()
+        await new Promise((resolve) => setTimeout(resolve, 50))
+      }
+    }
+
+    // Jumping around (far from the start): only what is read gets decoded.
+    await cold.fs.read(ino, 22 * MiB, 4096)
+    await cold.fs.read(ino, 15 * MiB, 4096)
+    await settled()
+    expect(decoded()).toBeLessThanOrEqual(2)
+    const before = decoded()
+
+    // Front to back in 1 MiB requests, like the kernel: the chunks ahead are decoded before they are asked for.
+    const first = Buffer.concat([await cold.fs.read(ino, 0, MiB), await cold.fs.read(ino, MiB, MiB)])
+    await settled()
+    // The 2 MiB read and the 8 MiB after it.
+    const ahead = new Set((await cold.fs.extentsIn(ino, 0, 10 * MiB)).map((e) => e.blob.id.toString('hex')))
+    expect(ahead.size).toBeGreaterThan(3)
+    expect(decoded() - before).toBeGreaterThanOrEqual(ahead.size)
+    // The rest two requests at a time, as the kernel's readahead sends them: neighbours share a chunk.
+    const parts = [first]
+    for (let at = 2 * MiB; at < data.length; at += 2 * MiB) parts.push(...(await Promise.all([cold.fs.read(ino, at, MiB), cold.fs.read(ino, at + MiB, MiB)])))
+    expect(Buffer.concat(parts).equals(data)).toBe(true)
+    // Never twice (the two chunks read first may have left the cache since).
+    expect(decoded()).toBeLessThanOrEqual(chunks.size + 2)
+    await cold.close()
+
+    // Two readers that want one chunk at once (a READ and the read-ahead) share its decoding.
+    const again = await t.repo.openVolume('vol', { portalDir: t.portalDir, readOnly: true })
+    const [unread] = await again.fs.extentsIn(otherIno, 0, 1)
+    const was = again.fs.blobs.stats.blobsDecoded
+    const [x, y] = await Promise.all([again.fs.blobs.read(unread.blob), again.fs.blobs.read(unread.blob)])
+    expect(x.equals(y)).toBe(true)
+    expect(again.fs.blobs.stats.blobsDecoded - was).toBe(1)
+    await again.close()
+  })
+})
