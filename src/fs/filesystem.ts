@@ -73,7 +73,11 @@ export const MAX_EXTENT_LEN = 4 * 1024 * 1024
 const LINK_MAX = 65000
 /** Decoded inodes kept (~260 B each): the hot set of a working tree; the page cache holds the rest encoded. */
 const INODE_CACHE_ENTRIES = 8192
-/** How far ahead of a sequential reader chunks are decoded (half the decoded-chunk cache). Cold 512 MiB dd from a file:// bucket: 290–308 MB/s, against 181–190 without; from the portal ~350 against ~290. */
+/**
+ * How far ahead of a sequential reader chunks are decoded (half the
+ * decoded-chunk cache). A cold 512 MiB dd from a file:// bucket ran 290–308
+ * MB/s with it and 181–190 without; from the portal ~350 against ~290.
+ */
 const READ_AHEAD_BYTES = 8 * 1024 * 1024
 
 export const RENAME_NOREPLACE = 1
@@ -727,7 +731,6 @@ export class FileSystem {
     return out
   }
 
-  /** Builds the bytes of [start, end) from extents, with pending pieces on top; holes read as zeros. */
   /**
    * Starts reading and decoding the stored chunks of [from, to) into the
    * decoded-chunk cache, for a reader going through a file front to back:
@@ -744,6 +747,7 @@ export class FileSystem {
     }
   }
 
+  /** Builds the bytes of [start, end) from extents, with pending pieces on top; holes read as zeros. */
   async assemble(start: number, end: number, extents: Extent[], pieces: Piece[]): Promise<Buffer> {
     const out = Buffer.alloc(end - start)
     await Promise.all(
