@@ -15,7 +15,7 @@ import { ControlError, serveControl, type ControlRequest, type ControlResult, ty
 import { serveFileOp } from './file-service.js'
 import { serveMetrics } from './metrics.js'
 import { PortalAdmission } from './admission.js'
-import { canonicalMountpoint, mountsAt, mountState, recordPaths, removeRecord, writeRecord } from './registry.js'
+import { canonicalMountpoint, mountState, recordPaths, removeRecord, s0fsDevice, writeRecord } from './registry.js'
 
 export interface DaemonOptions {
   repo: Repository
@@ -228,9 +228,7 @@ export class MountDaemon {
    * effort (sysfs).
    */
   private async tuneKernelCache(): Promise<void> {
-    const device = mountsAt(this.canonical)
-      .filter((m) => m.fstype === 'fuse.s0fs')
-      .pop()?.device
+    const device = s0fsDevice(this.canonical)
     if (!device) return
     const settings: [string, number][] = [['read_ahead_kb', READAHEAD_KB]]
     if (this.options.writebackCache) settings.push(['max_bytes', Math.min(WRITEBACK_DIRTY_BYTES, Math.floor(this.options.cacheBytes / 4))])

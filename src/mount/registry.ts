@@ -103,6 +103,13 @@ export function mountsAt(canonical: string): { fstype: string; source: string; d
   return out
 }
 
+/** The device ("major:minor") of the newest s0fs mount at `canonical`: its settings live in /sys/class/bdi/DEVICE. */
+export function s0fsDevice(canonical: string): string | undefined {
+  return mountsAt(canonical)
+    .filter((m) => m.fstype === 'fuse.s0fs')
+    .pop()?.device
+}
+
 /**
  * mounted: an s0fs mount answers; dead: its daemon is gone ("Transport
  * endpoint is not connected"). Never call this from the daemon serving it.

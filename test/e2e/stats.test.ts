@@ -1,7 +1,6 @@
 import path from 'node:path'
 import { describe, expect, it } from 'vitest'
 import { controlRequest } from '../../src/mount/control.js'
-import { canonicalMountpoint, readRecord } from '../../src/mount/registry.js'
 import { runCli } from '../helpers/cli.js'
 import { mountVolume, mustSh, sh, useBackend } from '../helpers/mount.js'
 
@@ -17,15 +16,14 @@ describe('observability', () => {
 
   it('the metrics endpoint and s0fs stats move with the workload', async () => {
     const m = ctx.track(await mountVolume(ctx.backend, { volume: 'watched', args: ['--metrics', '127.0.0.1:0'] }))
-    const record = await readRecord(path.join(ctx.backend.home, '.cache', 's0fs', 'run'), canonicalMountpoint(m.mountpoint))
-    const status = await controlRequest(record!.socket, { op: 'status' })
+    const status = await controlRequest(m.socket, { op: 'status' })
     const url = status.metricsUrl as string
     expect(url).toMatch(/^http:\/\/127\.0\.0\.1:\d+\/metrics$/)
 
     const before = await (await fetch(url)).text()
     expect(before).toMatch(/# TYPE s0fs_fuse_requests_total counter/)
     await mustSh(`for i in $(seq 1 40); do head -c 20000 /dev/urandom > ${m.mountpoint}/f$i; done; cat ${m.mountpoint}/f* > /dev/null; sync -f ${m.mountpoint}/f1`)
-    await controlRequest(record!.socket, { op: 'commit' })
+    await controlRequest(m.socket, { op: 'commit' })
     const after = await (await fetch(url)).text()
     const volume = 'volume="watched"'
     expect(sample(after, 's0fs_fuse_requests_total', `op="write"`)).toBeGreaterThan(sample(before, 's0fs_fuse_requests_total', 'op="write"'))

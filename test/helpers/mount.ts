@@ -3,7 +3,8 @@ import { mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
 import { afterAll, beforeAll } from 'vitest'
-import { canonicalMountpoint, readRecord } from '../../src/mount/registry.js'
+import { canonicalMountpoint, readRecord, s0fsDevice } from '../../src/mount/registry.js'
+import { sleep } from '../../src/store/index.js'
 import { runCli, type CliResult } from './cli.js'
 import { s3Credentials, s3Url, type S3ServerInfo } from './stores.js'
 
@@ -90,6 +91,10 @@ export interface Mounted {
   volume: string
   backend: Backend
   pid: number
+  /** The daemon's control socket (status, commit …). */
+  socket: string
+  /** The mount's device, "major:minor" (its settings live in /sys/class/bdi/DEVICE). */
+  device: string
   /** Clean unmount through the daemon. */
   umount(): Promise<void>
   /** SIGKILL the daemon (a crash); the mount is left dead. */
@@ -119,11 +124,15 @@ export async function mountVolume(backend: Backend, options: { volume?: string; 
   const pid = record.pid
   const logFile = record.log
   let unmounted = false
+  const device = s0fsDevice(canonical)
+  if (!device) throw new Error(`no s0fs mount in /proc/self/mountinfo at ${mountpoint}`)
   const m: Mounted = {
     mountpoint,
     volume,
     backend,
     pid,
+    socket: record.socket,
+    device,
     async umount() {
       await mustCli(['umount', mountpoint], backend.env, 300_000)
       unmounted = true
@@ -152,6 +161,17 @@ export async function mountVolume(backend: Backend, options: { volume?: string; 
     },
   }
   return m
+}
+
+/**
+ * A setting of the mount's device in sysfs (/sys/class/bdi/DEVICE/NAME) once
+ * `settled` accepts it, or as it is after 5 s: the daemon sets these just
+ * after INIT, in the background.
+ */
+export async function bdiSetting(m: Mounted, name: string, settled: (value: string) => boolean): Promise<string> {
+  const read = () => readFileSync(`/sys/class/bdi/${m.device}/${name}`, 'utf8').trim()
+  for (let i = 0; i < 50 && !settled(read()); i++) await sleep(100)
+  return read()
 }
 
 /** Last resort: kill the daemon and detach the mount. */
