@@ -2,7 +2,7 @@ import { promises as fsp } from 'node:fs'
 import type { Server } from 'node:net'
 import { FsError, flushPending } from '../fs/index.js'
 import { FuseAdapter } from '../fuse/adapter.js'
-import { FuseDevice, run } from '../fuse/device.js'
+import { DEFAULT_BUSY_POLL_US, FuseDevice, run } from '../fuse/device.js'
 import { LeaseLostError, RefNotFoundError } from '../meta/index.js'
 import { Portal } from '../portal/index.js'
 import { VolumeFiles, type Repository, type VolumeSession } from '../repo/index.js'
@@ -34,6 +34,8 @@ export interface DaemonOptions {
   allowOther?: boolean
   /** Let the kernel buffer writes (FUSE_WRITEBACK_CACHE; see AdapterOptions.writebackCache). */
   writebackCache?: boolean
+  /** Microseconds to keep reading /dev/fuse after each request (see MountOptions.busyPollUs). */
+  busyPollUs?: number
   /** Create the volume if it does not exist. */
   create?: boolean
   commitIntervalMs?: number
@@ -169,6 +171,7 @@ export class MountDaemon {
       source: `s0fs:${o.snapshot ?? o.volume}`,
       readOnly: o.readOnly || !!o.snapshot,
       allowOther: o.allowOther,
+      busyPollUs: o.busyPollUs,
     })
     this.adapter = new FuseAdapter(this.device, this.session.fs, {
       fsync: () => this.fsync(),
@@ -376,6 +379,7 @@ export class MountDaemon {
       store,
       lease: this.session.lease ? { epoch: this.session.lease.epoch, expires: new Date(this.session.lease.expires).toISOString(), lost: this.session.lease.lost } : undefined,
       ops: Object.fromEntries(this.adapter.stats),
+      fuse: { busyPollUs: this.device.options.busyPollUs ?? DEFAULT_BUSY_POLL_US, busyPolled: this.device.busyPolled },
       metricsUrl: this.metrics?.url,
       rssBytes: process.memoryUsage.rss(),
       peakRssBytes: peakRssBytes(),

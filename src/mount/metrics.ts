@@ -34,6 +34,8 @@ export function prometheusText(status: Status): string {
   metric('s0fs_fuse_errors_total', 'counter', 'FUSE requests answered with an error, by operation', opEntries.map(([op, s]) => [{ op }, num(s.errors)]))
   metric('s0fs_fuse_bytes_total', 'counter', 'bytes read or written through FUSE, by operation', opEntries.filter(([, s]) => s.bytes > 0).map(([op, s]) => [{ op }, num(s.bytes)]))
   metric('s0fs_fuse_seconds_total', 'counter', 'time spent answering FUSE requests, by operation', opEntries.map(([op, s]) => [{ op }, num(s.ms) / 1000]))
+  const fuse = (status.fuse ?? {}) as { busyPolled?: number }
+  metric('s0fs_fuse_busy_polled_total', 'counter', 'FUSE requests read while busy polling (see mount --busy-poll)', [[{}, num(fuse.busyPolled)]])
   const store = (status.store ?? {}) as Record<string, number>
   metric('s0fs_store_requests_total', 'counter', 'object-store requests, by kind', ['get', 'put', 'head', 'list', 'delete'].map((kind) => [{ kind }, num(store[kind])]))
   metric('s0fs_store_bytes_total', 'counter', 'object-store bytes, by direction', [

@@ -4,9 +4,17 @@ import { createRequire } from 'node:module'
 /** The optional native addon (native/, built at `npm install`); undefined means: use the JS fallback. */
 export interface NativeAddon {
   cuts(data: Uint8Array, gear: Uint32Array, min: number, avg: number, max: number, maskStrict: number, maskLoose: number): Float64Array
-  /** Calls `callback` on the event loop whenever `fd` is readable (uv_poll). */
-  watch(fd: number, callback: (status: number) => void): object
+  /**
+   * Watches non-blocking `fd` on the event loop (uv_poll) and reads it when
+   * readable: `callback(n)` for each message of n bytes read into `buffer`
+   * (valid until the callback returns), `callback(-errno)` if reading fails.
+   * After each message it keeps reading for `busyPollUs` microseconds
+   * before it waits on the event loop again (0: never).
+   */
+  watch(fd: number, buffer: Buffer, callback: (n: number) => void, busyPollUs: number): object
   unwatch(handle: object): void
+  /** Messages that arrived while the watcher was busy polling. */
+  polled(handle: object): number
   /** malloc_trim(0): returns the C heap's free pages to the kernel; true if any were released. */
   trimHeap(): boolean
 }

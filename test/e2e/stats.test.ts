@@ -50,4 +50,34 @@ describe('observability', () => {
     expect(missing.code).toBe(3)
     await m.umount()
   }, 120_000)
+
+  it('busy polling reads requests made back to back, and --busy-poll 0 turns it off', async () => {
+    // 3,000 getxattr calls, each a FUSE request (a missing attribute is never cached by the kernel).
+    const requests = (mountpoint: string) =>
+      mustSh(`touch ${mountpoint}/f && python3 -c '
+import os
+for i in range(3000):
+    try: os.getxattr("${mountpoint}/f", "user.none")
+    except OSError: pass'`)
+    const polled = async (socket: string) => ((await controlRequest(socket, { op: 'status' })).fuse as { busyPollUs: number; busyPolled: number })
+
+    const on = ctx.track(await mountVolume(ctx.backend, { volume: 'polling', args: ['--metrics', '127.0.0.1:0'] }))
+    expect((await polled(on.socket)).busyPollUs).toBe(50)
+    await requests(on.mountpoint)
+    const caught = (await polled(on.socket)).busyPolled
+    // Most arrive within the window; a loaded machine may delay some, so only a share is required.
+    expect(caught).toBeGreaterThan(100)
+    const url = (await controlRequest(on.socket, { op: 'status' })).metricsUrl as string
+    expect(sample(await (await fetch(url)).text(), 's0fs_fuse_busy_polled_total', 'volume="polling"')).toBeGreaterThanOrEqual(caught)
+    await on.umount()
+
+    const off = ctx.track(await mountVolume(ctx.backend, { volume: 'polling', args: ['--busy-poll', '0'] }))
+    await requests(off.mountpoint)
+    expect(await polled(off.socket)).toEqual({ busyPollUs: 0, busyPolled: 0 })
+    await off.umount()
+
+    const bad = await runCli(['mount', 'polling', path.join(ctx.backend.home, 'mnt-bad'), '--busy-poll', 'soon'], { env: ctx.backend.env })
+    expect(bad.code).toBe(2)
+    expect(bad.stderr).toMatch(/--busy-poll must be a whole number of microseconds/)
+  }, 120_000)
 })
