@@ -1030,16 +1030,28 @@ export class FileSystem {
    * the lock and have checked the range is unchanged since it was read.
    */
   async applyExtents(r: ExtentsRecord, log: boolean): Promise<void> {
+    await this.storeExtents(r, log)
+    this.dropStored(r.ino, [r])
+  }
+
+  /**
+   * Puts a stored region's extents in place of what the file had there (the
+   * pieces it came from stay pending until dropStored).
+   */
+  async storeExtents(r: ExtentsRecord, log: boolean): Promise<void> {
     if (log) this.wal!.append(REC.extents, encodeExtents(r))
     await this.cutExtents(r.ino, r.start, r.end)
     for (const e of r.extents) await this.tree.put(extentKey(r.ino, e.off), encodeExtent(e))
-    const overlay = this.overlays.get(r.ino)
-    if (overlay) {
-      for (const p of overlay.covering(r.start, r.end)) if (p.loc.seq <= r.maxSeq) overlay.remove(p.start, p.end)
-      if (overlay.isEmpty) {
-        this.overlays.delete(r.ino)
-        this.dirty.delete(r.ino)
-      }
+  }
+
+  /** Drops a file's pending pieces that stored regions (sorted by start, disjoint) now hold. */
+  dropStored(ino: number, regions: { start: number; end: number; maxSeq: number }[]): void {
+    const overlay = this.overlays.get(ino)
+    if (!overlay) return
+    overlay.removeStored(regions)
+    if (overlay.isEmpty) {
+      this.overlays.delete(ino)
+      this.dirty.delete(ino)
     }
   }
 

@@ -8,7 +8,8 @@ import { decodeInode, inodeKey, isReg, type Extent } from './records.js'
  *
  * For each dirty file it plans regions: a small file is stored whole; in a
  * large file each dirty span grows to the edges of the extents it touches, so
- * a few changed bytes rewrite only the chunk(s) around them. It reads each
+ * a few changed bytes rewrite only the chunk(s) around them — or, when that
+ * would store many times the changed bytes, the span alone becomes a patch. It reads each
  * region as it was (extents plus pending pieces), stores it — content-defined
  * chunks for large regions — waits until the segments are in the bucket, and
  * only then swaps the region's pending pieces for the new extents, and only
@@ -26,7 +27,18 @@ export const SMALL_FILE = 1024 * 1024
  * of 307–325 MiB at 8 MiB, and 142–180 MB/s at 265–278 MiB with 2 MiB.
  */
 const STREAM_PIECE = 2 * 1024 * 1024
-/** Small files are encoded in batches of about this many bytes. */
+/**
+ * A dirty span of a large file up to PATCH_MAX bytes whose chunks are at least
+ * PATCH_GROWTH times its size is stored as a blob of its own (a patch that
+ * splits the extents around it) instead of rewriting those chunks: random
+ * 4 KiB writes to a 128 MiB file otherwise re-encode ~1 MiB per write, and
+ * nearly the whole file at every flush. Patches give up deduplication of the
+ * patched bytes against other files; a later write that covers most of a
+ * patched region rewrites it whole again.
+ */
+const PATCH_MAX = 256 * 1024
+const PATCH_GROWTH = 8
+/** Small files and patches are encoded in batches of about this many bytes. */
 const SMALL_BATCH = 8 * 1024 * 1024
 
 interface Region {
@@ -79,14 +91,20 @@ export async function flushPending(fs: FileSystem, options: FlushOptions = {}): 
   }
   await fs.blobs.flush()
   await withLock(async () => {
+    const stored = new Map<number, Region[]>()
     for (const r of regions) {
       if (!options.locked && !(await unchanged(fs, r))) {
         result.skipped++
         continue
       }
-      await fs.applyExtents({ ino: r.ino, start: r.start, end: r.end, maxSeq: r.maxSeq, extents: r.result! }, true)
+      await fs.storeExtents({ ino: r.ino, start: r.start, end: r.end, maxSeq: r.maxSeq, extents: r.result! }, true)
+      let list = stored.get(r.ino)
+      if (!list) stored.set(r.ino, (list = []))
+      list.push(r)
       result.bytes += r.end - r.start
     }
+    // Each file's pieces are dropped in one pass (regions of a file are disjoint).
+    for (const [ino, list] of stored) fs.dropStored(ino, list.sort((a, b) => a.start - b.start))
   })
   return result
 }
@@ -102,36 +120,41 @@ async function planRegions(fs: FileSystem, options: FlushOptions): Promise<Regio
     if (!raw) continue
     const inode = decodeInode(ino, raw)
     if (!isReg(inode.mode)) continue
+    // Spans stored whole as one blob each (a small file, or a patch in a large one), and spans grown to chunk edges.
+    const patches: [number, number][] = []
     const spans: [number, number][] = []
     if (inode.size <= SMALL_FILE) {
-      spans.push([0, inode.size])
+      patches.push([0, inode.size])
     } else {
+      const dirty: [number, number][] = []
       for (const p of overlay.pieces) {
-        const last = spans[spans.length - 1]
+        const last = dirty[dirty.length - 1]
         if (last && p.start <= last[1]) last[1] = Math.max(last[1], p.end)
-        else spans.push([p.start, p.end])
+        else dirty.push([p.start, p.end])
       }
-      // Grow each span to the edges of the extents it touches, so chunks are rewritten whole.
-      for (const span of spans) {
+      for (const span of dirty) {
+        // Grow each span to the edges of the extents it touches, so chunks are rewritten whole,
+        // unless that would store many times the changed bytes: then the span is a patch.
         const touched = await fs.extentsIn(ino, span[0], span[1])
-        if (touched.length) {
-          span[0] = Math.min(span[0], touched[0].off)
-          span[1] = Math.max(span[1], touched[touched.length - 1].off + touched[touched.length - 1].len)
-        }
-        span[1] = Math.min(span[1], inode.size)
+        const start = touched.length ? Math.min(span[0], touched[0].off) : span[0]
+        const end = Math.min(inode.size, touched.length ? Math.max(span[1], touched[touched.length - 1].off + touched[touched.length - 1].len) : span[1])
+        if (span[1] - span[0] <= PATCH_MAX && end - start >= PATCH_GROWTH * (span[1] - span[0])) patches.push([span[0], Math.min(span[1], inode.size)])
+        else spans.push([start, end])
       }
       mergeSpans(spans)
+      absorbPatches(patches, spans)
     }
-    for (const [start, end] of spans) {
+    const planned: [number, number, boolean][] = [...patches.map(([a, b]): [number, number, boolean] => [a, b, true]), ...spans.map(([a, b]): [number, number, boolean] => [a, b, false])]
+    for (const [start, end, whole] of planned) {
       if (end <= start) {
         // Nothing left inside the file (pending bytes beyond a later truncate are already gone).
-        regions.push({ ino, start, end, extents: [], pieces: [], maxSeq: overlay.maxSeq, fingerprint: fingerprint([], [], end, inode.size), whole: true })
+        regions.push({ ino, start, end, extents: [], pieces: [], maxSeq: overlay.maxSeq, fingerprint: fingerprint([], [], end, inode.size), whole })
         continue
       }
       const extents = await fs.extentsIn(ino, start, end)
       const pieces = overlay.covering(start, end)
       const maxSeq = pieces.reduce((m, p) => Math.max(m, p.loc.seq), 0)
-      regions.push({ ino, start, end, extents, pieces, maxSeq, fingerprint: fingerprint(extents, pieces, end, inode.size), whole: inode.size <= SMALL_FILE })
+      regions.push({ ino, start, end, extents, pieces, maxSeq, fingerprint: fingerprint(extents, pieces, end, inode.size), whole })
       selected += pieces.reduce((n, p) => n + p.end - p.start, 0)
     }
   }
@@ -146,6 +169,24 @@ function mergeSpans(spans: [number, number][]): void {
       spans.splice(i, 1)
     } else i++
   }
+}
+
+/** A patch that overlaps a grown span is stored as part of it (spans stay disjoint and sorted). */
+function absorbPatches(patches: [number, number][], spans: [number, number][]): void {
+  let grew = false
+  for (let i = 0; i < patches.length; ) {
+    const [start, end] = patches[i]
+    const span = spans.find((s) => start < s[1] && end > s[0])
+    if (!span) {
+      i++
+      continue
+    }
+    span[0] = Math.min(span[0], start)
+    span[1] = Math.max(span[1], end)
+    patches.splice(i, 1)
+    grew = true
+  }
+  if (grew) mergeSpans(spans)
 }
 
 async function unchanged(fs: FileSystem, r: Region): Promise<boolean> {
@@ -174,7 +215,10 @@ async function storeSmall(fs: FileSystem, regions: Region[]): Promise<void> {
     batch = []
     bytes = 0
   }
-  for (const region of regions) {
+  // In log order: the log is read back a frame (many records) at a time, and patches of a large
+  // file written at random would otherwise visit the frames at random, reading each many times.
+  const firstSeq = (r: Region) => (r.pieces.length ? Math.min(...r.pieces.map((p) => p.loc.seq)) : 0)
+  for (const region of [...regions].sort((a, b) => firstSeq(a) - firstSeq(b))) {
     const data = region.end > region.start ? await fs.assemble(region.start, region.end, region.extents, region.pieces) : Buffer.alloc(0)
     batch.push({ region, data })
     bytes += data.length

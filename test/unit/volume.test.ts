@@ -214,3 +214,46 @@ describe('read-ahead', () => {
     await again.close()
   })
 })
+
+describe('patches', () => {
+  const MiB = 1024 * 1024
+
+  it('stores small rewrites of a large file as patches, and rewrites large ones as chunks', async () => {
+    const t = await setup()
+    const v = await t.repo.openVolume('vol', { portalDir: t.portalDir })
+    const data = randomBytes(8 * MiB)
+    const ino = await writeFile(v, ['big.bin'], data)
+    await v.commit()
+    const chunks = await v.fs.extentsIn(ino, 0, data.length)
+    const chunkIds = new Set(chunks.map((e) => e.blob.id.toString('hex')))
+    expect(chunkIds.size).toBeGreaterThan(3)
+
+    // Three 4 KiB writes inside chunks: each becomes an extent of its own, and the chunks around it stay.
+    const offsets = [100_000, 3 * MiB + 12_345, 7 * MiB + 4096]
+    for (const off of offsets) {
+      const patch = randomBytes(4096)
+      patch.copy(data, off)
+      await v.fs.write(ROOT, ino, off, patch)
+    }
+    await v.commit()
+    const after = await v.fs.extentsIn(ino, 0, data.length)
+    for (const off of offsets) expect(after.find((e) => e.off === off)?.len).toBe(4096)
+    const newIds = new Set(after.map((e) => e.blob.id.toString('hex')).filter((id) => !chunkIds.has(id)))
+    expect(newIds.size).toBe(3)
+    expect(after.filter((e) => chunkIds.has(e.blob.id.toString('hex'))).length).toBe(chunks.length + offsets.length)
+
+    // A 2 MiB rewrite is too large for a patch: the chunks it touches are rewritten by content-defined chunking.
+    const big = randomBytes(2 * MiB)
+    big.copy(data, 2 * MiB)
+    await v.fs.write(ROOT, ino, 2 * MiB, big)
+    await v.commit()
+    const rewritten = await v.fs.extentsIn(ino, 2 * MiB, 4 * MiB)
+    expect(rewritten.some((e) => e.off === 2 * MiB && e.len === 2 * MiB)).toBe(false)
+    expect(rewritten.every((e) => !chunkIds.has(e.blob.id.toString('hex')))).toBe(true)
+    await v.close()
+
+    const cold = await t.repo.openVolume('vol', { portalDir: t.portalDir, readOnly: true })
+    expect((await readFile(cold, ['big.bin'])).equals(data)).toBe(true)
+    await cold.close()
+  })
+})
