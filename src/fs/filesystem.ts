@@ -171,6 +171,14 @@ export class FileSystem {
   readonly walFileRefs = new Map<number, number>()
   /** Bytes written but not yet stored as blobs. */
   pendingBytes = 0
+  /**
+   * Cuts (a truncate down, a punched hole) since flushes began: a flush that
+   * planned a region before one must not put the cut bytes back. Newer writes
+   * over a region need no such care: their pieces stay pending on top.
+   */
+  private cutClock = 0
+  private readonly lastCut = new Map<number, number>()
+  private flushesInFlight = 0
   /** Kernel/handle references that keep an unlinked inode alive. */
   private readonly pins = new Map<number, number>()
   private readonly now: () => Timespec
@@ -633,6 +641,7 @@ export class FileSystem {
   private async truncateInto(inode: Inode, size: number, now: Timespec, log: boolean): Promise<void> {
     if (log) this.wal!.append(REC.truncate, encodeTruncate(inode.ino, size, now))
     if (size < inode.size) {
+      this.noteCut(inode.ino)
       this.overlays.get(inode.ino)?.truncate(size)
       await this.cutExtents(inode.ino, size, Number.MAX_SAFE_INTEGER)
     }
@@ -836,6 +845,7 @@ export class FileSystem {
   }
 
   private async applyPunch(ino: number, start: number, end: number): Promise<void> {
+    this.noteCut(ino)
     this.overlays.get(ino)?.remove(start, end)
     await this.cutExtents(ino, start, end)
   }
@@ -1042,6 +1052,26 @@ export class FileSystem {
     if (log) this.wal!.append(REC.extents, encodeExtents(r))
     await this.cutExtents(r.ino, r.start, r.end)
     for (const e of r.extents) await this.tree.put(extentKey(r.ino, e.off), encodeExtent(e))
+  }
+
+  /** A flush starts planning: returns the clock to give cutSince when it applies. */
+  beginFlush(): number {
+    this.flushesInFlight++
+    return this.cutClock
+  }
+
+  endFlush(): void {
+    // With no flush between planning and applying, no cut can matter to one.
+    if (--this.flushesInFlight === 0) this.lastCut.clear()
+  }
+
+  /** Whether the file lost bytes (truncate down, punch) after `clock` (from beginFlush). */
+  cutSince(ino: number, clock: number): boolean {
+    return (this.lastCut.get(ino) ?? 0) > clock
+  }
+
+  private noteCut(ino: number): void {
+    if (this.flushesInFlight > 0) this.lastCut.set(ino, ++this.cutClock)
   }
 
   /** Drops a file's pending pieces that stored regions (sorted by start, disjoint) now hold. */

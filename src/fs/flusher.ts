@@ -9,12 +9,13 @@ import { decodeInode, inodeKey, isReg, type Extent } from './records.js'
  * For each dirty file it plans regions: a small file is stored whole; in a
  * large file each dirty span grows to the edges of the extents it touches, so
  * a few changed bytes rewrite only the chunk(s) around them — or, when that
- * would store many times the changed bytes, the span alone becomes a patch. It reads each
- * region as it was (extents plus pending pieces), stores it — content-defined
- * chunks for large regions — waits until the segments are in the bucket, and
- * only then swaps the region's pending pieces for the new extents, and only
- * if nothing touched the region meanwhile (otherwise the newer bytes stay
- * pending for the next round). All-zero chunks become holes.
+ * would store many times the changed bytes, the span alone becomes a patch.
+ * It reads each region as it was (extents plus pending pieces), stores it —
+ * content-defined chunks for large regions — waits until the segments are in
+ * the bucket, and only then swaps the region's pending pieces for the new
+ * extents — unless the file lost bytes there meanwhile (truncate, punch): the
+ * region then waits for the next round. Bytes written meanwhile stay pending
+ * on top of the new extents. All-zero chunks become holes.
  */
 
 /** Files up to this size are stored as one blob. */
@@ -49,6 +50,7 @@ interface Region {
   pieces: Piece[]
   maxSeq: number
   fingerprint: string
+  /** Stored as one blob (a small file, or a patch of a large one) rather than in content-defined chunks. */
   whole: boolean
   /** Filled by storing: the region's new extents. */
   result?: Extent[]
@@ -70,43 +72,52 @@ export interface FlushOptions {
   maxBytes?: number
 }
 
-function fingerprint(extents: Extent[], pieces: Piece[], end: number, size: number): string {
-  const parts: (string | number)[] = [Math.min(end, size)]
-  for (const e of extents) parts.push('e', e.off, e.len, e.blob.seg, e.blob.off, e.blobOff)
-  for (const p of pieces) parts.push('p', p.start, p.end, p.loc.seq, p.srcOff)
+/** The stored extents a region was planned over (another flush may replace them meanwhile). */
+function fingerprint(extents: Extent[]): string {
+  const parts: (string | number)[] = []
+  for (const e of extents) parts.push(e.off, e.len, e.blob.seg, e.blob.off, e.blobOff)
   return parts.join(',')
 }
 
 export async function flushPending(fs: FileSystem, options: FlushOptions = {}): Promise<FlushResult> {
   const withLock = <T>(fn: () => Promise<T>): Promise<T> => (options.locked ? fn() : fs.lock.run(fn))
-  const regions = await withLock(() => planRegions(fs, options))
-  const result: FlushResult = { files: new Set(regions.map((r) => r.ino)).size, regions: regions.length, bytes: 0, skipped: 0 }
-  if (regions.length === 0) return result
-  const read = fs.reads.begin()
+  let plannedAt = 0
   try {
-    await storeSmall(fs, regions.filter((r) => r.whole))
-    for (const r of regions.filter((r) => !r.whole)) await storeLarge(fs, r)
-  } finally {
-    fs.reads.end(read)
-  }
-  await fs.blobs.flush()
-  await withLock(async () => {
-    const stored = new Map<number, Region[]>()
-    for (const r of regions) {
-      if (!options.locked && !(await unchanged(fs, r))) {
-        result.skipped++
-        continue
-      }
-      await fs.storeExtents({ ino: r.ino, start: r.start, end: r.end, maxSeq: r.maxSeq, extents: r.result! }, true)
-      let list = stored.get(r.ino)
-      if (!list) stored.set(r.ino, (list = []))
-      list.push(r)
-      result.bytes += r.end - r.start
+    const regions = await withLock(() => {
+      plannedAt = fs.beginFlush()
+      return planRegions(fs, options)
+    })
+    const result: FlushResult = { files: new Set(regions.map((r) => r.ino)).size, regions: regions.length, bytes: 0, skipped: 0 }
+    if (regions.length === 0) return result
+    const read = fs.reads.begin()
+    try {
+      await storeSmall(fs, regions.filter((r) => r.whole))
+      for (const r of regions.filter((r) => !r.whole)) await storeLarge(fs, r)
+    } finally {
+      fs.reads.end(read)
     }
-    // Each file's pieces are dropped in one pass (regions of a file are disjoint).
-    for (const [ino, list] of stored) fs.dropStored(ino, list.sort((a, b) => a.start - b.start))
-  })
-  return result
+    await fs.blobs.flush()
+    await withLock(async () => {
+      const stored = new Map<number, Region[]>()
+      for (const r of regions) {
+        if (!options.locked && !(await stillApplies(fs, r, plannedAt))) {
+          result.skipped++
+          continue
+        }
+        await fs.storeExtents({ ino: r.ino, start: r.start, end: r.end, maxSeq: r.maxSeq, extents: r.result! }, true)
+        let list = stored.get(r.ino)
+        if (!list) stored.set(r.ino, (list = []))
+        list.push(r)
+        result.bytes += r.end - r.start
+      }
+      // Each file's stored pieces are dropped in one pass (regions of a file are disjoint);
+      // pieces written since planning are newer than the regions' maxSeq and stay.
+      for (const [ino, list] of stored) fs.dropStored(ino, list.sort((a, b) => a.start - b.start))
+    })
+    return result
+  } finally {
+    fs.endFlush()
+  }
 }
 
 async function planRegions(fs: FileSystem, options: FlushOptions): Promise<Region[]> {
@@ -144,17 +155,17 @@ async function planRegions(fs: FileSystem, options: FlushOptions): Promise<Regio
       mergeSpans(spans)
       absorbPatches(patches, spans)
     }
-    const planned: [number, number, boolean][] = [...patches.map(([a, b]): [number, number, boolean] => [a, b, true]), ...spans.map(([a, b]): [number, number, boolean] => [a, b, false])]
-    for (const [start, end, whole] of planned) {
+    const planned = [...patches.map(([start, end]) => ({ start, end, whole: true })), ...spans.map(([start, end]) => ({ start, end, whole: false }))]
+    for (const { start, end, whole } of planned) {
       if (end <= start) {
         // Nothing left inside the file (pending bytes beyond a later truncate are already gone).
-        regions.push({ ino, start, end, extents: [], pieces: [], maxSeq: overlay.maxSeq, fingerprint: fingerprint([], [], end, inode.size), whole })
+        regions.push({ ino, start, end, extents: [], pieces: [], maxSeq: overlay.maxSeq, fingerprint: '', whole })
         continue
       }
       const extents = await fs.extentsIn(ino, start, end)
       const pieces = overlay.covering(start, end)
       const maxSeq = pieces.reduce((m, p) => Math.max(m, p.loc.seq), 0)
-      regions.push({ ino, start, end, extents, pieces, maxSeq, fingerprint: fingerprint(extents, pieces, end, inode.size), whole })
+      regions.push({ ino, start, end, extents, pieces, maxSeq, fingerprint: fingerprint(extents), whole })
       selected += pieces.reduce((n, p) => n + p.end - p.start, 0)
     }
   }
@@ -171,32 +182,33 @@ function mergeSpans(spans: [number, number][]): void {
   }
 }
 
-/** A patch that overlaps a grown span is stored as part of it (spans stay disjoint and sorted). */
+/** A patch that overlaps a grown span is stored as part of it (both lists sorted; spans stay disjoint). */
 function absorbPatches(patches: [number, number][], spans: [number, number][]): void {
-  let grew = false
-  for (let i = 0; i < patches.length; ) {
-    const [start, end] = patches[i]
-    const span = spans.find((s) => start < s[1] && end > s[0])
-    if (!span) {
-      i++
-      continue
-    }
-    span[0] = Math.min(span[0], start)
-    span[1] = Math.max(span[1], end)
-    patches.splice(i, 1)
-    grew = true
+  const kept: [number, number][] = []
+  let k = 0
+  for (const patch of patches) {
+    while (k < spans.length && spans[k][1] <= patch[0]) k++
+    const span = spans[k]
+    if (span && span[0] < patch[1]) {
+      span[0] = Math.min(span[0], patch[0])
+      span[1] = Math.max(span[1], patch[1])
+    } else kept.push(patch)
   }
-  if (grew) mergeSpans(spans)
+  if (kept.length < patches.length) mergeSpans(spans)
+  patches.splice(0, patches.length, ...kept)
 }
 
-async function unchanged(fs: FileSystem, r: Region): Promise<boolean> {
-  const raw = await fs.tree.get(inodeKey(r.ino))
-  if (!raw) return false
-  const inode = decodeInode(r.ino, raw)
-  const overlay = fs.overlays.get(r.ino)
+/**
+ * Whether a stored region can still go in: the file exists, lost no bytes
+ * since planning (a truncate or punch), and its extents there are the ones
+ * the region was read from. Writes made meanwhile do not stop it: their
+ * pieces are newer than the region's maxSeq and stay pending on top of it.
+ */
+async function stillApplies(fs: FileSystem, r: Region, plannedAt: number): Promise<boolean> {
+  if (!(await fs.tree.get(inodeKey(r.ino)))) return false
+  if (fs.cutSince(r.ino, plannedAt)) return false
   const extents = r.end > r.start ? await fs.extentsIn(r.ino, r.start, r.end) : []
-  const pieces = overlay && r.end > r.start ? overlay.covering(r.start, r.end) : []
-  return fingerprint(extents, pieces, r.end, inode.size) === r.fingerprint
+  return fingerprint(extents) === r.fingerprint
 }
 
 async function storeSmall(fs: FileSystem, regions: Region[]): Promise<void> {
@@ -217,7 +229,7 @@ async function storeSmall(fs: FileSystem, regions: Region[]): Promise<void> {
   }
   // In log order: the log is read back a frame (many records) at a time, and patches of a large
   // file written at random would otherwise visit the frames at random, reading each many times.
-  const firstSeq = (r: Region) => (r.pieces.length ? Math.min(...r.pieces.map((p) => p.loc.seq)) : 0)
+  const firstSeq = (r: Region) => r.pieces.reduce((m, p) => Math.min(m, p.loc.seq), Number.MAX_SAFE_INTEGER)
   for (const region of [...regions].sort((a, b) => firstSeq(a) - firstSeq(b))) {
     const data = region.end > region.start ? await fs.assemble(region.start, region.end, region.extents, region.pieces) : Buffer.alloc(0)
     batch.push({ region, data })

@@ -42,6 +42,7 @@ describe('observability', () => {
     expect(live.volume).toBe('watched')
     expect(live.opsPerSecond.write).toBeGreaterThan(0)
     expect(live.fuseWriteBytesPerSecond).toBeGreaterThan(0)
+    expect(live.busyPolledPerSecond).toBeGreaterThanOrEqual(0)
     expect(live.lease).toBeTruthy()
     const text = await runCli(['stats', m.mountpoint, '--count', '1', '--interval', '0.2'], { env: ctx.backend.env })
     expect(text.stdout).toMatch(/watched at .*generation \d+/)

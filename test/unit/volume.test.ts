@@ -1,6 +1,6 @@
 import { randomBytes } from 'node:crypto'
 import { afterEach, describe, expect, it } from 'vitest'
-import { FsError, ROOT, ROOT_INO } from '../../src/fs/index.js'
+import { flushPending, FsError, ROOT, ROOT_INO } from '../../src/fs/index.js'
 import { LeaseHeldError } from '../../src/meta/index.js'
 import type { VolumeSession } from '../../src/repo/index.js'
 import { testRepo } from '../helpers/repo.js'
@@ -254,6 +254,49 @@ describe('patches', () => {
 
     const cold = await t.repo.openVolume('vol', { portalDir: t.portalDir, readOnly: true })
     expect((await readFile(cold, ['big.bin'])).equals(data)).toBe(true)
+    await cold.close()
+  })
+})
+
+describe('flushing a file that keeps changing', () => {
+  const MiB = 1024 * 1024
+
+  it('stores what it planned while writes land on top, and never puts back bytes a truncate cut', async () => {
+    const t = await setup()
+    const v = await t.repo.openVolume('vol', { portalDir: t.portalDir })
+    const data = randomBytes(3 * MiB)
+    const ino = await writeFile(v, ['busy.bin'], data)
+
+    // A write lands while the flush stores: the flush still applies, and the write stays pending on top.
+    const flushing = flushPending(v.fs)
+    const fresh = randomBytes(4096)
+    await v.fs.write(ROOT, ino, MiB, fresh)
+    fresh.copy(data, MiB)
+    const first = await flushing
+    expect(first.skipped).toBe(0)
+    expect(first.bytes).toBeGreaterThanOrEqual(3 * MiB)
+    expect(v.fs.pendingBytes).toBe(4096)
+    expect((await readFile(v, ['busy.bin'])).equals(data)).toBe(true)
+
+    // A truncate while the flush stores a file's first bytes (no extents yet to notice it by): that
+    // region is not applied, and the cut bytes stay cut when the file grows again.
+    const other = randomBytes(3 * MiB)
+    const otherIno = await writeFile(v, ['cut.bin'], other)
+    const cutting = flushPending(v.fs)
+    await v.fs.setattr(ROOT, otherIno, { size: 100 })
+    const second = await cutting
+    expect(second.skipped).toBeGreaterThan(0)
+    await v.fs.setattr(ROOT, otherIno, { size: 3 * MiB })
+    await flushPending(v.fs)
+    const expected = Buffer.alloc(3 * MiB)
+    other.copy(expected, 0, 0, 100)
+    expect((await readFile(v, ['cut.bin'])).equals(expected)).toBe(true)
+    await v.commit()
+    await v.close()
+
+    const cold = await t.repo.openVolume('vol', { portalDir: t.portalDir, readOnly: true })
+    expect((await readFile(cold, ['busy.bin'])).equals(data)).toBe(true)
+    expect((await readFile(cold, ['cut.bin'])).equals(expected)).toBe(true)
     await cold.close()
   })
 })

@@ -11,6 +11,7 @@ type Status = Record<string, unknown> & {
   ops: Record<string, { count: number; errors: number; bytes: number; ms: number }>
   store: Record<string, number>
   cache: Record<string, number>
+  fuse?: { busyPolled: number }
 }
 
 /** Rates between two status samples of the mount daemon. */
@@ -20,6 +21,8 @@ export interface StatsSample {
   seconds: number
   opsPerSecond: Record<string, number>
   errorsPerSecond: number
+  /** Requests the daemon caught while busy polling (mount --busy-poll). */
+  busyPolledPerSecond: number
   fuseReadBytesPerSecond: number
   fuseWriteBytesPerSecond: number
   bucketUpBytesPerSecond: number
@@ -55,6 +58,7 @@ function rates(a: Status, b: Status, seconds: number): StatsSample {
     seconds,
     opsPerSecond: Object.fromEntries(Object.entries(opsPerSecond).sort((x, y) => y[1] - x[1])),
     errorsPerSecond: Math.round((errors / seconds) * 10) / 10,
+    busyPolledPerSecond: per(a.fuse?.busyPolled ?? 0, b.fuse?.busyPolled ?? 0),
     fuseReadBytesPerSecond: opBytes('read'),
     fuseWriteBytesPerSecond: opBytes('write'),
     bucketUpBytesPerSecond: per(a.store.bytesOut, b.store.bytesOut),
