@@ -1036,8 +1036,9 @@ export class FileSystem {
   }
 
   /**
-   * Replaces the pending bytes of [start, end) by stored extents. Callers hold
-   * the lock and have checked the range is unchanged since it was read.
+   * Replaces the pending bytes of [start, end) up to r.maxSeq by stored
+   * extents (log replay; the flusher does the same in two steps for many
+   * regions at once). Callers hold the lock.
    */
   async applyExtents(r: ExtentsRecord, log: boolean): Promise<void> {
     await this.storeExtents(r, log)

@@ -11,9 +11,9 @@ import { IN_HEADER, OUT_HEADER, readHeader, type Header } from './kernel.js'
  *
  * /dev/fuse is pollable. With the native addon, the event loop watches it
  * (uv_poll) and the addon reads every ready request on the main thread,
- * non-blocking: no thread hop per request. Without the addon, blocking reads run on the
- * libuv thread pool, several at once. Replies are written synchronously,
- * which never blocks on /dev/fuse.
+ * non-blocking: no thread hop per request. Without the addon, blocking reads
+ * run on the libuv thread pool, several at once. Replies are written
+ * synchronously, which never blocks on /dev/fuse.
  */
 
 export interface MountOptions {
@@ -63,6 +63,8 @@ export class FuseDevice {
   /** Resolves when the kernel ends the session (unmount). */
   readonly closed = new Promise<void>((resolve) => (this.resolveClosed = resolve))
   replies = 0
+  /** The busy-polling window in effect (0 without the native addon). */
+  busyPollUs = 0
   private polledCount: () => number = () => 0
 
   private constructor(
@@ -106,7 +108,7 @@ export class FuseDevice {
   private pollLoop(handler: RequestHandler, native: NonNullable<ReturnType<typeof nativeAddon>>): void {
     const buf = Buffer.allocUnsafe(this.options.bufferSize ?? DEFAULT_BUFFER)
     // The addon reads every ready request itself and calls back once per request.
-    const busyPollUs = this.options.busyPollUs ?? DEFAULT_BUSY_POLL_US
+    const busyPollUs = (this.busyPollUs = this.options.busyPollUs ?? DEFAULT_BUSY_POLL_US)
     const watcher = native.watch(this.fd, buf, (n) => {
       if (n < 0) {
         native.unwatch(watcher)

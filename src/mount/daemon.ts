@@ -2,7 +2,7 @@ import { promises as fsp } from 'node:fs'
 import type { Server } from 'node:net'
 import { FsError, flushPending } from '../fs/index.js'
 import { FuseAdapter } from '../fuse/adapter.js'
-import { DEFAULT_BUSY_POLL_US, FuseDevice, run } from '../fuse/device.js'
+import { FuseDevice, run } from '../fuse/device.js'
 import { LeaseLostError, RefNotFoundError } from '../meta/index.js'
 import { Portal } from '../portal/index.js'
 import { VolumeFiles, type Repository, type VolumeSession } from '../repo/index.js'
@@ -379,7 +379,7 @@ export class MountDaemon {
       store,
       lease: this.session.lease ? { epoch: this.session.lease.epoch, expires: new Date(this.session.lease.expires).toISOString(), lost: this.session.lease.lost } : undefined,
       ops: Object.fromEntries(this.adapter.stats),
-      fuse: { busyPollUs: this.device.options.busyPollUs ?? DEFAULT_BUSY_POLL_US, busyPolled: this.device.busyPolled },
+      fuse: { busyPollUs: this.device.busyPollUs, busyPolled: this.device.busyPolled },
       metricsUrl: this.metrics?.url,
       rssBytes: process.memoryUsage.rss(),
       peakRssBytes: peakRssBytes(),
