@@ -39,7 +39,7 @@ const STREAM_PIECE = 2 * 1024 * 1024
  */
 const PATCH_MAX = 256 * 1024
 const PATCH_GROWTH = 8
-/** Small files and patches are encoded in batches of about this many bytes. */
+/** Small files, patches and short spans are encoded in batches of about this many bytes. */
 const SMALL_BATCH = 8 * 1024 * 1024
 
 interface Region {
@@ -50,7 +50,7 @@ interface Region {
   pieces: Piece[]
   maxSeq: number
   fingerprint: string
-  /** Stored as one blob (a small file, or a patch of a large one) rather than in content-defined chunks. */
+  /** Stored as one blob (a small file, a patch or a short span of a large one) rather than in content-defined chunks. */
   whole: boolean
   /** Filled by storing: the region's new extents. */
   result?: Extent[]
@@ -155,7 +155,12 @@ async function planRegions(fs: FileSystem, options: FlushOptions): Promise<Regio
       mergeSpans(spans)
       absorbPatches(patches, spans)
     }
-    const planned = [...patches.map(([start, end]) => ({ start, end, whole: true })), ...spans.map(([start, end]) => ({ start, end, whole: false }))]
+    // A short span is one blob too: chunking it would make one chunk anyway, one worker round trip per span
+    // (random writes into a file with nothing stored yet leave thousands of them).
+    const planned = [
+      ...patches.map(([start, end]) => ({ start, end, whole: true })),
+      ...spans.map(([start, end]) => ({ start, end, whole: end - start <= PATCH_MAX })),
+    ]
     for (const { start, end, whole } of planned) {
       if (end <= start) {
         // Nothing left inside the file (pending bytes beyond a later truncate are already gone).
@@ -212,31 +217,42 @@ async function stillApplies(fs: FileSystem, r: Region, plannedAt: number): Promi
 }
 
 async function storeSmall(fs: FileSystem, regions: Region[]): Promise<void> {
-  let batch: { region: Region; data: Buffer }[] = []
-  let bytes = 0
-  const flushBatch = async () => {
+  const firstSeq = (r: Region) => r.pieces.reduce((m, p) => Math.min(m, p.loc.seq), Number.MAX_SAFE_INTEGER)
+  const ordered = [...regions].sort((a, b) => firstSeq(a) - firstSeq(b))
+  for (let i = 0; i < ordered.length; ) {
+    const batch: Region[] = []
+    for (let bytes = 0; i < ordered.length && bytes < SMALL_BATCH; i++) {
+      batch.push(ordered[i])
+      bytes += ordered[i].end - ordered[i].start
+    }
+    const data = await assembleInLogOrder(fs, batch)
     // All-zero files come back without a ref (putWhole stores no blob for them): they read as holes.
-    const contents = batch.filter((b) => b.data.length > 0)
-    const refs = await fs.blobs.putWhole(contents.map((b) => b.data))
+    const contents = batch.map((region, k) => ({ region, data: data[k] })).filter((c) => c.data.length > 0)
+    const refs = await fs.blobs.putWhole(contents.map((c) => c.data))
     const byRegion = new Map<Region, BlobRef>()
-    contents.forEach((b, i) => refs[i] && byRegion.set(b.region, refs[i]))
-    for (const { region } of batch) {
+    contents.forEach((c, k) => refs[k] && byRegion.set(c.region, refs[k]))
+    for (const region of batch) {
       const ref = byRegion.get(region)
       region.result = ref ? [{ off: region.start, len: region.end - region.start, blob: ref, blobOff: 0 }] : []
     }
-    batch = []
-    bytes = 0
   }
-  // In log order: the log is read back a frame (many records) at a time, and patches of a large
-  // file written at random would otherwise visit the frames at random, reading each many times.
-  const firstSeq = (r: Region) => r.pieces.reduce((m, p) => Math.min(m, p.loc.seq), Number.MAX_SAFE_INTEGER)
-  for (const region of [...regions].sort((a, b) => firstSeq(a) - firstSeq(b))) {
-    const data = region.end > region.start ? await fs.assemble(region.start, region.end, region.extents, region.pieces) : Buffer.alloc(0)
-    batch.push({ region, data })
-    bytes += data.length
-    if (bytes >= SMALL_BATCH) await flushBatch()
+}
+
+/**
+ * The current contents of many regions. Their pending pieces are read back
+ * in log order: the log is read a frame (many records) at a time, and the
+ * pieces of a file written at random sit in frames all over the log — read
+ * region by region, each piece could cost a frame of its own.
+ */
+async function assembleInLogOrder(fs: FileSystem, regions: Region[]): Promise<Buffer[]> {
+  const out = await Promise.all(regions.map((r) => (r.end > r.start ? fs.assemble(r.start, r.end, r.extents, []) : Buffer.alloc(0))))
+  const reads = regions.flatMap((r, k) => r.pieces.map((p) => ({ p, into: out[k], at: p.start - r.start })))
+  reads.sort((x, y) => x.p.loc.seq - y.p.loc.seq)
+  for (const { p, into, at } of reads) {
+    const payload = await fs.wal!.read(p.loc)
+    payload.copy(into, at, p.srcOff, p.srcOff + (p.end - p.start))
   }
-  if (batch.length) await flushBatch()
+  return out
 }
 
 async function storeLarge(fs: FileSystem, region: Region): Promise<void> {
