@@ -177,14 +177,16 @@ async function planRegions(fs: FileSystem, options: FlushOptions): Promise<Regio
   return regions
 }
 
+/** Sorts spans and merges those that overlap or touch, in place (one pass: a file may have thousands). */
 function mergeSpans(spans: [number, number][]): void {
   spans.sort((a, b) => a[0] - b[0])
-  for (let i = 1; i < spans.length; ) {
-    if (spans[i][0] <= spans[i - 1][1]) {
-      spans[i - 1][1] = Math.max(spans[i - 1][1], spans[i][1])
-      spans.splice(i, 1)
-    } else i++
+  let kept = 0
+  for (const span of spans) {
+    const last = spans[kept - 1]
+    if (last && span[0] <= last[1]) last[1] = Math.max(last[1], span[1])
+    else spans[kept++] = span
   }
+  spans.length = kept
 }
 
 /** A patch that overlaps a grown span is stored as part of it (both lists sorted; spans stay disjoint). */
