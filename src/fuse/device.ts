@@ -55,7 +55,7 @@ const DEFAULT_BUFFER = 1024 * 1024 + 8192
  * up to 50 µs of one CPU per request. Off on one CPU, where the spinning
  * thread would hold the CPU the client needs to make its next request.
  */
-export const DEFAULT_BUSY_POLL_US = availableParallelism() >= 2 ? 50 : 0
+const DEFAULT_BUSY_POLL_US = availableParallelism() >= 2 ? 50 : 0
 
 export class FuseDevice {
   private stopped = false

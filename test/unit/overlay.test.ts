@@ -1,5 +1,6 @@
 import { describe, expect, it } from 'vitest'
 import { Overlay, type Piece } from '../../src/fs/overlay.js'
+import { mulberry32 } from '../../src/store/index.js'
 
 /**
  * The overlay against a byte-by-byte model: after every operation, each byte
@@ -8,17 +9,6 @@ import { Overlay, type Piece } from '../../src/fs/overlay.js'
  */
 
 const SIZE = 40_000
-
-function rng(seed: number): () => number {
-  let s = seed >>> 0
-  return () => {
-    s = (s + 0x6d2b79f5) >>> 0
-    let t = s
-    t = Math.imul(t ^ (t >>> 15), t | 1)
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61)
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296
-  }
-}
 
 function expand(pieces: Piece[]): Int32Array {
   const bytes = new Int32Array(SIZE * 2).fill(-1)
@@ -38,7 +28,7 @@ function expand(pieces: Piece[]): Int32Array {
 describe('overlay', () => {
   for (const seed of [1, 2, 3]) {
     it(`matches a byte model through writes, punches, truncates and stored spans (seed ${seed})`, () => {
-      const random = rng(seed)
+      const random = mulberry32(seed)
       let live = 0
       const overlay = new Overlay({ added: (p) => (live += p.end - p.start), removed: (p) => (live -= p.end - p.start) })
       const model = new Int32Array(SIZE * 2).fill(-1)

@@ -1,11 +1,14 @@
 import { randomBytes } from 'node:crypto'
 import { afterEach, describe, expect, it } from 'vitest'
-import { flushPending, FsError, ROOT, ROOT_INO } from '../../src/fs/index.js'
+import { flushPending, FsError, ROOT, ROOT_INO, type Extent } from '../../src/fs/index.js'
 import { LeaseHeldError } from '../../src/meta/index.js'
 import type { VolumeSession } from '../../src/repo/index.js'
 import { testRepo } from '../helpers/repo.js'
 
 const b = (s: string) => Buffer.from(s)
+const MiB = 1024 * 1024
+/** A blob's identity, comparable across reads of the extents. */
+const blobId = (e: Extent) => e.blob.id.toString('hex')
 
 async function writeFile(v: VolumeSession, path: string[], data: Buffer): Promise<number> {
   let dir = ROOT_INO
@@ -158,8 +161,6 @@ describe('volumes: write, commit, reopen', () => {
 })
 
 describe('read-ahead', () => {
-  const MiB = 1024 * 1024
-
   it('decodes the chunks ahead of a sequential reader, each once, and leaves random readers alone', async () => {
     const t = await setup()
     const v = await t.repo.openVolume('vol', { portalDir: t.portalDir })
@@ -171,7 +172,7 @@ describe('read-ahead', () => {
 
     const cold = await t.repo.openVolume('vol', { portalDir: t.portalDir, readOnly: true })
     const ino = (await cold.fs.lookup(ROOT, ROOT_INO, b('big.bin'))).ino
-    const chunks = new Set((await cold.fs.extentsIn(ino, 0, data.length)).map((e) => e.blob.id.toString('hex')))
+    const chunks = new Set((await cold.fs.extentsIn(ino, 0, data.length)).map(blobId))
     expect(chunks.size).toBeGreaterThan(8)
     const decoded = () => cold.fs.blobs.stats.blobsDecoded
     const settled = async () => {
@@ -193,7 +194,7 @@ describe('read-ahead', () => {
     const first = Buffer.concat([await cold.fs.read(ino, 0, MiB), await cold.fs.read(ino, MiB, MiB)])
     await settled()
     // The 2 MiB read and the 8 MiB after it.
-    const ahead = new Set((await cold.fs.extentsIn(ino, 0, 10 * MiB)).map((e) => e.blob.id.toString('hex')))
+    const ahead = new Set((await cold.fs.extentsIn(ino, 0, 10 * MiB)).map(blobId))
     expect(ahead.size).toBeGreaterThan(3)
     expect(decoded() - before).toBeGreaterThanOrEqual(ahead.size)
     // The rest two requests at a time, as the kernel's readahead sends them: neighbours share a chunk.
@@ -216,8 +217,6 @@ describe('read-ahead', () => {
 })
 
 describe('patches', () => {
-  const MiB = 1024 * 1024
-
   it('stores small rewrites of a large file as patches, and rewrites large ones as chunks', async () => {
     const t = await setup()
     const v = await t.repo.openVolume('vol', { portalDir: t.portalDir })
@@ -225,7 +224,7 @@ describe('patches', () => {
     const ino = await writeFile(v, ['big.bin'], data)
     await v.commit()
     const chunks = await v.fs.extentsIn(ino, 0, data.length)
-    const chunkIds = new Set(chunks.map((e) => e.blob.id.toString('hex')))
+    const chunkIds = new Set(chunks.map(blobId))
     expect(chunkIds.size).toBeGreaterThan(3)
 
     // Three 4 KiB writes inside chunks: each becomes an extent of its own, and the chunks around it stay.
@@ -238,9 +237,9 @@ describe('patches', () => {
     await v.commit()
     const after = await v.fs.extentsIn(ino, 0, data.length)
     for (const off of offsets) expect(after.find((e) => e.off === off)?.len).toBe(4096)
-    const newIds = new Set(after.map((e) => e.blob.id.toString('hex')).filter((id) => !chunkIds.has(id)))
+    const newIds = new Set(after.map(blobId).filter((id) => !chunkIds.has(id)))
     expect(newIds.size).toBe(3)
-    expect(after.filter((e) => chunkIds.has(e.blob.id.toString('hex'))).length).toBe(chunks.length + offsets.length)
+    expect(after.filter((e) => chunkIds.has(blobId(e))).length).toBe(chunks.length + offsets.length)
 
     // A 2 MiB rewrite is too large for a patch: the chunks it touches are rewritten by content-defined chunking.
     const big = randomBytes(2 * MiB)
@@ -249,7 +248,7 @@ describe('patches', () => {
     await v.commit()
     const rewritten = await v.fs.extentsIn(ino, 2 * MiB, 4 * MiB)
     expect(rewritten.some((e) => e.off === 2 * MiB && e.len === 2 * MiB)).toBe(false)
-    expect(rewritten.every((e) => !chunkIds.has(e.blob.id.toString('hex')))).toBe(true)
+    expect(rewritten.every((e) => !chunkIds.has(blobId(e)))).toBe(true)
     await v.close()
 
     const cold = await t.repo.openVolume('vol', { portalDir: t.portalDir, readOnly: true })
@@ -259,8 +258,6 @@ describe('patches', () => {
 })
 
 describe('flushing a file that keeps changing', () => {
-  const MiB = 1024 * 1024
-
   it('stores what it planned while writes land on top, and never puts back bytes a truncate cut', async () => {
     const t = await setup()
     const v = await t.repo.openVolume('vol', { portalDir: t.portalDir })
