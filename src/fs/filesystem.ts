@@ -135,6 +135,40 @@ export interface FileSystemOptions {
 
 export type Admit = (bytes: number) => Promise<() => void>
 
+/** Extents of a file intersecting [start, end), in order. */
+export async function extentsInTree(tree: Tree, ino: number, start: number, end: number): Promise<Extent[]> {
+  const out: Extent[] = []
+  // Extents never overlap: of those starting before `start`, only the last can reach into the range.
+  // (Scanning from start - MAX_EXTENT_LEN instead decoded up to a thousand 4 KiB patches per call.)
+  const before = await tree.lastBefore(extentKey(ino, Math.max(0, start - MAX_EXTENT_LEN)), extentKey(ino, start))
+  if (before) {
+    const e = decodeExtent(readU64(before[0], 9), before[1])
+    if (e.off + e.len > start) out.push(e)
+  }
+  for await (const [key, val] of tree.entries(extentKey(ino, start), end === Number.MAX_SAFE_INTEGER ? prefixEnd(extentPrefix(ino)) : extentKey(ino, end))) {
+    out.push(decodeExtent(readU64(key, 9), val))
+  }
+  return out
+}
+
+/** Removes a file's extents within [start, end), trimming the ones that straddle its edges. */
+export async function cutExtentsIn(tree: Tree, ino: number, start: number, end: number): Promise<void> {
+  for (const e of await extentsInTree(tree, ino, start, end)) {
+    await tree.delete(extentKey(ino, e.off))
+    if (e.off < start) await tree.put(extentKey(ino, e.off), encodeExtent({ ...e, len: start - e.off }))
+    if (e.off + e.len > end) {
+      const cut = end - e.off
+      await tree.put(extentKey(ino, end), encodeExtent({ off: end, len: e.len - cut, blob: e.blob, blobOff: e.blobOff + cut }))
+    }
+  }
+}
+
+/** Puts a stored region's extents in place of what the file had there. */
+export async function putExtentsIn(tree: Tree, r: { ino: number; start: number; end: number; extents: Extent[] }): Promise<void> {
+  await cutExtentsIn(tree, r.ino, r.start, r.end)
+  for (const e of r.extents) await tree.put(extentKey(r.ino, e.off), encodeExtent(e))
+}
+
 export function nowTimespec(): Timespec {
   const ms = performance.timeOrigin + performance.now()
   const s = Math.floor(ms / 1000)
@@ -169,6 +203,8 @@ export class FileSystem {
   readonly dirty = new Map<number, number>()
   /** Log files still referenced by pending pieces (file number → piece count). */
   readonly walFileRefs = new Map<number, number>()
+  /** Log files that pieces frozen by a commit read from, until it has stored them. */
+  private readonly frozenLogFiles = new Set<number>()
   /** Bytes written but not yet stored as blobs. */
   pendingBytes = 0
   /**
@@ -649,23 +685,8 @@ export class FileSystem {
     inode.mtime = inode.ctime = now
   }
 
-  /** Removes file extents within [start, end), trimming the ones that straddle its edges. */
-  private async cutExtents(ino: number, start: number, end: number): Promise<void> {
-    const prefix = extentPrefix(ino)
-    const from = extentKey(ino, Math.max(0, start - MAX_EXTENT_LEN))
-    const affected: Extent[] = []
-    for await (const [key, val] of this.tree.entries(from, end === Number.MAX_SAFE_INTEGER ? prefixEnd(prefix) : extentKey(ino, end))) {
-      const e = decodeExtent(readU64(key, 9), val)
-      if (e.off + e.len > start) affected.push(e)
-    }
-    for (const e of affected) {
-      await this.tree.delete(extentKey(ino, e.off))
-      if (e.off < start) await this.tree.put(extentKey(ino, e.off), encodeExtent({ ...e, len: start - e.off }))
-      if (e.off + e.len > end) {
-        const cut = end - e.off
-        await this.tree.put(extentKey(ino, end), encodeExtent({ off: end, len: e.len - cut, blob: e.blob, blobOff: e.blobOff + cut }))
-      }
-    }
+  private cutExtents(ino: number, start: number, end: number): Promise<void> {
+    return cutExtentsIn(this.tree, ino, start, end)
   }
 
   // --- data --------------------------------------------------------------------
@@ -731,13 +752,8 @@ export class FileSystem {
   }
 
   /** Extents intersecting [start, end), in order. */
-  async extentsIn(ino: number, start: number, end: number): Promise<Extent[]> {
-    const out: Extent[] = []
-    for await (const [key, val] of this.tree.entries(extentKey(ino, Math.max(0, start - MAX_EXTENT_LEN)), extentKey(ino, end))) {
-      const e = decodeExtent(readU64(key, 9), val)
-      if (e.off + e.len > start) out.push(e)
-    }
-    return out
+  extentsIn(ino: number, start: number, end: number): Promise<Extent[]> {
+    return extentsInTree(this.tree, ino, start, end)
   }
 
   /**
@@ -768,12 +784,12 @@ export class FileSystem {
         data.copy(out, from - start, e.blobOff + (from - e.off), e.blobOff + (to - e.off))
       }),
     )
-    await Promise.all(
-      pieces.map(async (p) => {
-        const payload = await this.wal!.read(p.loc)
-        payload.copy(out, p.start - start, p.srcOff, p.srcOff + (p.end - p.start))
-      }),
-    )
+    if (pieces.length) {
+      await this.wal!.readEach(
+        pieces.map((p) => p.loc),
+        (k, payload) => payload.copy(out, pieces[k].start - start, pieces[k].srcOff, pieces[k].srcOff + (pieces[k].end - pieces[k].start)),
+      )
+    }
     return out
   }
 
@@ -1051,8 +1067,34 @@ export class FileSystem {
    */
   async storeExtents(r: ExtentsRecord, log: boolean): Promise<void> {
     if (log) this.wal!.append(REC.extents, encodeExtents(r))
-    await this.cutExtents(r.ino, r.start, r.end)
-    for (const e of r.extents) await this.tree.put(extentKey(r.ino, e.off), encodeExtent(e))
+    await putExtentsIn(this.tree, r)
+  }
+
+  /**
+   * What a commit stores, taken under the lock: the tree as it is now (a
+   * fork: the live tree goes on changing) and a copy of every file's pending
+   * pieces. Pieces point into log records, which never change, so the copy
+   * stays valid however the live files change meanwhile.
+   */
+  freezePending(): { tree: Tree; overlays: Map<number, Overlay> } {
+    const overlays = new Map<number, Overlay>()
+    for (const [ino, overlay] of this.overlays) {
+      if (overlay.isEmpty) continue
+      overlays.set(ino, overlay.copy())
+      // The copied pieces keep their log files, even once the live ones no longer need them.
+      for (const p of overlay.pieces) this.frozenLogFiles.add(p.loc.file)
+    }
+    return { tree: this.tree.fork(), overlays }
+  }
+
+  /** The commit that froze the volume has stored its pieces. */
+  releaseFrozen(): void {
+    this.frozenLogFiles.clear()
+  }
+
+  /** Whether pending pieces (live, or frozen by a commit) still read from this log file. */
+  logFileInUse(file: number): boolean {
+    return this.walFileRefs.has(file) || this.frozenLogFiles.has(file)
   }
 
   /** A flush starts planning: returns the clock to give cutSince when it applies. */

@@ -1,6 +1,7 @@
 import type { BlobRef } from '../blob/index.js'
-import type { FileSystem } from './filesystem.js'
-import type { Piece } from './overlay.js'
+import type { Tree } from '../meta/btree.js'
+import { extentsInTree, putExtentsIn, type FileSystem } from './filesystem.js'
+import type { Overlay, Piece } from './overlay.js'
 import { decodeInode, inodeKey, isReg, type Extent } from './records.js'
 
 /**
@@ -66,68 +67,134 @@ export interface FlushResult {
 export interface FlushOptions {
   /** Only these files (default: every dirty file). */
   inodes?: number[]
-  /** The caller already holds the filesystem lock (commit's final pass): nothing can change meanwhile. */
-  locked?: boolean
   /** Stop planning once this many pending bytes are selected (bounds memory); the rest waits. */
   maxBytes?: number
 }
 
-/** The stored extents a region was planned over (another flush may replace them meanwhile). */
-function fingerprint(extents: Extent[]): string {
+/**
+ * What the stored extents map into [start, end) — the bytes a region was
+ * planned over (another flush may replace them meanwhile). Clipped to the
+ * region: storing a neighbouring region trims an extent both touch, which
+ * changes nothing inside this one (unclipped, every patch next to another
+ * was skipped and stored again at the next flush).
+ */
+function fingerprint(extents: Extent[], start: number, end: number): string {
   const parts: (string | number)[] = []
-  for (const e of extents) parts.push(e.off, e.len, e.blob.seg, e.blob.off, e.blobOff)
+  for (const e of extents) {
+    const from = Math.max(start, e.off)
+    const to = Math.min(end, e.off + e.len)
+    if (to > from) parts.push(from, to - from, e.blob.seg, e.blob.off, e.blobOff + (from - e.off))
+  }
   return parts.join(',')
 }
 
+/** What planning reads: inodes and extents from a tree, pending pieces from overlays, files in an order. */
+interface PendingView {
+  tree: Tree
+  overlays: Map<number, Overlay>
+  files: Iterable<number>
+}
+
 export async function flushPending(fs: FileSystem, options: FlushOptions = {}): Promise<FlushResult> {
-  const withLock = <T>(fn: () => Promise<T>): Promise<T> => (options.locked ? fn() : fs.lock.run(fn))
   let plannedAt = 0
   try {
-    const regions = await withLock(() => {
+    const regions = await fs.lock.run(() => {
       plannedAt = fs.beginFlush()
-      return planRegions(fs, options)
+      return planRegions({ tree: fs.tree, overlays: fs.overlays, files: options.inodes ?? fs.dirty.keys() }, options)
     })
-    const result: FlushResult = { files: new Set(regions.map((r) => r.ino)).size, regions: regions.length, bytes: 0, skipped: 0 }
+    const result = emptyResult(regions)
     if (regions.length === 0) return result
-    const read = fs.reads.begin()
-    try {
-      await storeSmall(fs, regions.filter((r) => r.whole))
-      for (const r of regions.filter((r) => !r.whole)) await storeLarge(fs, r)
-    } finally {
-      fs.reads.end(read)
-    }
-    await fs.blobs.flush()
-    await withLock(async () => {
-      const stored = new Map<number, Region[]>()
-      for (const r of regions) {
-        if (!options.locked && !(await stillApplies(fs, r, plannedAt))) {
-          result.skipped++
-          continue
-        }
-        await fs.storeExtents({ ino: r.ino, start: r.start, end: r.end, maxSeq: r.maxSeq, extents: r.result! }, true)
-        let list = stored.get(r.ino)
-        if (!list) stored.set(r.ino, (list = []))
-        list.push(r)
-        result.bytes += r.end - r.start
-      }
-      // Each file's stored pieces are dropped in one pass (regions of a file are disjoint);
-      // pieces written since planning are newer than the regions' maxSeq and stay.
-      for (const [ino, list] of stored) fs.dropStored(ino, list.sort((a, b) => a.start - b.start))
-    })
+    await storeRegions(fs, regions)
+    await fs.lock.run(() => applyToLive(fs, regions, plannedAt, result))
     return result
   } finally {
     fs.endFlush()
   }
 }
 
-async function planRegions(fs: FileSystem, options: FlushOptions): Promise<Region[]> {
+/** A volume frozen by a commit (FileSystem.freezePending), at log position `seq`; `plannedAt` from beginFlush then. */
+export interface FrozenVolume {
+  tree: Tree
+  overlays: Map<number, Overlay>
+  seq: number
+  plannedAt: number
+}
+
+/**
+ * A commit's flush: stores every piece pending when the commit froze the
+ * volume and puts the new extents into the frozen tree, which the commit
+ * then persists. Writers are not held back meanwhile (before, a commit's
+ * last pass held the lock until all that was pending was stored, and under
+ * steady random writes its unlocked passes never caught up: no commit
+ * completed while the writes lasted). The stored regions also go into the
+ * live files where they still apply, as an ordinary flush's do
+ * (`result.skipped` counts those that did not).
+ *
+ * Returns with `through`: the log position the frozen tree now reflects —
+ * the frozen one, or the end of the extents records this flush logged if
+ * nothing else was logged since freezing (those hold nothing the frozen
+ * tree lacks; left uncommitted, they alone would call for another commit).
+ */
+export async function flushFrozen(fs: FileSystem, frozen: FrozenVolume): Promise<{ result: FlushResult; through: number }> {
+  const regions = await planRegions({ tree: frozen.tree, overlays: frozen.overlays, files: frozen.overlays.keys() }, {})
+  const result = emptyResult(regions)
+  if (regions.length === 0) return { result, through: frozen.seq }
+  await storeRegions(fs, regions)
+  for (const r of regions) await putExtentsIn(frozen.tree, { ino: r.ino, start: r.start, end: r.end, extents: r.result! })
+  return fs.lock.run(async () => {
+    const quiet = fs.wal!.seq === frozen.seq
+    await applyToLive(fs, regions, frozen.plannedAt, result)
+    return { result, through: quiet ? fs.wal!.seq : frozen.seq }
+  })
+}
+
+function emptyResult(regions: Region[]): FlushResult {
+  return { files: new Set(regions.map((r) => r.ino)).size, regions: regions.length, bytes: 0, skipped: 0 }
+}
+
+/** Stores the regions' current contents and waits until they are in the bucket; fills each region's `result`. */
+async function storeRegions(fs: FileSystem, regions: Region[]): Promise<void> {
+  const read = fs.reads.begin()
+  try {
+    await storeSmall(fs, regions.filter((r) => r.whole))
+    for (const r of regions.filter((r) => !r.whole)) await storeLarge(fs, r)
+  } finally {
+    fs.reads.end(read)
+  }
+  await fs.blobs.flush()
+}
+
+/**
+ * Swaps stored regions' pending pieces for their extents in the live files
+ * (under the lock). A region that no longer applies is skipped: its pieces
+ * stay pending.
+ */
+async function applyToLive(fs: FileSystem, regions: Region[], plannedAt: number, result: FlushResult): Promise<void> {
+  const stored = new Map<number, Region[]>()
+  for (const r of regions) {
+    if (!(await stillApplies(fs, r, plannedAt))) {
+      result.skipped++
+      continue
+    }
+    await fs.storeExtents({ ino: r.ino, start: r.start, end: r.end, maxSeq: r.maxSeq, extents: r.result! }, true)
+    let list = stored.get(r.ino)
+    if (!list) stored.set(r.ino, (list = []))
+    list.push(r)
+    result.bytes += r.end - r.start
+  }
+  // Each file's stored pieces are dropped in one pass (regions of a file are disjoint);
+  // pieces written since planning are newer than the regions' maxSeq and stay.
+  for (const [ino, list] of stored) fs.dropStored(ino, list.sort((a, b) => a.start - b.start))
+}
+
+async function planRegions(view: PendingView, options: FlushOptions): Promise<Region[]> {
   const regions: Region[] = []
   let selected = 0
-  for (const ino of options.inodes ?? [...fs.dirty.keys()]) {
+  for (const ino of view.files) {
     if (options.maxBytes !== undefined && selected >= options.maxBytes) break
-    const overlay = fs.overlays.get(ino)
+    const overlay = view.overlays.get(ino)
     if (!overlay || overlay.isEmpty) continue
-    const raw = await fs.tree.get(inodeKey(ino))
+    const raw = await view.tree.get(inodeKey(ino))
     if (!raw) continue
     const inode = decodeInode(ino, raw)
     if (!isReg(inode.mode)) continue
@@ -146,7 +213,7 @@ async function planRegions(fs: FileSystem, options: FlushOptions): Promise<Regio
       for (const span of dirty) {
         // Grow each span to the edges of the extents it touches, so chunks are rewritten whole,
         // unless that would store many times the changed bytes: then the span is a patch.
-        const touched = await fs.extentsIn(ino, span[0], span[1])
+        const touched = await extentsInTree(view.tree, ino, span[0], span[1])
         const start = touched.length ? Math.min(span[0], touched[0].off) : span[0]
         const end = Math.min(inode.size, touched.length ? Math.max(span[1], touched[touched.length - 1].off + touched[touched.length - 1].len) : span[1])
         if (span[1] - span[0] <= PATCH_MAX && end - start >= PATCH_GROWTH * (span[1] - span[0])) patches.push([span[0], Math.min(span[1], inode.size)])
@@ -167,10 +234,10 @@ async function planRegions(fs: FileSystem, options: FlushOptions): Promise<Regio
         regions.push({ ino, start, end, extents: [], pieces: [], maxSeq: overlay.maxSeq, fingerprint: '', whole })
         continue
       }
-      const extents = await fs.extentsIn(ino, start, end)
+      const extents = await extentsInTree(view.tree, ino, start, end)
       const pieces = overlay.covering(start, end)
       const maxSeq = pieces.reduce((m, p) => Math.max(m, p.loc.seq), 0)
-      regions.push({ ino, start, end, extents, pieces, maxSeq, fingerprint: fingerprint(extents), whole })
+      regions.push({ ino, start, end, extents, pieces, maxSeq, fingerprint: fingerprint(extents, start, end), whole })
       selected += pieces.reduce((n, p) => n + p.end - p.start, 0)
     }
   }
@@ -215,7 +282,7 @@ async function stillApplies(fs: FileSystem, r: Region, plannedAt: number): Promi
   if (!(await fs.tree.get(inodeKey(r.ino)))) return false
   if (fs.cutSince(r.ino, plannedAt)) return false
   const extents = r.end > r.start ? await fs.extentsIn(r.ino, r.start, r.end) : []
-  return fingerprint(extents) === r.fingerprint
+  return fingerprint(extents, r.start, r.end) === r.fingerprint
 }
 
 async function storeSmall(fs: FileSystem, regions: Region[]): Promise<void> {
@@ -241,19 +308,19 @@ async function storeSmall(fs: FileSystem, regions: Region[]): Promise<void> {
 }
 
 /**
- * The current contents of many regions. Their pending pieces are read back
- * in log order: the log is read a frame (many records) at a time, and the
- * pieces of a file written at random sit in frames all over the log — read
- * region by region, each piece could cost a frame of its own.
+ * The current contents of many regions: their stored bytes, with their
+ * pending pieces read back from the log in one pass (see Wal.readEach).
  */
 async function assembleInLogOrder(fs: FileSystem, regions: Region[]): Promise<Buffer[]> {
   const out = await Promise.all(regions.map((r) => (r.end > r.start ? fs.assemble(r.start, r.end, r.extents, []) : Buffer.alloc(0))))
   const reads = regions.flatMap((r, k) => r.pieces.map((p) => ({ p, into: out[k], at: p.start - r.start })))
-  reads.sort((x, y) => x.p.loc.seq - y.p.loc.seq)
-  for (const { p, into, at } of reads) {
-    const payload = await fs.wal!.read(p.loc)
-    payload.copy(into, at, p.srcOff, p.srcOff + (p.end - p.start))
-  }
+  await fs.wal!.readEach(
+    reads.map((r) => r.p.loc),
+    (k, payload) => {
+      const { p, into, at } = reads[k]
+      payload.copy(into, at, p.srcOff, p.srcOff + (p.end - p.start))
+    },
+  )
   return out
 }
 

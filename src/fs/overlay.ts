@@ -27,6 +27,8 @@ export interface PieceListener {
 
 const BLOCK_MAX = 512
 
+const UNHEARD: PieceListener = { added: () => undefined, removed: () => undefined }
+
 /** A position in the blocks: block index and index within it. */
 interface At {
   b: number
@@ -38,7 +40,15 @@ export class Overlay {
   private blocks: Piece[][] = []
   private count = 0
 
-  constructor(private readonly listener: PieceListener) {}
+  constructor(private readonly listener: PieceListener = UNHEARD) {}
+
+  /** An independent copy sharing the (immutable) pieces; its changes notify no one. */
+  copy(): Overlay {
+    const copy = new Overlay()
+    copy.blocks = this.blocks.map((block) => block.slice())
+    copy.count = this.count
+    return copy
+  }
 
   get isEmpty(): boolean {
     return this.count === 0

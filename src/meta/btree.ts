@@ -199,11 +199,28 @@ export class Tree {
     }
   }
 
-  /** The last entry with key < `before` and key >= `start`, if any. */
+  /** The last entry with key < `before` and key >= `start`, if any (one descent, not a scan from `start`). */
   async lastBefore(start: string, before: string): Promise<[string, Buffer] | undefined> {
-    let last: [string, Buffer] | undefined
-    for await (const entry of this.entries(start, before)) last = entry
-    return last
+    if (!this.root) return undefined
+    const stack: { node: Node; index: number }[] = []
+    let node = await this.pages.resolve(this.root)
+    while (!node.leaf) {
+      const index = childIndex(node, before)
+      stack.push({ node, index })
+      node = await this.pages.resolve(node.children[index])
+    }
+    let i = leafSearch(node, before).index - 1
+    if (i < 0) {
+      // Previous leaf: climb to the first ancestor with a child to the left, then descend rightmost.
+      let frame = stack.pop()
+      while (frame && frame.index === 0) frame = stack.pop()
+      if (!frame) return undefined
+      node = await this.pages.resolve(frame.node.children[frame.index - 1])
+      while (!node.leaf) node = await this.pages.resolve(node.children[node.children.length - 1])
+      i = node.keys.length - 1
+    }
+    if (i < 0 || node.keys[i] < start) return undefined
+    return [node.keys[i], leafValue(node, i)]
   }
 
   /**

@@ -31,8 +31,8 @@ export interface AdmissionWriter {
   commitSoon(reason: string): void
 }
 
-/** A data record's header and its share of the log frame's seal, beyond the data itself. */
-const RECORD_OVERHEAD = 64
+/** A data record's frame beyond the data: length prefix 4, seal 45, record header 13, data header 28. */
+const RECORD_OVERHEAD = 90
 /** The logs' share of the cap past which a commit starts in the background. */
 const EARLY_COMMIT_FRACTION = 0.5
 /** Free space is checked (statfs) every few MiB admitted or half a second. */

@@ -1,6 +1,6 @@
 import { promises as fsp } from 'node:fs'
 import type { Server } from 'node:net'
-import { FsError, flushPending } from '../fs/index.js'
+import { FsError } from '../fs/index.js'
 import { FuseAdapter } from '../fuse/adapter.js'
 import { FuseDevice, run } from '../fuse/device.js'
 import { LeaseLostError, RefNotFoundError } from '../meta/index.js'
@@ -59,7 +59,14 @@ const REMOTE_SYNC_DEADLINE_MS = 60_000
 const DEFAULT_MOUNT_LEASE_TTL_MS = 90_000
 const TICK_MS = 1_000
 const IDLE_MS = 1_000
-const FLUSH_PRESSURE_BYTES = 64 * 1024 * 1024
+/**
+ * A commit starts early once the log holds this much. Commits store what is
+ * pending without holding writers back, so there is no separate background
+ * flush: under steady random writes it stored the same hot bytes again and
+ * again, and starting one at 64 MiB pending cost fio's random writes a
+ * third of their rate (6,800 vs 4,400 IOPS, alternating runs) for nothing a
+ * commit five seconds later would not do.
+ */
 const COMMIT_PRESSURE_BYTES = 256 * 1024 * 1024
 /**
  * Readahead of the mount. A FUSE mount starts at 128 KiB (and INIT can only
@@ -245,11 +252,10 @@ export class MountDaemon {
     }
   }
 
-  /** Background work: flush pending data under pressure, commit when due or idle. */
+  /** Background work: commit when due, idle, or under pressure. */
   private async tick(): Promise<void> {
     if (this.committing || this.stopping || this.session.fs.failed) return
     const now = Date.now()
-    const fs = this.session.fs
     const due = now - this.lastCommit >= (this.options.commitIntervalMs ?? 5_000)
     const idle = now - this.lastWrite >= IDLE_MS
     if (this.backingOff(now)) return
@@ -257,10 +263,6 @@ export class MountDaemon {
     if (this.session.hasUncommitted && (due || idle || pressure)) {
       // A failed background commit is logged (and retried with backoff) by commit(); it must not escape a timer.
       await this.commit('background').catch(() => undefined)
-    } else if (fs.pendingBytes > FLUSH_PRESSURE_BYTES) {
-      this.committing = flushPending(fs, { maxBytes: 4 * FLUSH_PRESSURE_BYTES }).catch((err) => this.options.log.warn('background flush failed', { error: err.message }))
-      await this.committing
-      this.committing = undefined
     }
   }
 

@@ -1,7 +1,7 @@
 import { randomBytes } from 'node:crypto'
 import { promises as fsp } from 'node:fs'
 import path from 'node:path'
-import { FileSystem, flushPending, FsError } from '../fs/index.js'
+import { FileSystem, flushFrozen, flushPending, FsError } from '../fs/index.js'
 import { Mutex } from '../fs/mutex.js'
 import {
   acquireLease,
@@ -26,9 +26,6 @@ export const DIRTY_PAGE_BUDGET = 256
 /** Pending bytes at which a long write through `files()` flushes, and at which it commits. */
 const MAINTAIN_FLUSH_BYTES = 64 * 1024 * 1024
 const MAINTAIN_COMMIT_BYTES = 256 * 1024 * 1024
-
-/** Commit's final, locked flush pass handles at most about this much (the rest is flushed first). */
-const LOCKED_FLUSH_BYTES = 16 * 1024 * 1024
 
 export interface SessionOptions {
   /** Node-local directory for the log (and, with the mount, the cache). */
@@ -253,27 +250,35 @@ export class VolumeSession {
     return this.commitLock.run(() => this.commitLocked())
   }
 
+  /**
+   * A commit freezes the volume at a log position (briefly, under the lock:
+   * the tree forks and the pending pieces are copied), stores what was
+   * pending then without holding writers back, and publishes the frozen tree
+   * with its new extents. Writes made meanwhile stay pending for the next one.
+   */
   private async commitLocked(): Promise<CommitResult | undefined> {
     const wal = this.wal!
     const lease = this.lease!
     if (this.fs.failed) throw this.fs.failed
     const started = performance.now()
-    // Flush without blocking writers until what is left is small: the final pass holds the lock.
-    for (let round = 0; round < 8; round++) {
-      await flushPending(this.fs)
-      if (this.fs.pendingBytes < LOCKED_FLUSH_BYTES) break
-    }
     const frozen = await this.fs.lock.run(async () => {
-      await flushPending(this.fs, { locked: true })
       const seq = wal.seq
-      if (seq === this.committedSeq) return undefined
+      if (seq === this.committedSeq && this.fs.dirty.size === 0) return undefined
       wal.rotate()
-      return { root: this.fs.tree.freeze(), seq }
+      return { ...this.fs.freezePending(), seq, plannedAt: this.fs.beginFlush() }
     })
     if (!frozen) return undefined
+    let through: number
+    try {
+      through = (await flushFrozen(this.fs, frozen)).through
+    } finally {
+      this.fs.endFlush()
+      this.fs.releaseFrozen()
+    }
+    const root = frozen.tree.freeze()
     await wal.sync()
     const pack = new PackWriter(this.repo.keys, this.repo.pages.capacity)
-    const persisted = frozen.root ? Tree.persist(frozen.root, pack) : { ref: null, written: [] }
+    const persisted = root ? Tree.persist(root, pack) : { ref: null, written: [] }
     try {
       if (pack.pageCount > 0) await this.repo.store.put(packKey(pack.id), pack.finish())
       crashPoint('commit-before-head')
@@ -292,7 +297,7 @@ export class VolumeSession {
       if (err instanceof HeadConflictError || err instanceof LeaseLostError) this.fs.fail(err)
       throw err
     }
-    this.committedSeq = frozen.seq
+    this.committedSeq = through
     this.repo.pages.rememberWritten(pack)
     this.fs.tree.compact()
     crashPoint('commit-before-log-drop')
@@ -311,7 +316,7 @@ export class VolumeSession {
     const drained = this.fs.reads.drained()
     const drop = this.logDrop
       .then(() => drained)
-      .then(() => wal.dropThrough(seq, (file) => this.fs.walFileRefs.has(file)))
+      .then(() => wal.dropThrough(seq, (file) => this.fs.logFileInUse(file)))
       .then(
         () => undefined,
         (err: Error) => this.log?.(`could not delete committed log files (retried after the next commit): ${err.message}`),

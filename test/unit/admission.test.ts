@@ -50,7 +50,7 @@ describe('portal admission', () => {
         for (let i = 0; i < 40; i++) {
           const release = await admission.admit(MiB)
           await tick()
-          log += MiB + 64
+          log += MiB + 90
           release()
           peak = Math.max(peak, log + portal.cache.bytes)
         }

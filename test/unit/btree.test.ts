@@ -53,6 +53,14 @@ describe('copy-on-write B+tree', () => {
       expect(await dump(tree)).toEqual([...model].sort(([a], [b]) => (a < b ? -1 : 1)))
       for (const k of [...model.keys()].slice(0, 50)) expect((await tree.get(k))!.toString('latin1')).toBe(model.get(k))
       expect(await tree.get('missing')).toBeUndefined()
+      // lastBefore: one descent (across leaf edges) must find what a scan finds.
+      const sorted = [...model.keys()].sort()
+      for (let q = 0; q < 200; q++) {
+        const before = 'k' + Math.floor(rand() * 4100).toString().padStart(5, '0')
+        const start = 'k' + Math.floor(rand() * 4100).toString().padStart(5, '0')
+        const want = sorted.filter((k) => k < before && k >= start).pop()
+        expect((await tree.lastBefore(start, before))?.[0], `${start}..${before}`).toBe(want)
+      }
     }
     void pages
   })

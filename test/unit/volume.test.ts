@@ -297,3 +297,63 @@ describe('flushing a file that keeps changing', () => {
     await cold.close()
   })
 })
+
+describe('committing while writes go on', () => {
+  it('stores and publishes the volume as it was when the commit began, without holding writers back', async () => {
+    const t = await setup()
+    const v = await t.repo.openVolume('vol', { portalDir: t.portalDir })
+    const data = randomBytes(6 * MiB)
+    const ino = await writeFile(v, ['hot.bin'], data)
+
+    // Hold the commit inside its store: uploads wait for the gate.
+    let openGate!: () => void
+    const gate = new Promise<void>((resolve) => (openGate = resolve))
+    let storing!: () => void
+    const reachedStore = new Promise<void>((resolve) => (storing = resolve))
+    const flush = v.fs.blobs.flush.bind(v.fs.blobs)
+    v.fs.blobs.flush = async () => {
+      storing()
+      await gate
+      return flush()
+    }
+    const committing = v.commit()
+    await reachedStore
+
+    // Writers go on meanwhile (with the old locked last pass these waited for the store, and timed out here).
+    const heldBack = (ms: number) => new Promise<never>((_, reject) => setTimeout(() => reject(new Error('a write waited for the commit')), ms))
+    const later = randomBytes(64 * 1024)
+    await Promise.race([v.fs.write(ROOT, ino, 2 * MiB, later), heldBack(5000)])
+    await Promise.race([writeFile(v, ['later.txt'], b('written after the commit began')), heldBack(5000)])
+    openGate()
+    await committing
+    v.fs.blobs.flush = flush
+
+    // The bucket has the volume as of the commit's start; the live volume has everything since, pending.
+    const published = await t.repo.openVolume('vol', { portalDir: t.portalDir, readOnly: true })
+    expect((await readFile(published, ['hot.bin'])).equals(data)).toBe(true)
+    await expect(readFile(published, ['later.txt'])).rejects.toThrow(FsError)
+    await published.close()
+    later.copy(data, 2 * MiB)
+    expect((await readFile(v, ['hot.bin'])).equals(data)).toBe(true)
+    expect(v.hasUncommitted).toBe(true)
+
+    // The next commit publishes the rest.
+    await v.commit()
+    expect(v.hasUncommitted).toBe(false)
+    await v.close()
+    const cold = await t.repo.openVolume('vol', { portalDir: t.portalDir, readOnly: true })
+    expect((await readFile(cold, ['hot.bin'])).equals(data)).toBe(true)
+    expect((await readFile(cold, ['later.txt'])).toString()).toBe('written after the commit began')
+    await cold.close()
+  })
+
+  it('does not commit again for the extents its own flush logged', async () => {
+    const t = await setup()
+    const v = await t.repo.openVolume('vol', { portalDir: t.portalDir })
+    await writeFile(v, ['a.bin'], randomBytes(3 * MiB))
+    expect((await v.commit())?.generation).toBe(2)
+    expect(v.hasUncommitted).toBe(false)
+    expect(await v.commit()).toBeUndefined()
+    await v.close()
+  })
+})
