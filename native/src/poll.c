@@ -23,7 +23,7 @@
 
 // Requests handled per wake-up before returning to the event loop, so timers
 // and worker replies are not starved by a busy mount.
-#define MAX_PER_WAKEUP 16
+#define MAX_PER_WAKEUP 256
 
 typedef struct {
   uv_poll_t poll;

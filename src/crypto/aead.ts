@@ -1,4 +1,5 @@
 import { createCipheriv, createDecipheriv, createHmac, createSecretKey, randomBytes, type KeyObject } from 'node:crypto'
+import { nativeAddon } from '../util/native.js'
 
 /**
  * Bulk authenticated encryption: AES-256-GCM (node:crypto, AES-NI; measured
@@ -8,6 +9,9 @@ import { createCipheriv, createDecipheriv, createHmac, createSecretKey, randomBy
  * random 128-bit salt, encrypts under key = HMAC(purposeKey, salt), and uses a
  * 96-bit counter as the nonce. Two sealers share a key only if their salts
  * collide (probability ~n²/2¹²⁹), and one sealer never reuses a counter value.
+ *
+ * With the native addon, seal and open call OpenSSL directly (same bytes;
+ * ~4x faster for a 4 KiB log record, see native/src/aead.c).
  *
  * Sealed layout: version(1) | salt(16) | nonce(12) | ciphertext | tag(16).
  * The associated data (kind + identity of the object) is not stored: the
@@ -27,9 +31,15 @@ export class DecryptError extends Error {
   }
 }
 
+/** A session key: raw bytes for the native addon, a KeyObject for node:crypto. */
+interface SessionKey {
+  raw: Buffer
+  object: KeyObject
+}
+
 export class Sealer {
   private readonly salt = randomBytes(SALT)
-  private readonly key: KeyObject
+  private readonly key: SessionKey
   private counter = 0n
 
   constructor(purposeKey: Buffer) {
@@ -45,8 +55,14 @@ export class Sealer {
     const nonce = out.subarray(1 + SALT, 1 + SALT + NONCE)
     nonce.writeUInt32BE(0, 0)
     nonce.writeBigUInt64BE(this.counter++, 4)
-    const cipher = createCipheriv('aes-256-gcm', this.key, nonce)
-    cipher.setAAD(typeof aad === 'string' ? Buffer.from(aad) : aad)
+    const aadBytes = typeof aad === 'string' ? Buffer.from(aad) : aad
+    const native = nativeAddon()
+    if (native) {
+      if (native.gcmSeal(this.key.raw, nonce, aadBytes, parts, out, 1 + SALT + NONCE) !== length + TAG) throw new Error('native AES-GCM seal failed')
+      return out
+    }
+    const cipher = createCipheriv('aes-256-gcm', this.key.object, nonce)
+    cipher.setAAD(aadBytes)
     let at = 1 + SALT + NONCE
     for (const part of parts) at += cipher.update(part).copy(out, at)
     cipher.final()
@@ -57,7 +73,7 @@ export class Sealer {
 
 /** Opens sealed data, caching the per-salt key (one per writer session). */
 export class Opener {
-  private readonly keys = new Map<string, KeyObject>()
+  private readonly keys = new Map<string, SessionKey>()
 
   constructor(private readonly purposeKey: Buffer) {}
 
@@ -66,6 +82,7 @@ export class Opener {
     const salt = sealed.subarray(1, 1 + SALT)
     const nonce = sealed.subarray(1 + SALT, 1 + SALT + NONCE)
     const tag = sealed.subarray(sealed.length - TAG)
+    const body = sealed.subarray(1 + SALT + NONCE, sealed.length - TAG)
     const saltHex = salt.toString('latin1')
     let key = this.keys.get(saltHex)
     if (!key) {
@@ -73,19 +90,27 @@ export class Opener {
       if (this.keys.size > 256) this.keys.clear()
       this.keys.set(saltHex, key)
     }
+    const aadBytes = typeof aad === 'string' ? Buffer.from(aad) : aad
+    const native = nativeAddon()
+    if (native) {
+      const out = Buffer.allocUnsafe(body.length)
+      if (!native.gcmOpen(key.raw, nonce, aadBytes, body, tag, out)) throw new DecryptError(what)
+      return out
+    }
     try {
-      const decipher = createDecipheriv('aes-256-gcm', key, nonce)
-      decipher.setAAD(typeof aad === 'string' ? Buffer.from(aad) : aad)
+      const decipher = createDecipheriv('aes-256-gcm', key.object, nonce)
+      decipher.setAAD(aadBytes)
       decipher.setAuthTag(tag)
-      const body = decipher.update(sealed.subarray(1 + SALT + NONCE, sealed.length - TAG))
+      const plain = decipher.update(body)
       decipher.final()
-      return body
+      return plain
     } catch {
       throw new DecryptError(what)
     }
   }
 }
 
-function deriveSessionKey(purposeKey: Buffer, salt: Buffer): KeyObject {
-  return createSecretKey(createHmac('sha256', purposeKey).update(salt).digest())
+function deriveSessionKey(purposeKey: Buffer, salt: Buffer): SessionKey {
+  const raw = createHmac('sha256', purposeKey).update(salt).digest()
+  return { raw, object: createSecretKey(raw) }
 }

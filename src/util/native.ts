@@ -17,6 +17,10 @@ export interface NativeAddon {
   polled(handle: object): number
   /** malloc_trim(0): returns the C heap's free pages to the kernel; true if any were released. */
   trimHeap(): boolean
+  /** AES-256-GCM: writes the ciphertext of the parts, then the tag, into `out` from `at`; returns the bytes written (-1: bad arguments). */
+  gcmSeal(key: Buffer, nonce: Buffer, aad: Buffer, parts: Buffer[], out: Buffer, at: number): number
+  /** AES-256-GCM: decrypts `ciphertext` into `out`; false when the tag does not check out. */
+  gcmOpen(key: Buffer, nonce: Buffer, aad: Buffer, ciphertext: Buffer, tag: Buffer, out: Buffer): boolean
 }
 
 let loaded: NativeAddon | null | undefined

@@ -1,4 +1,4 @@
-import { randomBytes } from 'node:crypto'
+import { createCipheriv, createDecipheriv, createHmac, randomBytes } from 'node:crypto'
 import { createRequire } from 'node:module'
 import { chmodSync, statSync, writeFileSync } from 'node:fs'
 import path from 'node:path'
@@ -20,6 +20,7 @@ import {
 } from '../../src/crypto/index.js'
 import { argon2id } from '../../src/crypto/argon2.js'
 import { hchacha20, xchachaOpen, xchachaSeal } from '../../src/crypto/xchacha.js'
+import { nativeAddon } from '../../src/util/native.js'
 import { tempDir } from '../helpers/stores.js'
 
 describe('AEAD', () => {
@@ -44,6 +45,30 @@ describe('AEAD', () => {
       expect(() => opener.open(copy, 'x'), `byte ${i}`).toThrow(DecryptError)
     }
     expect(() => opener.open(sealed.subarray(0, sealed.length - 1), 'x')).toThrow(DecryptError)
+  })
+
+  it('seals with the native addon exactly what node:crypto opens, and opens what node:crypto sealed', () => {
+    // CI builds the addon; without it Sealer and Opener are node:crypto and this would prove nothing.
+    expect(nativeAddon()?.gcmSeal).toBeTypeOf('function')
+    const aad = Buffer.from('wal:v:1:99')
+    const sealer = new Sealer(key)
+    for (const size of [0, 1, 4096, 100_000]) {
+      const parts = [randomBytes(13), randomBytes(size), Buffer.alloc(0)]
+      const sealed = sealer.seal(parts, aad)
+      const sessionKey = createHmac('sha256', key).update(sealed.subarray(1, 17)).digest()
+      const nonce = sealed.subarray(17, 29)
+      const decipher = createDecipheriv('aes-256-gcm', sessionKey, nonce)
+      decipher.setAAD(aad)
+      decipher.setAuthTag(sealed.subarray(sealed.length - 16))
+      const plain = Buffer.concat([decipher.update(sealed.subarray(29, sealed.length - 16)), decipher.final()])
+      expect(plain.equals(Buffer.concat(parts)), `${size} bytes`).toBe(true)
+
+      const cipher = createCipheriv('aes-256-gcm', sessionKey, nonce)
+      cipher.setAAD(aad)
+      const body = Buffer.concat([cipher.update(plain), cipher.final()])
+      const foreign = Buffer.concat([sealed.subarray(0, 29), body, cipher.getAuthTag()])
+      expect(new Opener(key).open(foreign, aad).equals(plain)).toBe(true)
+    }
   })
 
   it('never repeats a nonce: counters within a sealer, fresh salts across sealers', () => {
