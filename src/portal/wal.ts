@@ -37,7 +37,7 @@ const RECORD_HEADER = 13
  * writes at once); a crash loses at most what was never synced anyway.
  */
 const BATCH_DELAY_MS = 2
-/** readMany reads frames this close together with one pread (the bytes between are read and skipped)... */
+/** readEach reads frames this close together with one pread (the bytes between are read and skipped)... */
 const RUN_GAP = 16 * 1024
 /** ...up to this many bytes per pread. */
 const RUN_BYTES = 1024 * 1024
