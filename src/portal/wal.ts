@@ -341,29 +341,49 @@ export class Wal {
     if (this.stall) throw this.stall
     const target = this.current
     // A sync already running may have started before our records were written: chain another.
+    // (A rotation is in the chain too, so `target` is still open when our turn comes.)
+    const mine = this.chainSync(() => fdatasync(target.fd).then(() => void this.stats.syncs++))
+    await mine
+    if (this.failed) throw this.failed
+  }
+
+  /** Runs `step` after every sync and rotation already queued; later ones wait for it. */
+  private chainSync(step: () => Promise<void>): Promise<void> {
     const previous = this.syncing
     const mine: Promise<void> = (async () => {
       await previous?.catch(() => undefined)
-      await new Promise<void>((resolve, reject) => fs.fdatasync(target.fd, (err) => (err ? reject(err) : resolve())))
-      this.stats.syncs++
+      await step()
     })()
     this.syncing = mine
-    try {
-      await mine
-    } finally {
+    const clear = () => {
       if (this.syncing === mine) this.syncing = undefined
     }
+    mine.then(clear, clear)
+    return mine
   }
 
-  /** Starts a new file; later records go there. */
+  /**
+   * Starts a new file; later records go there. The old file is synced and
+   * closed in the sync chain: after the syncs already waiting on it (closing
+   * it at once failed them with EBADF — or, had its number been reused, would
+   * have synced another file), and before any later sync returns, since the
+   * old file's records must be durable before anything depends on the new one.
+   */
   rotate(): void {
     this.writeBatch()
     const old = this.current
     this.closedFiles.set(old.no, { size: old.size, maxSeq: old.maxSeq })
     this.openFile(old.no + 1)
-    // The old file's data must be durable before anything may depend on the new one.
-    const oldFd = old.fd
-    fs.fdatasync(oldFd, () => fs.close(oldFd, () => undefined))
+    this.chainSync(async () => {
+      try {
+        await fdatasync(old.fd)
+      } catch (err) {
+        // Records in it may not be durable: nothing later may be acknowledged.
+        this.failed ??= err as Error
+      } finally {
+        fs.close(old.fd, () => undefined)
+      }
+    }).catch(() => undefined)
   }
 
   /** Deletes log files whose every record is at or below `seq` and that `inUse` does not name. */
@@ -550,6 +570,10 @@ export class Wal {
   private closeReaders(): void {
     for (const no of [...this.readers.keys()]) this.closeReader(no)
   }
+}
+
+function fdatasync(fd: number): Promise<void> {
+  return new Promise((resolve, reject) => fs.fdatasync(fd, (err) => (err ? reject(err) : resolve())))
 }
 
 /** Writes every buffer, in order, starting at `pos` (writev may write less than asked). */

@@ -72,4 +72,27 @@ describe('write-ahead log read-back', () => {
       tmp.cleanup()
     }
   })
+
+  it('finishes syncs that were waiting on a file when a rotation closes it, and syncs that file before later ones return', async () => {
+    const keys = new RepoKeys(randomBytes(32), 'test-repo')
+    const tmp = tempDir('s0fs-wal-')
+    const wal = await Wal.create(tmp.dir, keys, { volumeId: 'v', session: 's', baseGeneration: 0 })
+    try {
+      // A commit rotates the log while writers' fsyncs queue up behind one another (a load soak hit EBADF here).
+      for (let i = 0; i < 30; i++) {
+        wal.append(1, randomBytes(100), true)
+        const first = wal.sync()
+        wal.append(1, randomBytes(100), true)
+        const second = wal.sync()
+        wal.rotate()
+        wal.append(1, randomBytes(100), true)
+        const third = wal.sync()
+        await Promise.all([first, second, third])
+      }
+      expect(wal.stats.syncs).toBe(90)
+    } finally {
+      await wal.close()
+      tmp.cleanup()
+    }
+  })
 })
