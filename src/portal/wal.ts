@@ -29,7 +29,7 @@ import type { RepoKeys } from '../crypto/index.js'
 
 const MAGIC = Buffer.from('S0FSWAL1')
 const ROTATE_BYTES = 64 * 1024 * 1024
-/** A frame is written at the end of the turn, or as soon as it holds this much. */
+/** Queued records are written at the end of the turn, or as soon as this much is queued. */
 const FRAME_BYTES = 1024 * 1024
 const RECORD_HEADER = 13
 /**
