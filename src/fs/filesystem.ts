@@ -774,20 +774,35 @@ export class FileSystem {
 
   /** Builds the bytes of [start, end) from extents, with pending pieces on top; holes read as zeros. */
   async assemble(start: number, end: number, extents: Extent[], pieces: Piece[]): Promise<Buffer> {
-    const out = Buffer.alloc(end - start)
+    return (await this.assembleAll([{ start, end, extents, pieces }]))[0]
+  }
+
+  /**
+   * assemble() for many ranges at once: their pending pieces are read back
+   * from the log in one pass (Wal.readEach coalesces nearby records), which
+   * is what a flush batch of many small regions needs.
+   */
+  async assembleAll(ranges: { start: number; end: number; extents: Extent[]; pieces: Piece[] }[]): Promise<Buffer[]> {
+    const out = ranges.map((r) => Buffer.alloc(Math.max(0, r.end - r.start)))
     await Promise.all(
-      extents.map(async (e) => {
-        const from = Math.max(start, e.off)
-        const to = Math.min(end, e.off + e.len)
-        if (to <= from) return
-        const data = await this.blobs.read(e.blob)
-        data.copy(out, from - start, e.blobOff + (from - e.off), e.blobOff + (to - e.off))
-      }),
+      ranges.flatMap(({ start, end, extents }, k) =>
+        extents.map(async (e) => {
+          const from = Math.max(start, e.off)
+          const to = Math.min(end, e.off + e.len)
+          if (to <= from) return
+          const data = await this.blobs.read(e.blob)
+          data.copy(out[k], from - start, e.blobOff + (from - e.off), e.blobOff + (to - e.off))
+        }),
+      ),
     )
-    if (pieces.length) {
+    const reads = ranges.flatMap((r, k) => r.pieces.map((p) => ({ p, into: out[k], at: p.start - r.start })))
+    if (reads.length) {
       await this.wal!.readEach(
-        pieces.map((p) => p.loc),
-        (k, payload) => payload.copy(out, pieces[k].start - start, pieces[k].srcOff, pieces[k].srcOff + (pieces[k].end - pieces[k].start)),
+        reads.map((r) => r.p.loc),
+        (k, payload) => {
+          const { p, into, at } = reads[k]
+          payload.copy(into, at, p.srcOff, p.srcOff + (p.end - p.start))
+        },
       )
     }
     return out

@@ -294,7 +294,7 @@ async function storeSmall(fs: FileSystem, regions: Region[]): Promise<void> {
       batch.push(ordered[i])
       bytes += ordered[i].end - ordered[i].start
     }
-    const data = await assembleInLogOrder(fs, batch)
+    const data = await fs.assembleAll(batch)
     // All-zero files come back without a ref (putWhole stores no blob for them): they read as holes.
     const contents = batch.map((region, k) => ({ region, data: data[k] })).filter((c) => c.data.length > 0)
     const refs = await fs.blobs.putWhole(contents.map((c) => c.data))
@@ -305,23 +305,6 @@ async function storeSmall(fs: FileSystem, regions: Region[]): Promise<void> {
       region.result = ref ? [{ off: region.start, len: region.end - region.start, blob: ref, blobOff: 0 }] : []
     }
   }
-}
-
-/**
- * The current contents of many regions: their stored bytes, with their
- * pending pieces read back from the log in one pass (see Wal.readEach).
- */
-async function assembleInLogOrder(fs: FileSystem, regions: Region[]): Promise<Buffer[]> {
-  const out = await Promise.all(regions.map((r) => (r.end > r.start ? fs.assemble(r.start, r.end, r.extents, []) : Buffer.alloc(0))))
-  const reads = regions.flatMap((r, k) => r.pieces.map((p) => ({ p, into: out[k], at: p.start - r.start })))
-  await fs.wal!.readEach(
-    reads.map((r) => r.p.loc),
-    (k, payload) => {
-      const { p, into, at } = reads[k]
-      payload.copy(into, at, p.srcOff, p.srcOff + (p.end - p.start))
-    },
-  )
-  return out
 }
 
 async function storeLarge(fs: FileSystem, region: Region): Promise<void> {

@@ -139,15 +139,6 @@ export class Wal {
     // A small payload costs far more than its length: the Buffer object and the cache's own entry.
     sizeCalculation: (b) => b.length + RECENT_ENTRY_OVERHEAD,
   })
-  /** Metadata frames read back from disk (their records are read in a row), bounded by their payload bytes. */
-  private readonly frames = new LRUCache<string, Map<number, Buffer>>({
-    maxSize: 4 * FRAME_BYTES,
-    sizeCalculation: (frame) => {
-      let bytes = 64
-      for (const payload of frame.values()) bytes += payload.length + RECENT_ENTRY_OVERHEAD
-      return bytes
-    },
-  })
   private syncing?: Promise<void>
   private failed?: Error
   /** The disk-full error while records wait in memory to be written. */
@@ -264,23 +255,8 @@ export class Wal {
 
   /** The payload of a record. */
   async read(loc: WalLocation): Promise<Buffer> {
-    const cached = this.recent.get(loc.seq)
-    if (cached) return cached
-    const where = this.frameOf.get(loc.seq)
-    if (!where) {
-      const queued = this.batch.find((p) => p.seq === loc.seq)
-      if (queued) return queued.payload
-      throw new WalCorruptError(`log record ${loc.seq} is not in the log`)
-    }
-    const frameKey = `${where.file}:${where.pos}`
-    let frame = this.frames.get(frameKey)
-    if (!frame) {
-      frame = this.readFrame(where)
-      // Records of a shared frame (metadata) are read together: keep it for the next one.
-      if (frame.size > 1) this.frames.set(frameKey, frame)
-    }
-    const payload = frame.get(loc.seq)
-    if (!payload) throw new WalCorruptError(`log record ${loc.seq} is missing from its frame`)
+    let payload!: Buffer
+    await this.readEach([loc], (_, found) => (payload = found))
     return payload
   }
 
@@ -297,10 +273,11 @@ export class Wal {
     for (let i = 0; i < locs.length; i++) {
       const seq = locs[i].seq
       const at = this.frameOf.get(seq)
-      const inMemory = this.recent.get(seq) ?? (at && this.frames.get(`${at.file}:${at.pos}`)?.get(seq))
+      // Recent records are in memory; records not yet written are still in the queue.
+      const inMemory = this.recent.get(seq) ?? (at ? undefined : this.batch.find((p) => p.seq === seq)?.payload)
       if (inMemory) visit(i, inMemory)
       else if (at) wanted.push({ i, seq, at })
-      else visit(i, await this.read(locs[i])) // still queued, or not in the log (read says so)
+      else throw new WalCorruptError(`log record ${seq} is not in the log`)
     }
     wanted.sort((a, b) => a.at.file - b.at.file || a.at.pos - b.at.pos)
     for (let k = 0; k < wanted.length; ) {
@@ -537,13 +514,6 @@ export class Wal {
    * microseconds — through the thread pool, each read cost a thread wake-up
    * on the main thread (17% of it under fio's random writes, this VM).
    */
-  private readFrame(at: FrameAt): Map<number, Buffer> {
-    const sealed = Buffer.allocUnsafe(at.len)
-    readFully(this.reader(at.file), sealed, at.pos + 4)
-    this.stats.preads++
-    return this.openFrame(at, sealed)
-  }
-
   private openFrame(at: FrameAt, sealed: Buffer): Map<number, Buffer> {
     this.stats.framesRead++
     this.stats.frameBytesRead += at.len
