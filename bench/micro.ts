@@ -48,7 +48,7 @@ function nullStore(): ObjectStore {
 
 async function pipeline(keys: RepoKeys, pool: BlobWorkerPool, data: Buffer): Promise<number> {
   const chunker = createChunker(chunking, gearTable(keys.key('chunker')))
-  const blobs = new BlobStore(nullStore(), keys, { pool, maxUploads: 4, localChunker: chunker.native ? chunker : undefined })
+  const blobs = new BlobStore(nullStore(), keys, { pool, maxUploads: 4, localChunker: chunker.native ? chunker : undefined, frames: true })
   const piece = 16 * MiB
   const start = process.hrtime.bigint()
   const writer = blobs.chunkedWriter()
@@ -77,8 +77,8 @@ export async function runMicro(log: (line: string) => void = console.log): Promi
   add('chunk', 'chunk (FastCDC cut points, 16 MiB)', 16 * MiB, () => void chunker.cuts(random.subarray(0, 16 * MiB)))
   add('hash', 'hash (HMAC-SHA256, 1 MiB)', MiB, () => void keys.contentId(oneMiB))
   add('encrypt', 'encrypt (AES-256-GCM, 1 MiB)', MiB, () => void keys.seal('data', oneMiB, 'blob:x'))
-  add('encode_incompressible', 'encode blob, incompressible (hash+zstd+seal, 1 MiB)', MiB, () => void encodeBlob(keys, oneMiB))
-  add('encode_text', 'encode blob, source text (hash+zstd+seal, 1 MiB)', MiB, () => void encodeBlob(keys, textMiB))
+  add('encode_incompressible', 'encode blob, incompressible (hash+zstd+seal, 1 MiB)', MiB, () => void encodeBlob(keys, oneMiB, { frames: true }))
+  add('encode_text', 'encode blob, source text (hash+zstd+seal, 1 MiB)', MiB, () => void encodeBlob(keys, textMiB, { frames: true }))
   const sealed = encodeBlob(keys, oneMiB)
   add('pack', 'pack (8 MiB segment of sealed blobs)', 8 * MiB, () => {
     const seg = new SegmentBuilder()
@@ -93,7 +93,8 @@ export async function runMicro(log: (line: string) => void = console.log): Promi
     log(`${task.name.padEnd(56)} ${Math.round(mibs).toString().padStart(6)} MiB/s`)
   }
 
-  const pool = new BlobWorkerPool({ master: keys.master, repoId: keys.repoId, chunking })
+  // Encoded as a new repository's blobs are (format 2: large compressed blobs in frames).
+  const pool = new BlobWorkerPool({ master: keys.master, repoId: keys.repoId, chunking, frames: true })
   try {
     await pipeline(keys, pool, random.subarray(0, 32 * MiB)) // warm up the workers' JIT
     // Best of three: this machine's timings are noisy (shared cores, memory reclaim).

@@ -5,7 +5,7 @@ import type { RepoKeys } from '../crypto/index.js'
 import { listAll, NotFoundError, type ObjectStore } from '../store/index.js'
 import { BlobIndex } from './blob-index.js'
 import { Relocations } from './relocations.js'
-import { decodeBlob, encodeBlob, isAllZero } from './codec.js'
+import { encodeBlob, isAllZero, openBlob, type OpenedBlob } from './codec.js'
 import type { Chunker } from './chunker.js'
 import type { BlobWorkerPool, EncodedChunk } from './pool.js'
 import { readSegmentIndex, SegmentBuilder, segmentKey, TRAILER_BYTES, type BlobRef } from './segment.js'
@@ -30,6 +30,8 @@ export interface BlobStoreOptions {
   source?: SegmentSource
   /** Decoded-blob memory cache, in bytes. */
   cacheBytes?: number
+  /** Write large compressed blobs as independent frames (repository format 2); the pool's workers must agree. */
+  frames?: boolean
 }
 
 export interface PlacedChunk {
@@ -97,9 +99,10 @@ export class BlobStore {
   private relocationsLoaded?: Promise<void>
   /** Segments a GC run is about to delete: never deduplicate against them (see repo/gc.ts). */
   private readonly condemned = new Set<string>()
-  private readonly decoded: LRUCache<string, Buffer>
-  /** Blobs being read and decoded now, shared by everyone who asks meanwhile. */
-  private readonly decoding = new Map<string, Promise<Buffer>>()
+  /** Opened blobs: decoded, or for a framed blob decrypted but still compressed (its frames decompress per read). */
+  private readonly decoded: LRUCache<string, OpenedBlob>
+  /** Blobs being read and opened now, shared by everyone who asks meanwhile. */
+  private readonly decoding = new Map<string, Promise<OpenedBlob>>()
   private readonly segmentSize: number
   private readonly maxUploads: number
   private readonly source: SegmentSource
@@ -115,7 +118,7 @@ export class BlobStore {
       read: (seg, off, len) => store.get(segmentKey(seg), { start: off, end: off + len }),
     }
     // Small blobs cost their object overhead more than their bytes: count at least 256 each.
-    this.decoded = new LRUCache<string, Buffer>({ maxSize: options.cacheBytes ?? 16 * 1024 * 1024, sizeCalculation: (b) => Math.max(256, b.length) })
+    this.decoded = new LRUCache<string, OpenedBlob>({ maxSize: options.cacheBytes ?? 16 * 1024 * 1024, sizeCalculation: (b) => Math.max(256, b.heldBytes) })
   }
 
   /** Number of distinct blobs this store knows of (index plus this session). */
@@ -261,10 +264,29 @@ export class BlobStore {
    * (reloaded once when its old segment turns out to be gone).
    */
   async read(ref: BlobRef): Promise<Buffer> {
+    return this.readRange(ref, 0, ref.raw)
+  }
+
+  /** Bytes [from, to) of a blob's plaintext: of a framed blob, only the frames holding them are decompressed. */
+  async readRange(ref: BlobRef, from: number, to: number): Promise<Buffer> {
+    const blob = await this.opened(ref)
+    try {
+      return blob.slice(from, to)
+    } catch (err) {
+      throw new BlobReadError(ref, err)
+    }
+  }
+
+  /** Reads and opens a blob into the cache ahead of its readers (errors are left for them). */
+  prefetch(ref: BlobRef): void {
+    this.opened(ref).catch(() => undefined)
+  }
+
+  private opened(ref: BlobRef): Promise<OpenedBlob> {
     const cacheKey = ref.id.toString('latin1')
     const hit = this.decoded.get(cacheKey)
-    if (hit) return hit
-    // A reader and the read-ahead (or two neighbouring READs) often want the same blob at once: decode it once.
+    if (hit) return Promise.resolve(hit)
+    // A reader and the read-ahead (or two neighbouring READs) often want the same blob at once: open it once.
     let pending = this.decoding.get(cacheKey)
     if (!pending) {
       pending = this.readUncached(ref, cacheKey).finally(() => this.decoding.delete(cacheKey))
@@ -273,7 +295,7 @@ export class BlobStore {
     return pending
   }
 
-  private async readUncached(ref: BlobRef, cacheKey: string): Promise<Buffer> {
+  private async readUncached(ref: BlobRef, cacheKey: string): Promise<OpenedBlob> {
     let sealed = this.pendingBytes(ref)
     let at = ref
     try {
@@ -292,10 +314,10 @@ export class BlobStore {
         }
       }
       if (sealed.length !== at.len) throw new Error(`read ${sealed.length} of ${at.len} bytes`)
-      const data = decodeBlob(this.keys, ref.id, sealed, ref.raw)
+      const blob = openBlob(this.keys, ref.id, sealed, ref.raw)
       this.stats.blobsDecoded++
-      this.decoded.set(cacheKey, data)
-      return data
+      this.decoded.set(cacheKey, blob)
+      return blob
     } catch (err) {
       throw new BlobReadError(at, err)
     }
@@ -334,7 +356,7 @@ export class BlobStore {
 
   private encodeHere(data: Buffer): EncodedChunk {
     if (isAllZero(data)) return { id: Buffer.alloc(0), sealed: Buffer.alloc(0), rawLength: data.length, zero: true }
-    return { ...encodeBlob(this.keys, data), zero: false }
+    return { ...encodeBlob(this.keys, data, { frames: this.options.frames }), zero: false }
   }
 
   /** @internal Finds cut points of sab[start, end) (here with a native chunker, else on the pool). */

@@ -1,6 +1,6 @@
 export { createChunker, gearTable, type ChunkParams, type Chunker } from './chunker.js'
-export { encodeBlob, decodeBlob, blobAad, BlobCorruptError, BLOB_ID_BYTES, type EncodedBlob } from './codec.js'
-export { BlobWorkerPool, type EncodedChunk } from './pool.js'
+export { encodeBlob, decodeBlob, openBlob, blobAad, BlobCorruptError, BLOB_ID_BYTES, FRAME_BYTES, type EncodedBlob, type EncodeOptions, type OpenedBlob } from './codec.js'
+export { BlobWorkerPool, type BlobWorkerInit, type EncodedChunk } from './pool.js'
 export {
   SegmentBuilder,
   SegmentCorruptError,

@@ -36,6 +36,15 @@ function workerSource(): { source: string | URL; eval: boolean } {
 /** Young-generation size of each worker's heap: workers hold little on it (data lives in shared and external buffers). */
 const WORKER_YOUNG_GENERATION_MB = 4
 
+/** What each worker is started with: the repository's keys, chunking and blob encoding. */
+export interface BlobWorkerInit {
+  master: Buffer
+  repoId: string
+  chunking: ChunkParams
+  /** See BlobStoreOptions.frames. */
+  frames?: boolean
+}
+
 /**
  * A fixed set of blob worker threads, started on first use. Requests go to
  * the least-busy worker; idle workers do not keep the process alive.
@@ -46,7 +55,7 @@ export class BlobWorkerPool {
   private closed = false
 
   constructor(
-    private readonly init: { master: Buffer; repoId: string; chunking: ChunkParams },
+    private readonly init: BlobWorkerInit,
     readonly size = Math.max(1, Math.min(4, availableParallelism())),
   ) {}
 

@@ -6,11 +6,12 @@
  */
 import { parentPort, workerData } from 'node:worker_threads'
 import { RepoKeys } from '../crypto/keys.js'
-import { createChunker, gearTable, type ChunkParams } from './chunker.js'
+import { createChunker, gearTable } from './chunker.js'
 import { encodeBlob, isAllZero } from './codec.js'
+import type { BlobWorkerInit } from './pool.js'
 import type { WorkerReply, WorkerRequest } from './worker-protocol.js'
 
-const init = workerData as { master: Uint8Array; repoId: string; chunking: ChunkParams }
+const init = workerData as BlobWorkerInit
 const keys = new RepoKeys(Buffer.from(init.master), init.repoId)
 const chunker = createChunker(init.chunking, gearTable(keys.key('chunker')))
 
@@ -26,7 +27,7 @@ parentPort!.on('message', (req: WorkerRequest) => {
     const blobs = req.ranges.map(([s, e]) => {
       const data = region.subarray(s - req.start, e - req.start)
       if (isAllZero(data)) return { id: new ArrayBuffer(0), sealed: new ArrayBuffer(0), rawLength: data.length, zero: true }
-      const blob = encodeBlob(keys, data)
+      const blob = encodeBlob(keys, data, { frames: init.frames })
       return { id: toArrayBuffer(blob.id), sealed: toArrayBuffer(blob.sealed), rawLength: blob.rawLength, zero: false }
     })
     const reply: WorkerReply = { seq: req.seq, blobs }

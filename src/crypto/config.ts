@@ -13,7 +13,12 @@ import { XCHACHA_NONCE_BYTES, xchachaOpen, xchachaSeal } from './xchacha.js'
  */
 
 export const FORMAT = 's0fs-repository'
-export const FORMAT_VERSION = 1
+/**
+ * 1: the first layout. 2: large compressed blobs may be framed (blob/codec.ts).
+ * Every version reads its predecessors; a repository is written in the
+ * version it was created with.
+ */
+export const FORMAT_VERSION = 2
 
 export interface KdfParams {
   alg: 'argon2id13' | 'hkdf-sha256'

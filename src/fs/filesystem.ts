@@ -766,7 +766,7 @@ export class FileSystem {
   private async readAhead(ino: number, from: number, to: number): Promise<void> {
     try {
       const extents = await this.lock.run(() => this.extentsIn(ino, from, to))
-      for (const e of extents) this.blobs.read(e.blob).catch(() => undefined)
+      for (const e of extents) this.blobs.prefetch(e.blob)
     } catch {
       // the file changed or went away meanwhile
     }
@@ -790,8 +790,8 @@ export class FileSystem {
           const from = Math.max(start, e.off)
           const to = Math.min(end, e.off + e.len)
           if (to <= from) return
-          const data = await this.blobs.read(e.blob)
-          data.copy(out[k], from - start, e.blobOff + (from - e.off), e.blobOff + (to - e.off))
+          const data = await this.blobs.readRange(e.blob, e.blobOff + (from - e.off), e.blobOff + (to - e.off))
+          data.copy(out[k], from - start)
         }),
       ),
     )

@@ -241,10 +241,13 @@ export class Repository {
    */
   blobStore(options: { forWriting?: boolean } = {}): Promise<BlobStore> {
     this.blobs ??= (async () => {
-      this.pool = new BlobWorkerPool({ master: this.keys.master, repoId: this.id, chunking: this.config.chunking })
+      // Framed blobs (see blob/codec.ts) only where every reader understands them: format 2 and later.
+      const frames = this.config.version >= 2
+      this.pool = new BlobWorkerPool({ master: this.keys.master, repoId: this.id, chunking: this.config.chunking, frames })
       const chunker = createChunker(this.config.chunking, gearTable(this.keys.key('chunker')))
       return new BlobStore(this.store, this.keys, {
         pool: this.pool,
+        frames,
         localChunker: chunker.native ? chunker : undefined,
         source: this.segmentSource,
       })

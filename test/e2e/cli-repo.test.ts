@@ -21,7 +21,7 @@ describe('s0fs init / key / repo info', () => {
     const info = await runCli(['repo', 'info', '--repo', repo, '--key-file', key, '--json'])
     expect(info.code, info.stderr).toBe(0)
     const parsed = JSON.parse(info.stdout)
-    expect(parsed).toMatchObject({ format: 's0fs-repository', version: 1, conditionalWrites: true, keySlots: 1, objects: 1 })
+    expect(parsed).toMatchObject({ format: 's0fs-repository', version: 2, conditionalWrites: true, keySlots: 1, objects: 1 })
     const human = await runCli(['repo', 'info', '--repo', repo, '--key-file', key])
     expect(human.stdout).toMatch(/conditional\s+yes/)
   })
