@@ -104,7 +104,7 @@ export function parseConfig(data: Buffer, where: string): RepoConfig {
   }
   if (config?.format !== FORMAT) throw new ConfigError(`${where} is not an s0fs repository (config format ${JSON.stringify(config?.format)})`)
   if (typeof config.version !== 'number' || config.version > FORMAT_VERSION) {
-    throw new ConfigError(`${where} uses repository format version ${config.version}; this s0fs reads version ${FORMAT_VERSION}: upgrade s0fs`)
+    throw new ConfigError(`${where} uses repository format version ${config.version}; this s0fs reads versions 1 to ${FORMAT_VERSION}: upgrade s0fs`)
   }
   if (config.version < 1 || !Array.isArray(config.slots) || typeof config.id !== 'string') {
     throw new ConfigError(`${where} has a malformed config (version ${config.version})`)

@@ -703,6 +703,7 @@ export class FileSystem {
     return inode
   }
 
+  /** The bytes of [offset, offset + length) cut to the file's size. The Buffer may be the blob cache's own: never modify it. */
   async read(ino: number, offset: number, length: number): Promise<Buffer> {
     let plan: { extents: Extent[]; pieces: Piece[]; start: number; end: number; size: number }
     const read = this.reads.begin()
@@ -718,6 +719,12 @@ export class FileSystem {
       const sequential = plan.end > plan.start && this.readEnds.get(ino) === plan.start
       this.readEnds.set(ino, plan.end)
       if (sequential && plan.end < plan.size) void this.readAhead(ino, plan.end, Math.min(plan.size, plan.end + READ_AHEAD_BYTES))
+      const only = plan.extents.length === 1 && plan.pieces.length === 0 ? plan.extents[0] : undefined
+      if (only && only.off <= plan.start && only.off + only.len >= plan.end) {
+        // Inside one stored chunk with nothing pending on top (most reads of a stored file): its bytes
+        // as they are, without zeroing and copying them into a buffer of their own.
+        return await this.blobs.readRange(only.blob, only.blobOff + (plan.start - only.off), only.blobOff + (plan.end - only.off))
+      }
       return await this.assemble(plan.start, plan.end, plan.extents, plan.pieces)
     } finally {
       this.reads.end(read)

@@ -4,6 +4,7 @@ import path from 'node:path'
 import type { SegmentSource } from '../blob/index.js'
 import { segmentKey } from '../blob/index.js'
 import type { ObjectStore } from '../store/index.js'
+import { OpenFiles } from './open-files.js'
 
 /**
  * The portal's read cache: windows of segment objects, stored on local disk
@@ -26,6 +27,7 @@ export interface SegmentCacheStats {
 export class SegmentCache implements SegmentSource {
   readonly stats: SegmentCacheStats = { hits: 0, misses: 0, bytesFetched: 0, bytesServed: 0, evictedBytes: 0 }
   private readonly inflight = new Map<string, Promise<Buffer>>()
+  private readonly handles = new OpenFiles()
   /** Cache bytes added by this process since the last full scan. */
   private addedSinceScan = 0
   /** Room held for windows being written (counted before their files exist). */
@@ -74,7 +76,7 @@ export class SegmentCache implements SegmentSource {
 
   private async readWindow(seg: string, window: number, start: number, len: number): Promise<Buffer> {
     const file = this.file(seg, window)
-    const cached = await readRange(file, start, len)
+    const cached = await this.handles.with(file, (handle) => readAt(handle, start, len))
     if (cached && cached.length === len) {
       this.stats.hits++
       this.stats.bytesServed += len
@@ -197,29 +199,21 @@ export class SegmentCache implements SegmentSource {
 
   /** Drops every cached window (the benchmark's "cold from the bucket"). */
   async clear(): Promise<void> {
+    this.handles.clear()
     await fsp.rm(this.dir, { recursive: true, force: true })
     this.usage = 0
     this.addedSinceScan = 0
   }
 }
 
-async function readRange(file: string, start: number, len: number): Promise<Buffer | undefined> {
-  let handle: fsp.FileHandle
-  try {
-    handle = await fsp.open(file, 'r')
-  } catch {
-    return undefined
+/** Up to `len` bytes at `start` (fewer at the end of the file). */
+async function readAt(handle: fsp.FileHandle, start: number, len: number): Promise<Buffer> {
+  const buf = Buffer.allocUnsafe(len)
+  let done = 0
+  while (done < len) {
+    const { bytesRead } = await handle.read(buf, done, len - done, start + done)
+    if (bytesRead === 0) break
+    done += bytesRead
   }
-  try {
-    const buf = Buffer.allocUnsafe(len)
-    let done = 0
-    while (done < len) {
-      const { bytesRead } = await handle.read(buf, done, len - done, start + done)
-      if (bytesRead === 0) break
-      done += bytesRead
-    }
-    return buf.subarray(0, done)
-  } finally {
-    await handle.close()
-  }
+  return buf.subarray(0, done)
 }

@@ -4,6 +4,7 @@ import {
   RepoKeys,
   addSlot,
   encodeConfig,
+  FORMAT_VERSION,
   newConfig,
   parseConfig,
   unlock,
@@ -78,6 +79,8 @@ export class NoRepositoryError extends Error {
 export interface InitOptions extends OpenStoreOptions {
   /** Label stored with the first key slot. */
   label?: string
+  /** Repository format to write (default: the newest). 1 keeps the repository readable by s0fs before framed blobs. */
+  formatVersion?: number
 }
 
 export interface RepoInfo {
@@ -141,6 +144,12 @@ export class Repository {
       if (await probeStore.head(CONFIG_KEY)) throw new RepositoryExistsError(probeStore.displayUrl)
       const conditionalWrites = probeStore.capabilities.atomicConditionalWrites && (await probeConditionalWrites(probeStore, `probe-${randomBytes(8).toString('hex')}`))
       const config = newConfig({ conditionalWrites, backend: backendName(probeStore) })
+      if (options.formatVersion !== undefined) {
+        if (!Number.isInteger(options.formatVersion) || options.formatVersion < 1 || options.formatVersion > FORMAT_VERSION) {
+          throw new ConfigError(`format version ${options.formatVersion} is not one this s0fs writes (1 to ${FORMAT_VERSION})`)
+        }
+        config.version = options.formatVersion
+      }
       const master = randomBytes(32)
       await addSlot(config, master, credential, options.label)
       const keys = new RepoKeys(master, config.id)

@@ -53,7 +53,7 @@ describe('bad data and bad input', () => {
       writeFileSync(config, JSON.stringify({ ...parsed, version: 99 }))
       const r = await runCli(['repo', 'info', '--repo', other.repo!], { env: other.env })
       expect(r.code).not.toBe(0)
-      expect(r.stderr).toMatch(/format version 99; this s0fs reads version 1: upgrade s0fs/)
+      expect(r.stderr).toMatch(/format version 99; this s0fs reads versions 1 to 2: upgrade s0fs/)
     } finally {
       other.cleanup()
     }

@@ -24,6 +24,13 @@ describe('s0fs init / key / repo info', () => {
     expect(parsed).toMatchObject({ format: 's0fs-repository', version: 2, conditionalWrites: true, keySlots: 1, objects: 1 })
     const human = await runCli(['repo', 'info', '--repo', repo, '--key-file', key])
     expect(human.stdout).toMatch(/conditional\s+yes/)
+    // An older format on request (for nodes running an older s0fs); a format it does not write is a usage error.
+    const old = `file://${path.join(scratch.dir, 'r-format1')}`
+    expect((await runCli(['init', '--repo', old, '--key-file', key, '--format', '1'])).code).toBe(0)
+    expect(JSON.parse((await runCli(['repo', 'info', '--repo', old, '--key-file', key, '--json'])).stdout).version).toBe(1)
+    const bad = await runCli(['init', '--repo', `file://${path.join(scratch.dir, 'r-format9')}`, '--key-file', key, '--format', '9'])
+    expect(bad.code).toBe(2)
+    expect(bad.stderr).toMatch(/--format must be a repository format from 1 to 2/)
   })
 
   it('adds, lists and removes key slots without re-encrypting, and never removes the last', async () => {

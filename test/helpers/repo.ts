@@ -6,7 +6,7 @@ import { tempDir } from './stores.js'
 export const TEST_PASSPHRASE = { kind: 'passphrase' as const, passphrase: 'test passphrase' }
 
 /** A fresh repository on a new memory store (or the given URL), plus a portal directory. */
-export async function testRepo(url?: string, options: { s3Credentials?: { accessKeyId: string; secretAccessKey: string } } = {}) {
+export async function testRepo(url?: string, options: { s3Credentials?: { accessKeyId: string; secretAccessKey: string }; formatVersion?: number } = {}) {
   const name = `repo-${randomBytes(4).toString('hex')}`
   const repoUrl = url ?? `memory://${name}`
   // Argon2id at full strength costs ~0.4 s per open; a key file keeps tests quick.

@@ -216,6 +216,57 @@ describe('read-ahead', () => {
   })
 })
 
+describe('repository formats', () => {
+  /** Compressible text with no long repeats: numbered lines of words. */
+  function text(bytes: number): Buffer {
+    const words = ['alpha', 'beta', 'gamma', 'delta', 'epsilon', 'zeta', 'theta', 'kappa']
+    const lines: string[] = []
+    for (let n = 0, size = 0; size < bytes; n++) {
+      const line = `${n} ${words[n % 8]} ${words[(n * 7) % 8]} ${(n * 2654435761) % 1000003}\n`
+      lines.push(line)
+      size += line.length
+    }
+    return Buffer.from(lines.join('')).subarray(0, bytes)
+  }
+
+  for (const version of [1, 2]) {
+    it(`format ${version}: ${version === 1 ? 'single-frame blobs, as before' : 'large compressible chunks in frames'}; random reads of a cold volume return the bytes written`, async () => {
+      const t = await testRepo(undefined, { formatVersion: version })
+      cleanups.push(t.cleanup)
+      expect((await t.repo.info()).version).toBe(version)
+      await t.repo.createVolume('vol')
+      const v = await t.repo.openVolume('vol', { portalDir: t.portalDir })
+      const data = text(6 * MiB)
+      const ino = await writeFile(v, ['log.txt'], data)
+      await v.commit()
+      await v.close()
+
+      const cold = await t.repo.openVolume('vol', { portalDir: t.portalDir, readOnly: true })
+      const extents = await cold.fs.extentsIn(ino, 0, data.length)
+      // What each stored chunk is: the first byte of its sealed body (1: one zstd frame, 2: frames).
+      const encodings = new Set<number>()
+      for (const e of extents) {
+        const sealed = await t.repo.store.get(`seg/${e.blob.seg.slice(0, 2)}/${e.blob.seg}`, { start: e.blob.off, end: e.blob.off + e.blob.len })
+        encodings.add(t.repo.keys.open('data', sealed, `blob:${e.blob.id.toString('hex')}`)[0])
+      }
+      expect([...encodings]).toEqual([version === 1 ? 1 : 2])
+      for (let i = 0; i < 200; i++) {
+        const at = Math.floor(Math.random() * (data.length - 5000))
+        const len = 1 + Math.floor(Math.random() * 5000)
+        expect((await cold.fs.read(ino, at, len)).equals(data.subarray(at, at + len))).toBe(true)
+      }
+      // A read across chunk edges.
+      const edge = extents[1].off
+      expect((await cold.fs.read(ino, edge - 3000, 6000)).equals(data.subarray(edge - 3000, edge + 3000))).toBe(true)
+      await cold.close()
+    })
+  }
+
+  it('refuses to create a format it does not write', async () => {
+    await expect(testRepo(undefined, { formatVersion: 3 })).rejects.toThrow(/format version 3 is not one this s0fs writes \(1 to 2\)/)
+  })
+})
+
 describe('patches', () => {
   it('stores small rewrites of a large file as patches, and rewrites large ones as chunks', async () => {
     const t = await setup()

@@ -1,5 +1,7 @@
+import { FORMAT_VERSION } from '../../crypto/index.js'
 import { Repository } from '../../repo/index.js'
 import type { Command, CommandContext } from '../command.js'
+import { UsageError } from '../exit-codes.js'
 import { repoUrl, resolveCredential } from '../credentials.js'
 import { formatBytes, table } from '../format.js'
 
@@ -19,6 +21,7 @@ export const initCommand: Command = {
     'Probes whether the storage honours conditional writes and records the answer. With --key-file, a key file that does not exist yet is created (mode 0600).',
   options: {
     label: { type: 'string', value: 'TEXT', description: 'label for the first key slot' },
+    format: { type: 'string', value: 'N', description: `repository format: ${FORMAT_VERSION} (default), or 1 for nodes running s0fs from before framed blobs` },
     ...jsonOption,
   },
   examples: [
@@ -26,9 +29,13 @@ export const initCommand: Command = {
     'S0FS_PASSPHRASE=… s0fs init --repo "s3://bucket/s0fs?endpoint=http://127.0.0.1:9000"',
   ],
   async run(ctx) {
+    const formatVersion = ctx.values.format === undefined ? undefined : Number(ctx.values.format)
+    if (formatVersion !== undefined && !(Number.isInteger(formatVersion) && formatVersion >= 1 && formatVersion <= FORMAT_VERSION)) {
+      throw new UsageError(`--format must be a repository format from 1 to ${FORMAT_VERSION}`)
+    }
     const { url, isDefault } = repoUrl(ctx.values)
     const credential = await resolveCredential(ctx.values, ctx.io, { create: true, isDefaultRepo: isDefault, confirm: true })
-    const repo = await Repository.init(url, credential, { label: ctx.values.label as string | undefined })
+    const repo = await Repository.init(url, credential, { label: ctx.values.label as string | undefined, formatVersion })
     try {
       const info = { id: repo.id, url: repo.store.displayUrl, conditionalWrites: repo.config.storage.conditionalWrites }
       if (ctx.values.json) ctx.io.out(JSON.stringify(info) + '\n')

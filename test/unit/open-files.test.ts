@@ -1,0 +1,61 @@
+import { mkdtempSync, readdirSync, rmSync, unlinkSync, writeFileSync } from 'node:fs'
+import type { FileHandle } from 'node:fs/promises'
+import os from 'node:os'
+import path from 'node:path'
+import { afterAll, describe, expect, it } from 'vitest'
+import { OpenFiles } from '../../src/portal/open-files.js'
+
+const dir = mkdtempSync(path.join(os.tmpdir(), 's0fs-open-files-'))
+afterAll(() => rmSync(dir, { recursive: true, force: true }))
+
+function file(name: string, text: string): string {
+  const p = path.join(dir, name)
+  writeFileSync(p, text)
+  return p
+}
+
+const readAll = async (h: FileHandle) => (await h.readFile()).toString()
+const openFds = () => readdirSync('/proc/self/fd').length
+
+describe('OpenFiles', () => {
+  it('keeps a handle open between reads: a file deleted after its first read still reads, until cleared', async () => {
+    const files = new OpenFiles(4)
+    const p = file('a', 'window a')
+    expect(await files.with(p, readAll)).toBe('window a')
+    unlinkSync(p)
+    expect(await files.with(p, (h) => h.read(Buffer.alloc(6), 0, 6, 0).then((r) => r.buffer.toString()))).toBe('window')
+    files.clear()
+    expect(await files.with(p, readAll)).toBeUndefined()
+  })
+
+  it('does not remember a file that could not be opened', async () => {
+    const files = new OpenFiles(4)
+    const p = path.join(dir, 'later')
+    expect(await files.with(p, readAll)).toBeUndefined()
+    writeFileSync(p, 'there now')
+    expect(await files.with(p, readAll)).toBe('there now')
+    files.clear()
+  })
+
+  it('holds at most `max` handles, and never closes one a reader is using', async () => {
+    const files = new OpenFiles(3)
+    const before = openFds()
+    let release!: () => void
+    const held = new Promise<void>((r) => (release = r))
+    const first = file('held', 'still readable')
+    // A reader holds the first handle while ten other files push it out of the cache.
+    const reading = files.with(first, async (h) => {
+      await held
+      return readAll(h)
+    })
+    for (let i = 0; i < 10; i++) expect(await files.with(file(`f${i}`, `file ${i}`), readAll)).toBe(`file ${i}`)
+    await new Promise((r) => setTimeout(r, 20))
+    // Three cached plus the one in use.
+    expect(openFds() - before).toBeLessThanOrEqual(4)
+    release()
+    expect(await reading).toBe('still readable')
+    files.clear()
+    await new Promise((r) => setTimeout(r, 20))
+    expect(openFds()).toBe(before)
+  })
+})
