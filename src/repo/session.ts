@@ -276,11 +276,12 @@ export class VolumeSession {
       this.fs.releaseFrozen()
     }
     const root = frozen.tree.freeze()
-    await wal.sync()
     const pack = new PackWriter(this.repo.keys, this.repo.pages.capacity)
     const persisted = root ? Tree.persist(root, pack) : { ref: null, written: [] }
     try {
-      if (pack.pageCount > 0) await this.repo.store.put(packKey(pack.id), pack.finish())
+      // The log (through the records this commit's flush added) and the pages must both be durable
+      // before the head names them; neither needs the other, so their fsyncs overlap.
+      await Promise.all([wal.sync(), pack.pageCount > 0 ? this.repo.store.put(packKey(pack.id), pack.finish()) : undefined])
       crashPoint('commit-before-head')
       lease.assertValid()
       const next: VolumeHead = {
