@@ -38,7 +38,7 @@ const WORKER_YOUNG_GENERATION_MB = 4
 
 /** What each worker is started with: the repository's keys, chunking and blob encoding. */
 export interface BlobWorkerInit {
-  master: Buffer
+  master: Uint8Array
   repoId: string
   chunking: ChunkParams
   /** See BlobStoreOptions.frames. */
