@@ -15,6 +15,17 @@ const init = workerData as BlobWorkerInit
 const keys = new RepoKeys(Buffer.from(init.master), init.repoId)
 const chunker = createChunker(init.chunking, gearTable(keys.key('chunker')))
 
+/*
+ * After each encode batch the worker collects its young generation (where the
+ * process runs with --expose-gc, as the mount daemon does: src/mount/runtime.ts).
+ * Every chunk leaves ~2 MiB of garbage here — zstd's worst-case output buffer
+ * and the sealed buffer before its transferable copy — which this isolate,
+ * holding almost nothing on its own heap, otherwise collected so rarely that
+ * two workers held ~100 MiB more than encoding in-thread. Measured in the
+ * daemon (alternating runs): peak RSS during tar's commit 276-284 -> 215-234
+ * MiB, during a 512 MiB dd 275-279 -> 222-223 MiB, throughput unchanged. A
+ * minor collection of a 4 MiB young generation takes well under a millisecond.
+ */
 parentPort!.on('message', (req: WorkerRequest) => {
   try {
     const region = Buffer.from(req.sab, req.start, req.end - req.start)
@@ -32,6 +43,7 @@ parentPort!.on('message', (req: WorkerRequest) => {
     })
     const reply: WorkerReply = { seq: req.seq, blobs }
     parentPort!.postMessage(reply, blobs.map((b) => b.sealed))
+    globalThis.gc?.({ type: 'minor' })
   } catch (err) {
     const reply: WorkerReply = { seq: req.seq, error: (err as Error).stack ?? String(err) }
     parentPort!.postMessage(reply)
