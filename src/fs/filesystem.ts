@@ -719,12 +719,6 @@ export class FileSystem {
       const sequential = plan.end > plan.start && this.readEnds.get(ino) === plan.start
       this.readEnds.set(ino, plan.end)
       if (sequential && plan.end < plan.size) void this.readAhead(ino, plan.end, Math.min(plan.size, plan.end + READ_AHEAD_BYTES))
-      const only = plan.extents.length === 1 && plan.pieces.length === 0 ? plan.extents[0] : undefined
-      if (only && only.off <= plan.start && only.off + only.len >= plan.end) {
-        // Inside one stored chunk with nothing pending on top (most reads of a stored file): its bytes
-        // as they are, without zeroing and copying them into a buffer of their own.
-        return await this.blobs.readRange(only.blob, only.blobOff + (plan.start - only.off), only.blobOff + (plan.end - only.off))
-      }
       return await this.assemble(plan.start, plan.end, plan.extents, plan.pieces)
     } finally {
       this.reads.end(read)
@@ -779,8 +773,17 @@ export class FileSystem {
     }
   }
 
-  /** Builds the bytes of [start, end) from extents, with pending pieces on top; holes read as zeros. */
+  /**
+   * Builds the bytes of [start, end) from extents, with pending pieces on top;
+   * holes read as zeros. The Buffer may be the blob cache's own: never modify it.
+   */
   async assemble(start: number, end: number, extents: Extent[], pieces: Piece[]): Promise<Buffer> {
+    const only = extents.length === 1 && pieces.length === 0 ? extents[0] : undefined
+    if (only && only.off <= start && only.off + only.len >= end) {
+      // Inside one stored chunk with nothing pending on top (most reads of a stored file): its bytes
+      // as they are, without zeroing and copying them into a buffer of their own.
+      return this.blobs.readRange(only.blob, only.blobOff + (start - only.off), only.blobOff + (end - only.off))
+    }
     return (await this.assembleAll([{ start, end, extents, pieces }]))[0]
   }
 

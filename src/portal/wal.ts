@@ -319,8 +319,7 @@ export class Wal {
     const target = this.current
     // A sync already running may have started before our records were written: chain another.
     // (A rotation is in the chain too, so `target` is still open when our turn comes.)
-    const mine = this.chainSync(() => fdatasync(target.fd).then(() => void this.stats.syncs++))
-    await mine
+    await this.chainSync(() => fdatasync(target.fd).then(() => void this.stats.syncs++))
     if (this.failed) throw this.failed
   }
 
