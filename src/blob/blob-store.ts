@@ -2,7 +2,7 @@ import { randomBytes } from 'node:crypto'
 import { LRUCache } from 'lru-cache'
 import { pack, unpack } from 'msgpackr'
 import type { RepoKeys } from '../crypto/index.js'
-import { listAll, NotFoundError, type ObjectStore } from '../store/index.js'
+import { bodyLength, listAll, NotFoundError, type ObjectStore } from '../store/index.js'
 import { BlobIndex } from './blob-index.js'
 import { Relocations } from './relocations.js'
 import { encodeBlob, isAllZero, openBlob, type OpenedBlob } from './codec.js'
@@ -62,7 +62,8 @@ export class BlobReadError extends Error {
 
 interface SealedSegment {
   builder: SegmentBuilder
-  data: Buffer
+  parts: Buffer[]
+  length: number
   upload?: Promise<void>
   error?: unknown
 }
@@ -129,7 +130,7 @@ export class BlobStore {
   /** Bytes of sealed segments not yet confirmed in the bucket. */
   get pendingUploadBytes(): number {
     let n = this.open?.byteLength ?? 0
-    for (const s of this.sealed.values()) n += s.data.length
+    for (const s of this.sealed.values()) n += s.length
     return n
   }
 
@@ -409,14 +410,15 @@ export class BlobStore {
     const builder = this.open
     if (!builder || builder.blobCount === 0) return
     this.open = undefined
-    const s: SealedSegment = { builder, data: builder.finish(this.keys) }
+    const parts = builder.finish(this.keys)
+    const s: SealedSegment = { builder, parts, length: bodyLength(parts) }
     this.sealed.set(builder.id, s)
     this.startUpload(builder.id, s)
   }
 
   private startUpload(seg: string, s: SealedSegment): void {
     s.error = undefined
-    s.upload = this.store.put(segmentKey(seg), s.data).then(
+    s.upload = this.store.put(segmentKey(seg), s.parts).then(
       () => {
         this.sealed.delete(seg)
         this.unindexed.push(...s.builder.blobs)
@@ -432,7 +434,7 @@ export class BlobStore {
     const fromOpen = this.open?.slice(ref)
     if (fromOpen) return fromOpen
     const s = this.sealed.get(ref.seg)
-    return s ? s.data.subarray(ref.off, ref.off + ref.len) : undefined
+    return s?.builder.slice(ref)
   }
 }
 
@@ -450,6 +452,19 @@ export class ChunkedWriter {
   /** Adds the next bytes of the stream. Resolves once they are queued (with backpressure). */
   async write(piece: Buffer): Promise<void> {
     await this.submit(toShared(this.carry, piece), false)
+  }
+
+  /**
+   * write() for bytes made straight into the memory the chunker and workers
+   * read, saving a copy: `fill` gets the next `length` bytes of the stream to
+   * write, zeroed.
+   */
+  async writeInto(length: number, fill: (into: Buffer) => Promise<void>): Promise<void> {
+    const sab = new SharedArrayBuffer(this.carry.length + length)
+    const view = Buffer.from(sab)
+    view.set(this.carry, 0)
+    await fill(view.subarray(this.carry.length))
+    await this.submit(sab, false)
   }
 
   /** Stores the rest and returns every chunk of the stream, in order, with stream offsets. */

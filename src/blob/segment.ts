@@ -82,13 +82,17 @@ export class SegmentBuilder {
     return sealed && sealed.length === ref.len ? sealed : undefined
   }
 
-  finish(keys: RepoKeys): Buffer {
+  /**
+   * The segment object, as parts to write back to back (the store joins them
+   * only if it must): the blobs, then their sealed index and the trailer.
+   */
+  finish(keys: RepoKeys): Buffer[] {
     const index = keys.seal('data', pack(this.refs.map((r) => [r.id, r.off, r.len, r.raw])), segmentIndexAad(this.id))
     const trailer = Buffer.alloc(TRAILER_BYTES)
     trailer.writeBigUInt64BE(BigInt(this.size), 0)
     trailer.writeUInt32BE(index.length, 8)
     TRAILER_MAGIC.copy(trailer, 12)
-    return Buffer.concat([...this.parts, index, trailer])
+    return [...this.parts, index, trailer]
   }
 }
 

@@ -5,17 +5,18 @@ import type { Wal, WalLocation, WalRecord } from '../portal/wal.js'
 import { fsError, FsError } from './errors.js'
 import {
   DATA_HEADER,
+  dataRecord,
   decodeDataHeader,
   decodeExtents,
   decodeKv,
   decodePunch,
   decodeTruncate,
-  encodeDataHeader,
   encodeExtents,
   encodeKv,
   encodePunch,
   encodeTruncate,
   REC,
+  writeDataHeader,
   type ExtentsRecord,
 } from './journal.js'
 import { ReadTracker } from './read-tracker.js'
@@ -794,6 +795,16 @@ export class FileSystem {
    */
   async assembleAll(ranges: { start: number; end: number; extents: Extent[]; pieces: Piece[] }[]): Promise<Buffer[]> {
     const out = ranges.map((r) => Buffer.alloc(Math.max(0, r.end - r.start)))
+    await this.assembleInto(ranges, out)
+    return out
+  }
+
+  /**
+   * assembleAll() into buffers the caller provides, one per range, of its
+   * length and zeroed (holes are not written): the flusher assembles a large
+   * file's pieces straight into the memory its chunker and workers read.
+   */
+  async assembleInto(ranges: { start: number; end: number; extents: Extent[]; pieces: Piece[] }[], out: Buffer[]): Promise<void> {
     await Promise.all(
       ranges.flatMap(({ start, end, extents }, k) =>
         extents.map(async (e) => {
@@ -815,30 +826,37 @@ export class FileSystem {
         },
       )
     }
-    return out
   }
 
-  async write(cred: Cred, ino: number, offset: number, data: Buffer, options: { killPriv?: boolean } = {}): Promise<number> {
+  /**
+   * Writes `data` at `offset`. `data` may be a view of a buffer its owner
+   * reuses as soon as this returns (the kernel request it arrived in): it is
+   * copied, once, into its log record before the first await.
+   */
+  async write(cred: Cred, ino: number, offset: number, data: Uint8Array, options: { killPriv?: boolean } = {}): Promise<number> {
     if (offset < 0) throw fsError('EINVAL')
     if (offset + data.length > MAX_FILE_SIZE) throw fsError('EFBIG')
     this.requireWritable()
+    const record = dataRecord(data)
     const admitted = this.admit ? await this.admit(data.length) : undefined
     try {
-      return await this.writeAdmitted(cred, ino, offset, data, options)
+      return await this.writeAdmitted(cred, ino, offset, record, options)
     } finally {
       admitted?.()
     }
   }
 
-  private writeAdmitted(cred: Cred, ino: number, offset: number, data: Buffer, options: { killPriv?: boolean }): Promise<number> {
+  private writeAdmitted(cred: Cred, ino: number, offset: number, record: Buffer, options: { killPriv?: boolean }): Promise<number> {
+    const length = record.length - DATA_HEADER
     return this.lock.run(async () => {
       const inode = await this.getInode(ino)
       if (isDir(inode.mode)) throw fsError('EISDIR')
       if (!isReg(inode.mode)) throw fsError('EINVAL')
-      if (data.length === 0) return 0
+      if (length === 0) return 0
       const now = this.now()
-      const loc = this.wal!.append(REC.data, Buffer.concat([encodeDataHeader(ino, offset, now), data]), true)
-      this.applyWrite(inode, offset, data.length, loc, now)
+      writeDataHeader(record, ino, offset, now)
+      const loc = this.wal!.append(REC.data, record, true)
+      this.applyWrite(inode, offset, length, loc, now)
       await this.storeInode(inode)
       if (inode.mode & (S_ISUID | S_ISGID) && (options.killPriv || (cred.uid !== 0 && !cred.kernelChecked))) {
         // A write by someone else strips setuid; the data record does not imply that, so log it.
@@ -846,7 +864,7 @@ export class FileSystem {
         await this.storeInode(inode)
         this.wal!.append(REC.kv, encodeKv([[inodeKey(ino), encodeInode(inode)]]))
       }
-      return data.length
+      return length
     })
   }
 

@@ -313,7 +313,7 @@ async function storeLarge(fs: FileSystem, region: Region): Promise<void> {
     const to = Math.min(region.end, at + STREAM_PIECE)
     const extents = region.extents.filter((e) => e.off < to && e.off + e.len > at)
     const pieces = region.pieces.filter((p) => p.start < to && p.end > at).map((p) => clipPiece(p, at, to))
-    await writer.write(await fs.assemble(at, to, extents, pieces))
+    await writer.writeInto(to - at, (into) => fs.assembleInto([{ start: at, end: to, extents, pieces }], [into]))
   }
   const chunks = await writer.end()
   region.result = []

@@ -34,13 +34,22 @@ export function decodeKv(payload: Buffer): [string, Buffer | null][] {
   ])
 }
 
-export function encodeDataHeader(ino: number, off: number, time: Timespec): Buffer {
-  const h = Buffer.allocUnsafe(DATA_HEADER)
-  h.writeBigUInt64LE(BigInt(ino), 0)
-  h.writeBigUInt64LE(BigInt(off), 8)
-  h.writeBigUInt64LE(BigInt(time.s), 16)
-  h.writeUInt32LE(time.ns, 24)
-  return h
+/**
+ * A written-data record: the header, then the bytes. The bytes are copied in
+ * now and the header filled in later (`writeDataHeader`), when the write
+ * holds the lock and knows its time: one copy of the caller's data in all.
+ */
+export function dataRecord(data: Uint8Array): Buffer {
+  const record = Buffer.allocUnsafe(DATA_HEADER + data.length)
+  record.set(data, DATA_HEADER)
+  return record
+}
+
+export function writeDataHeader(record: Buffer, ino: number, off: number, time: Timespec): void {
+  record.writeBigUInt64LE(BigInt(ino), 0)
+  record.writeBigUInt64LE(BigInt(off), 8)
+  record.writeBigUInt64LE(BigInt(time.s), 16)
+  record.writeUInt32LE(time.ns, 24)
 }
 
 export function decodeDataHeader(payload: Buffer): { ino: number; off: number; time: Timespec; length: number } {

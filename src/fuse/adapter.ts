@@ -214,8 +214,8 @@ export class FuseAdapter {
         const size = body.readUInt32LE(16)
         const killPriv = (body.readUInt32LE(20) & FUSE_WRITE_KILL_SUIDGID) !== 0
         const start = this.minor >= 9 ? 40 : 24
-        // Copy now: the request buffer is reused as soon as this returns.
-        const data = Buffer.from(body.subarray(start, start + size))
+        // The request buffer is reused as soon as this returns: fs.write copies the bytes before it awaits.
+        const data = body.subarray(start, start + size)
         stats.bytes += size
         return fs.write(cred, node, offset, data, { killPriv }).then((written) => {
           const out = Buffer.alloc(8)

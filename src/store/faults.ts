@@ -1,6 +1,6 @@
 import { StoreUnavailableError } from './errors.js'
 import { sleep } from './retry.js'
-import type { ListOptions, ListPage, ObjectInfo, ObjectStore, PutResult } from './types.js'
+import type { Body, ListOptions, ListPage, ObjectInfo, ObjectStore, PutResult } from './types.js'
 
 export interface FaultOptions {
   /** Probability that a request fails before reaching the inner store. */
@@ -79,7 +79,7 @@ export class FaultStore implements ObjectStore {
     const out = await this.inner.getVersioned(key)
     return { data: this.damage(out.data), etag: out.etag }
   }
-  async put(key: string, data: Buffer): Promise<PutResult> {
+  async put(key: string, data: Body): Promise<PutResult> {
     await this.before('put', key)
     return this.afterWrite(key, await this.inner.put(key, data))
   }

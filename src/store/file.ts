@@ -4,7 +4,8 @@ import { hostname } from 'node:os'
 import path from 'node:path'
 import { NotFoundError, PreconditionFailedError, StoreUnavailableError } from './errors.js'
 import { assertValidKey, newCounters } from './counters.js'
-import type { ListOptions, ListPage, ObjectInfo, ObjectStore, PutResult, StoreCapabilities } from './types.js'
+import type { Body, ListOptions, ListPage, ObjectInfo, ObjectStore, PutResult, StoreCapabilities } from './types.js'
+import { bodyLength } from './types.js'
 import { processAlive } from '../util/process.js'
 
 const TMP_DIR = '.tmp'
@@ -86,7 +87,7 @@ export class FileStore implements ObjectStore {
     }
   }
 
-  async put(key: string, data: Buffer): Promise<PutResult> {
+  async put(key: string, data: Body): Promise<PutResult> {
     this.counters.put++
     const file = this.pathOf(key)
     const tmp = await this.writeTemp(data)
@@ -97,7 +98,7 @@ export class FileStore implements ObjectStore {
       throw this.mapError(err, key)
     }
     await fsyncDir(path.dirname(file))
-    this.counters.bytesOut += data.length
+    this.counters.bytesOut += bodyLength(data)
     return { etag: etagOf(await fsp.stat(file, { bigint: true })) }
   }
 
@@ -210,7 +211,7 @@ export class FileStore implements ObjectStore {
     return path.join(this.root, key)
   }
 
-  private async writeTemp(data: Buffer): Promise<string> {
+  private async writeTemp(data: Body): Promise<string> {
     const dir = path.join(this.root, TMP_DIR)
     const tmp = path.join(dir, `${process.pid}-${randomBytes(8).toString('hex')}`)
     let handle: fsp.FileHandle
@@ -222,7 +223,8 @@ export class FileStore implements ObjectStore {
       handle = await fsp.open(tmp, fsc.O_WRONLY | fsc.O_CREAT | fsc.O_EXCL, 0o600)
     }
     try {
-      await handle.writeFile(data)
+      if (Buffer.isBuffer(data)) await handle.writeFile(data)
+      else await writeAllParts(handle, data)
       await handle.datasync()
     } catch (err) {
       await handle.close()
@@ -324,4 +326,17 @@ async function fsyncDir(dir: string): Promise<void> {
 
 function sleep(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms))
+}
+
+/** Writes the parts back to back from the file's start (writev, again for whatever a short write left). */
+async function writeAllParts(handle: fsp.FileHandle, parts: readonly Buffer[]): Promise<void> {
+  let rest = parts.filter((p) => p.length > 0)
+  let position = 0
+  while (rest.length) {
+    const { bytesWritten } = await handle.writev(rest, position)
+    position += bytesWritten
+    let skip = bytesWritten
+    while (rest.length && skip >= rest[0].length) skip -= rest.shift()!.length
+    if (skip > 0) rest[0] = rest[0].subarray(skip)
+  }
 }

@@ -1,4 +1,5 @@
-export type { ByteRange, ListOptions, ListPage, ObjectInfo, ObjectStore, PutResult, StoreCapabilities, StoreCounters } from './types.js'
+export type { Body, ByteRange, ListOptions, ListPage, ObjectInfo, ObjectStore, PutResult, StoreCapabilities, StoreCounters } from './types.js'
+export { bodyLength, joinBody } from './types.js'
 export { NotFoundError, PreconditionFailedError, StoreAuthError, StoreConfigError, StoreError, StoreUnavailableError } from './errors.js'
 export { MemoryStore } from './memory.js'
 export { FileStore } from './file.js'

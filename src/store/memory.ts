@@ -1,6 +1,7 @@
 import { NotFoundError, PreconditionFailedError } from './errors.js'
 import { assertValidKey, newCounters, sliceRange } from './counters.js'
-import type { ListOptions, ListPage, ObjectInfo, ObjectStore, PutResult, StoreCapabilities } from './types.js'
+import type { Body, ListOptions, ListPage, ObjectInfo, ObjectStore, PutResult, StoreCapabilities } from './types.js'
+import { joinBody } from './types.js'
 
 interface Entry {
   data: Buffer
@@ -57,9 +58,9 @@ export class MemoryStore implements ObjectStore {
     return { data: Buffer.from(entry.data), etag: entry.etag }
   }
 
-  async put(key: string, data: Buffer): Promise<PutResult> {
+  async put(key: string, data: Body): Promise<PutResult> {
     assertValidKey(key)
-    return this.store(key, data)
+    return this.store(key, joinBody(data))
   }
 
   async putIfAbsent(key: string, data: Buffer): Promise<PutResult> {

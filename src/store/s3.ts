@@ -15,7 +15,8 @@ import { Agent as HttpsAgent } from 'node:https'
 import { NotFoundError, PreconditionFailedError, StoreAuthError, StoreConfigError, StoreError, StoreUnavailableError } from './errors.js'
 import { assertValidKey, newCounters } from './counters.js'
 import { backoffDelay, DEFAULT_RETRY, sleep, type RetryPolicy } from './retry.js'
-import type { ListOptions, ListPage, ObjectInfo, ObjectStore, PutResult, StoreCapabilities } from './types.js'
+import type { Body, ListOptions, ListPage, ObjectInfo, ObjectStore, PutResult, StoreCapabilities } from './types.js'
+import { joinBody } from './types.js'
 
 type S3Module = typeof import('@aws-sdk/client-s3')
 
@@ -95,7 +96,8 @@ export class S3Store implements ObjectStore {
     return this.getObject(key)
   }
 
-  async put(key: string, data: Buffer): Promise<PutResult> {
+  async put(key: string, body: Body): Promise<PutResult> {
+    const data = joinBody(body)
     if (data.length > (this.options.multipartThreshold ?? DEFAULT_MULTIPART_THRESHOLD)) return this.putMultipart(key, data)
     return this.putObject(key, data, {})
   }
