@@ -12,6 +12,7 @@ import { readSegmentIndex, SegmentBuilder, segmentKey, TRAILER_BYTES, type BlobR
 
 /** Where sealed blob bytes come from; the portal supplies a caching one. */
 export interface SegmentSource {
+  /** Bytes of a segment. They are the caller's: a blob read is decrypted over them (no buffer shared with another reader). */
   read(seg: string, off: number, len: number): Promise<Buffer>
 }
 
@@ -298,6 +299,8 @@ export class BlobStore {
 
   private async readUncached(ref: BlobRef, cacheKey: string): Promise<OpenedBlob> {
     let sealed = this.pendingBytes(ref)
+    // Bytes still waiting for upload are read as they are; bytes read from the source are ours to decrypt over.
+    const inPlace = !sealed
     let at = ref
     try {
       if (!sealed) {
@@ -315,7 +318,7 @@ export class BlobStore {
         }
       }
       if (sealed.length !== at.len) throw new Error(`read ${sealed.length} of ${at.len} bytes`)
-      const blob = openBlob(this.keys, ref.id, sealed, ref.raw)
+      const blob = openBlob(this.keys, ref.id, sealed, ref.raw, inPlace)
       this.stats.blobsDecoded++
       this.decoded.set(cacheKey, blob)
       return blob

@@ -114,9 +114,10 @@ export function decodeBlob(keys: RepoKeys, id: Buffer, sealed: Buffer, rawLength
 }
 
 /** Decrypts a blob; a single-frame compressed blob is decompressed now, a framed one on each slice. */
-export function openBlob(keys: RepoKeys, id: Buffer, sealed: Buffer, rawLength?: number): OpenedBlob {
+/** Decrypts and checks a stored blob. `inPlace`: `sealed` is the caller's to overwrite (see Opener.open). */
+export function openBlob(keys: RepoKeys, id: Buffer, sealed: Buffer, rawLength?: number, inPlace = false): OpenedBlob {
   const name = `blob ${id.toString('hex').slice(0, 16)}`
-  const body = keys.open('data', sealed, blobAad(id), name)
+  const body = keys.open('data', sealed, blobAad(id), name, inPlace)
   const flag = body[0]
   const payload = body.subarray(1)
   let blob: OpenedBlob

@@ -33,10 +33,11 @@ export class RepoKeys {
     return sealer.seal(plaintext, aad)
   }
 
-  open(purpose: KeyPurpose, sealed: Buffer, aad: string | Buffer, what?: string): Buffer {
+  /** Decrypts and checks sealed data; see Opener.open for `inPlace`. */
+  open(purpose: KeyPurpose, sealed: Buffer, aad: string | Buffer, what?: string, inPlace = false): Buffer {
     let opener = this.openers.get(purpose)
     if (!opener) this.openers.set(purpose, (opener = new Opener(this.key(purpose))))
-    return opener.open(sealed, aad, what ?? (typeof aad === 'string' ? aad : 'object'))
+    return opener.open(sealed, aad, what ?? (typeof aad === 'string' ? aad : 'object'), inPlace)
   }
 
   /** Keyed content ID: HMAC-SHA256 of the plaintext, never a bare hash (no confirmation-of-file attacks). */

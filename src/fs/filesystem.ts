@@ -81,6 +81,12 @@ const INODE_CACHE_ENTRIES = 8192
  */
 const READ_AHEAD_BYTES = 8 * 1024 * 1024
 
+/** A read returns at most this many parts (see assembleParts). */
+const MAX_READ_PARTS = 64
+/** Shared zeros for the holes of read replies (never written to). */
+const ZEROS = Buffer.alloc(1024 * 1024)
+const zeros = (n: number): Buffer => (n <= ZEROS.length ? ZEROS.subarray(0, n) : Buffer.alloc(n))
+
 export const RENAME_NOREPLACE = 1
 export const RENAME_EXCHANGE = 2
 export const XATTR_CREATE = 1
@@ -706,6 +712,17 @@ export class FileSystem {
 
   /** The bytes of [offset, offset + length) cut to the file's size. The Buffer may be the blob cache's own: never modify it. */
   async read(ino: number, offset: number, length: number): Promise<Buffer> {
+    const parts = await this.readParts(ino, offset, length)
+    return parts.length === 1 ? parts[0] : Buffer.concat(parts)
+  }
+
+  /**
+   * read() as parts to send back to back (a READ reply is written with
+   * writev): a 1 MiB read usually spans two stored chunks, and its reply
+   * need not copy them into one buffer first. The parts may be the blob
+   * cache's own: never modify them.
+   */
+  async readParts(ino: number, offset: number, length: number): Promise<Buffer[]> {
     let plan: { extents: Extent[]; pieces: Piece[]; start: number; end: number; size: number }
     const read = this.reads.begin()
     try {
@@ -720,7 +737,7 @@ export class FileSystem {
       const sequential = plan.end > plan.start && this.readEnds.get(ino) === plan.start
       this.readEnds.set(ino, plan.end)
       if (sequential && plan.end < plan.size) void this.readAhead(ino, plan.end, Math.min(plan.size, plan.end + READ_AHEAD_BYTES))
-      return await this.assemble(plan.start, plan.end, plan.extents, plan.pieces)
+      return await this.assembleParts(plan.start, plan.end, plan.extents, plan.pieces)
     } finally {
       this.reads.end(read)
     }
@@ -786,6 +803,33 @@ export class FileSystem {
       return this.blobs.readRange(only.blob, only.blobOff + (start - only.off), only.blobOff + (end - only.off))
     }
     return (await this.assembleAll([{ start, end, extents, pieces }]))[0]
+  }
+
+  /**
+   * assemble() as parts: slices of the stored chunks, and zeros for holes.
+   * With pending pieces on top, one assembled buffer.
+   */
+  private async assembleParts(start: number, end: number, extents: Extent[], pieces: Piece[]): Promise<Buffer[]> {
+    // Many small extents (a file of 4 KiB patches) are joined: a reply must go out in one writev (IOV_MAX 1,024).
+    if (pieces.length > 0 || extents.length > MAX_READ_PARTS) return [await this.assemble(start, end, extents, pieces)]
+    const slices = await Promise.all(
+      extents.map(async (e) => {
+        const from = Math.max(start, e.off)
+        const to = Math.min(end, e.off + e.len)
+        return to > from ? { from, data: await this.blobs.readRange(e.blob, e.blobOff + (from - e.off), e.blobOff + (to - e.off)) } : undefined
+      }),
+    )
+    const parts: Buffer[] = []
+    let at = start
+    for (const slice of slices) {
+      if (!slice) continue
+      if (slice.from < at) return [await this.assemble(start, end, extents, pieces)] // overlapping extents: let assemble layer them
+      if (slice.from > at) parts.push(zeros(slice.from - at))
+      parts.push(slice.data)
+      at = slice.from + slice.data.length
+    }
+    if (at < end) parts.push(zeros(end - at))
+    return parts
   }
 
   /**

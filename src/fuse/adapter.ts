@@ -204,9 +204,9 @@ export class FuseAdapter {
       case Op.READ: {
         const offset = readU64(body, 8)
         const size = body.readUInt32LE(16)
-        return fs.read(node, offset, size).then((data) => {
-          stats.bytes += data.length
-          this.device.reply(u, 0, data)
+        return fs.readParts(node, offset, size).then((parts) => {
+          for (const part of parts) stats.bytes += part.length
+          this.device.reply(u, 0, ...parts)
         })
       }
       case Op.WRITE: {

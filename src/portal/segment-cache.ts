@@ -92,7 +92,11 @@ export class SegmentCache implements SegmentSource {
     }
     const data = await pending
     this.stats.bytesServed += len
-    return data.subarray(start, start + len)
+    // A copy: the fetched window is shared by every reader waiting on it (other blobs, other volumes),
+    // and each decrypts its bytes in place.
+    const own = Buffer.allocUnsafe(len)
+    data.copy(own, 0, start, start + len)
+    return own
   }
 
   private async fetch(seg: string, window: number, file: string): Promise<Buffer> {

@@ -71,6 +71,20 @@ describe('AEAD', () => {
     }
   })
 
+  it('opens in place: the plaintext over the ciphertext, and a failed check throws', () => {
+    expect(nativeAddon()?.gcmOpen).toBeTypeOf('function')
+    const sealer = new Sealer(key)
+    const opener = new Opener(key)
+    const plain = randomBytes(100_000)
+    const sealed = sealer.seal(plain, 'blob:1')
+    const opened = opener.open(sealed, 'blob:1', 'blob', true)
+    expect(opened.equals(plain)).toBe(true)
+    expect(opened.buffer).toBe(sealed.buffer) // a view of the sealed bytes, not a new buffer
+    const damaged = sealer.seal(plain, 'blob:2')
+    damaged[damaged.length - 1] ^= 1
+    expect(() => opener.open(damaged, 'blob:2', 'blob', true)).toThrow(DecryptError)
+  })
+
   it('never repeats a nonce: counters within a sealer, fresh salts across sealers', () => {
     const a = new Sealer(key)
     const b = new Sealer(key)

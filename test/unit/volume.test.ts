@@ -221,6 +221,42 @@ describe('read-ahead', () => {
   })
 })
 
+describe('reads in parts', () => {
+  it('returns stored chunks and holes as parts that join to the bytes, and one buffer under pending writes', async () => {
+    const t = await setup()
+    const v = await t.repo.openVolume('vol', { portalDir: t.portalDir })
+    const head = randomBytes(3 * MiB)
+    const tail = randomBytes(2 * MiB)
+    const ino = await writeFile(v, ['sparse.bin'], head)
+    await v.fs.write(ROOT, ino, 5 * MiB, tail) // a 2 MiB hole between
+    const expected = Buffer.concat([head, Buffer.alloc(2 * MiB), tail])
+    await v.commit()
+    await v.close()
+    const cold = await t.repo.openVolume('vol', { portalDir: t.portalDir, readOnly: true })
+    const extents = await cold.fs.extentsIn(ino, 0, 7 * MiB)
+    expect(extents.length).toBeGreaterThan(3)
+    // Every 1 MiB read, at offsets that cross chunk edges and the hole's edges, twice (cold, then cached).
+    for (const round of [1, 2]) {
+      for (let at = 0; at < 7 * MiB; at += MiB - 4099) {
+        const parts = await cold.fs.readParts(ino, at, MiB)
+        const joined = Buffer.concat(parts)
+        expect(joined.equals(expected.subarray(at, at + MiB)), `round ${round} at ${at}`).toBe(true)
+      }
+    }
+    const acrossHole = await cold.fs.readParts(ino, 3 * MiB - 10, 2 * MiB + 20)
+    expect(acrossHole.length).toBeGreaterThan(2)
+    expect(Buffer.concat(acrossHole).equals(expected.subarray(3 * MiB - 10, 5 * MiB + 10))).toBe(true)
+    await cold.close()
+
+    const live = await t.repo.openVolume('vol', { portalDir: t.portalDir })
+    await live.fs.write(ROOT, ino, 100, b('pending'))
+    expected.write('pending', 100)
+    const underWrite = await live.fs.readParts(ino, 0, MiB)
+    expect(underWrite.length).toBe(1)
+    expect(underWrite[0].equals(expected.subarray(0, MiB))).toBe(true)
+  })
+})
+
 describe('repository formats', () => {
   /** Compressible text with no long repeats: numbered lines of words. */
   function text(bytes: number): Buffer {
