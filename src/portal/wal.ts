@@ -513,10 +513,11 @@ export class Wal {
    * microseconds — through the thread pool, each read cost a thread wake-up
    * on the main thread (17% of it under fio's random writes, this VM).
    */
+  /** Opens a frame read back from disk, decrypting over `sealed` (the caller's own buffer, from the pread). */
   private openFrame(at: FrameAt, sealed: Buffer): Map<number, Buffer> {
     this.stats.framesRead++
     this.stats.frameBytesRead += at.len
-    return splitFrame(this.keys.open('cache', sealed, frameAad(this.header.volumeId, at.file, at.pos), `log frame ${at.file}:${at.pos}`))
+    return splitFrame(this.keys.open('cache', sealed, frameAad(this.header.volumeId, at.file, at.pos), `log frame ${at.file}:${at.pos}`, true))
   }
 
   /** A read descriptor of a log file, opened on first read-back and kept until the file is dropped. */
