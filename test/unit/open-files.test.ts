@@ -25,6 +25,12 @@ const openFds = () =>
     }
   }).length
 
+/** Waits (up to 5 s) for the count of open descriptors on this test's files to reach `n`, then checks it is exactly that. */
+async function settlesTo(n: number): Promise<void> {
+  for (let i = 0; i < 500 && openFds() !== n; i++) await new Promise((r) => setTimeout(r, 10))
+  expect(openFds()).toBe(n)
+}
+
 describe('OpenFiles', () => {
   it('keeps a handle open between reads: a file deleted after its first read still reads, until cleared', async () => {
     const files = new OpenFiles(4)
@@ -46,8 +52,9 @@ describe('OpenFiles', () => {
   })
 
   it('holds at most `max` handles, and never closes one a reader is using', async () => {
+    // Handles close asynchronously: the tests before may still be closing theirs, and this one's evictions take a moment.
+    await settlesTo(0)
     const files = new OpenFiles(3)
-    const before = openFds()
     let release!: () => void
     const held = new Promise<void>((r) => (release = r))
     const first = file('held', 'still readable')
@@ -57,13 +64,11 @@ describe('OpenFiles', () => {
       return readAll(h)
     })
     for (let i = 0; i < 10; i++) expect(await files.with(file(`f${i}`, `file ${i}`), readAll)).toBe(`file ${i}`)
-    await new Promise((r) => setTimeout(r, 20))
     // Three cached plus the one in use.
-    expect(openFds() - before).toBe(4)
+    await settlesTo(4)
     release()
     expect(await reading).toBe('still readable')
     files.clear()
-    await new Promise((r) => setTimeout(r, 20))
-    expect(openFds()).toBe(before)
+    await settlesTo(0)
   })
 })
