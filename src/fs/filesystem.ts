@@ -1271,6 +1271,8 @@ export class FileSystem {
       // Load every page the change touches first, so applying it cannot stop half-way.
       for (const [key] of tx) await this.tree.get(key)
       for (const [key, val] of tx) {
+        if (val) await this.tree.put(key, val)
+        else await this.tree.delete(key)
         if (key.charCodeAt(0) === KIND.inode) {
           // Cache the new record rather than drop the old: lru-cache's delete of its last entry clears
           // every slot (O(max)), and a volume being filled keeps its cache near one entry that way.
@@ -1278,8 +1280,6 @@ export class FileSystem {
           if (val) this.inodeCache.set(ino, decodeInode(ino, val))
           else this.inodeCache.delete(ino)
         }
-        if (val) await this.tree.put(key, val)
-        else await this.tree.delete(key)
       }
       this.wal!.append(REC.kv, encodeKv(tx))
       return result

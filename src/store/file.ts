@@ -334,6 +334,7 @@ async function writeAllParts(handle: fsp.FileHandle, parts: readonly Buffer[]): 
   let position = 0
   while (rest.length) {
     const { bytesWritten } = await handle.writev(rest, position)
+    if (bytesWritten === 0) throw Object.assign(new Error('write made no progress'), { code: 'EIO' })
     position += bytesWritten
     let skip = bytesWritten
     while (rest.length && skip >= rest[0].length) skip -= rest.shift()!.length
