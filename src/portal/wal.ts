@@ -29,8 +29,14 @@ import type { RepoKeys } from '../crypto/index.js'
 
 const MAGIC = Buffer.from('S0FSWAL1')
 const ROTATE_BYTES = 64 * 1024 * 1024
-/** Queued records are written at the end of the turn, or as soon as this much is queued. */
+/**
+ * Queued records are written BATCH_DELAY_MS after the first, or, once this
+ * much is queued, at the end of the event loop's turn (after the replies to
+ * the requests that wrote them: a crash loses only what was never synced)...
+ */
 const FRAME_BYTES = 1024 * 1024
+/** ...or at once, when this much is queued. */
+const MAX_QUEUED_BYTES = 8 * 1024 * 1024
 const RECORD_HEADER = 13
 /**
  * Records wait this long to share a frame. Durability is unaffected (fsync
@@ -128,6 +134,7 @@ export class Wal {
   private batch: Pending[] = []
   private batchBytes = 0
   private flushScheduled = false
+  private writeImmediate = false
   /** Where each record that may be read back (written bytes) sits: seq → frame offset. */
   private readonly frameOf = new Map<number, FrameAt>()
   /** Read descriptors of log files, opened on first read-back and kept until the file is dropped. */
@@ -248,7 +255,8 @@ export class Wal {
     this.stats.records++
     if (readBack) this.recent.set(seq, payload)
     const loc = { file: this.current.no, seq }
-    if (this.batchBytes >= FRAME_BYTES) this.writeBatch()
+    if (this.batchBytes >= MAX_QUEUED_BYTES) this.writeBatch()
+    else if (this.batchBytes >= FRAME_BYTES) this.writeSoon()
     else this.scheduleWrite(BATCH_DELAY_MS)
     return loc
   }
@@ -490,6 +498,24 @@ export class Wal {
     this.stats.frames += placed.length
     this.stats.bytes += pos - (placed[0].at.pos)
     if (file.size >= ROTATE_BYTES) this.rotate()
+  }
+
+  /**
+   * Writes the queue once this turn's replies are out (setImmediate runs after
+   * the microtasks that answer the requests): a 1 MiB WRITE is answered before
+   * its seal and write, and the writer prepares its next request meanwhile.
+   */
+  private writeSoon(): void {
+    if (this.writeImmediate) return
+    this.writeImmediate = true
+    setImmediate(() => {
+      this.writeImmediate = false
+      try {
+        this.writeBatch()
+      } catch {
+        // recorded in this.failed; the next append or sync reports it
+      }
+    })
   }
 
   private scheduleWrite(delayMs: number): void {

@@ -46,6 +46,30 @@ describe('write-ahead log read-back', () => {
     }
   })
 
+  it('writes a queue of 1 MiB or more at the end of the turn (after the replies), and one of 8 MiB at once', async () => {
+    const keys = new RepoKeys(randomBytes(32), 'test-repo')
+    const tmp = tempDir('s0fs-wal-')
+    const wal = await Wal.create(tmp.dir, keys, { volumeId: 'v', session: 's', baseGeneration: 0 })
+    try {
+      const frames = () => wal.stats.frames
+      const start = frames()
+      const first = randomBytes(1024 * 1024)
+      const loc = wal.append(1, first, true)
+      expect(frames()).toBe(start) // queued, not written yet...
+      expect((await wal.read(loc)).equals(first)).toBe(true) // ...yet readable
+      await new Promise((resolve) => setImmediate(resolve))
+      expect(frames()).toBe(start + 1) // written when the turn ended
+      for (let i = 0; i < 7; i++) wal.append(1, randomBytes(1024 * 1024), true)
+      expect(frames()).toBe(start + 1)
+      wal.append(1, randomBytes(1024 * 1024), true)
+      expect(frames()).toBe(start + 9) // the eighth MiB writes all eight at once
+      await wal.sync()
+    } finally {
+      await wal.close()
+      tmp.cleanup()
+    }
+  })
+
   it('recovers interleaved metadata and data records in the order they were appended', async () => {
     const keys = new RepoKeys(randomBytes(32), 'test-repo')
     const tmp = tempDir('s0fs-wal-')
