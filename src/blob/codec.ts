@@ -113,8 +113,11 @@ export function decodeBlob(keys: RepoKeys, id: Buffer, sealed: Buffer, rawLength
   return blob.slice(0, blob.rawLength)
 }
 
-/** Decrypts a blob; a single-frame compressed blob is decompressed now, a framed one on each slice. */
-/** Decrypts and checks a stored blob. `inPlace`: `sealed` is the caller's to overwrite (see Opener.open). */
+/**
+ * Decrypts a blob; a single-frame compressed blob is decompressed now, a
+ * framed one on each slice. `inPlace`: `sealed` is the caller's to overwrite
+ * (see Opener.open).
+ */
 export function openBlob(keys: RepoKeys, id: Buffer, sealed: Buffer, rawLength?: number, inPlace = false): OpenedBlob {
   const name = `blob ${id.toString('hex').slice(0, 16)}`
   const body = keys.open('data', sealed, blobAad(id), name, inPlace)

@@ -519,7 +519,7 @@ export class Wal {
   }
 
   private scheduleWrite(delayMs: number): void {
-    // (A pending timer is kept: its delay is short, and a full frame is written at once anyway.)
+    // (A pending timer is kept: its delay is short, and a full frame is written at the end of the turn anyway.)
     if (this.flushScheduled) return
     this.flushScheduled = true
     const run = () => {
@@ -534,12 +534,13 @@ export class Wal {
   }
 
   /**
-   * Reads and opens one frame. Synchronously, like the writes: the log was
-   * written moments ago and is in the page cache, where a pread costs a few
-   * microseconds — through the thread pool, each read cost a thread wake-up
-   * on the main thread (17% of it under fio's random writes, this VM).
+   * Opens one frame read back from disk, decrypting over `sealed` (the
+   * caller's own buffer, from its pread). Frames are read synchronously, like
+   * the writes: the log was written moments ago and is in the page cache,
+   * where a pread costs a few microseconds — through the thread pool, each
+   * read cost a thread wake-up on the main thread (17% of it under fio's
+   * random writes, this VM).
    */
-  /** Opens a frame read back from disk, decrypting over `sealed` (the caller's own buffer, from the pread). */
   private openFrame(at: FrameAt, sealed: Buffer): Map<number, Buffer> {
     this.stats.framesRead++
     this.stats.frameBytesRead += at.len
