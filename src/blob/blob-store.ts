@@ -214,17 +214,28 @@ export class BlobStore {
 
   /** Stores each buffer whole as one blob (small files); all-zero buffers are not stored (undefined). */
   async putWhole(items: Buffer[]): Promise<(BlobRef | undefined)[]> {
-    if (items.length === 0) return []
-    const total = items.reduce((n, b) => n + b.length, 0)
+    return this.putWholeInto(
+      items.map((item) => item.length),
+      async (views) => items.forEach((item, i) => item.copy(views[i])),
+    )
+  }
+
+  /**
+   * putWhole() for bytes made straight into the memory the workers read,
+   * saving a copy: `fill` gets one zeroed view per length to fill.
+   */
+  async putWholeInto(lengths: number[], fill: (views: Buffer[]) => Promise<void>): Promise<(BlobRef | undefined)[]> {
+    if (lengths.length === 0) return []
+    const total = lengths.reduce((n, length) => n + length, 0)
     const sab = new SharedArrayBuffer(Math.max(1, total))
     const view = Buffer.from(sab)
     const ranges: [number, number][] = []
     let at = 0
-    for (const item of items) {
-      item.copy(view, at)
-      ranges.push([at, at + item.length])
-      at += item.length
+    for (const length of lengths) {
+      ranges.push([at, at + length])
+      at += length
     }
+    await fill(ranges.map(([start, end]) => view.subarray(start, end)))
     const encoded = await this.encodeRanges(sab, ranges)
     const refs = this.place(ranges, encoded).map((c) => c.ref)
     await this.waitForUploadRoom()

@@ -294,12 +294,15 @@ async function storeSmall(fs: FileSystem, regions: Region[]): Promise<void> {
       batch.push(ordered[i])
       bytes += ordered[i].end - ordered[i].start
     }
-    const data = await fs.assembleAll(batch)
-    // All-zero files come back without a ref (putWhole stores no blob for them): they read as holes.
-    const contents = batch.map((region, k) => ({ region, data: data[k] })).filter((c) => c.data.length > 0)
-    const refs = await fs.blobs.putWhole(contents.map((c) => c.data))
+    // Assembled straight into the memory the workers encode from. All-zero files come back
+    // without a ref (no blob is stored for them), and empty ones store nothing: both read as holes.
+    const contents = batch.filter((region) => region.end > region.start)
+    const refs = await fs.blobs.putWholeInto(
+      contents.map((region) => region.end - region.start),
+      (views) => fs.assembleInto(contents, views),
+    )
     const byRegion = new Map<Region, BlobRef>()
-    contents.forEach((c, k) => refs[k] && byRegion.set(c.region, refs[k]))
+    contents.forEach((region, k) => refs[k] && byRegion.set(region, refs[k]))
     for (const region of batch) {
       const ref = byRegion.get(region)
       region.result = ref ? [{ off: region.start, len: region.end - region.start, blob: ref, blobOff: 0 }] : []
