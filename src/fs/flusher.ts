@@ -41,7 +41,7 @@ const STREAM_PIECE = 2 * 1024 * 1024
 const PATCH_MAX = 256 * 1024
 const PATCH_GROWTH = 8
 /** Small files, patches and short spans are encoded in batches of about this many bytes. */
-const SMALL_BATCH = 8 * 1024 * 1024
+const SMALL_BATCH = 4 * 1024 * 1024
 
 interface Region {
   ino: number
