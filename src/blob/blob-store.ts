@@ -465,7 +465,7 @@ export class ChunkedWriter {
 
   /** Adds the next bytes of the stream. Resolves once they are queued (with backpressure). */
   async write(piece: Buffer): Promise<void> {
-    await this.submit(toShared(this.carry, piece), false)
+    await this.writeInto(piece.length, async (into) => void piece.copy(into))
   }
 
   /**
@@ -474,10 +474,8 @@ export class ChunkedWriter {
    * write, zeroed.
    */
   async writeInto(length: number, fill: (into: Buffer) => Promise<void>): Promise<void> {
-    const sab = new SharedArrayBuffer(this.carry.length + length)
-    const view = Buffer.from(sab)
-    view.set(this.carry, 0)
-    await fill(view.subarray(this.carry.length))
+    const sab = toShared(this.carry, length)
+    await fill(Buffer.from(sab, this.carry.length, length))
     await this.submit(sab, false)
   }
 
@@ -512,14 +510,9 @@ export class ChunkedWriter {
   }
 }
 
-/** Copies the parts, back to back, into one buffer the workers can read without a copy. */
-function toShared(...parts: Buffer[]): SharedArrayBuffer {
-  const sab = new SharedArrayBuffer(parts.reduce((n, p) => n + p.length, 0))
-  const view = Buffer.from(sab)
-  let at = 0
-  for (const p of parts) {
-    view.set(p, at)
-    at += p.length
-  }
+/** A buffer the workers can read without a copy: `bytes` at its start, then `room` zeroed bytes. */
+function toShared(bytes: Buffer, room = 0): SharedArrayBuffer {
+  const sab = new SharedArrayBuffer(bytes.length + room)
+  Buffer.from(sab).set(bytes, 0)
   return sab
 }

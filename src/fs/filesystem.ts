@@ -791,18 +791,11 @@ export class FileSystem {
     }
   }
 
-  /**
-   * Builds the bytes of [start, end) from extents, with pending pieces on top;
-   * holes read as zeros. The Buffer may be the blob cache's own: never modify it.
-   */
-  async assemble(start: number, end: number, extents: Extent[], pieces: Piece[]): Promise<Buffer> {
-    const only = extents.length === 1 && pieces.length === 0 ? extents[0] : undefined
-    if (only && only.off <= start && only.off + only.len >= end) {
-      // Inside one stored chunk with nothing pending on top (most reads of a stored file): its bytes
-      // as they are, without zeroing and copying them into a buffer of their own.
-      return this.blobs.readRange(only.blob, only.blobOff + (start - only.off), only.blobOff + (end - only.off))
-    }
-    return (await this.assembleAll([{ start, end, extents, pieces }]))[0]
+  /** Builds the bytes of [start, end) from extents, with pending pieces on top, into a buffer of their own; holes read as zeros. */
+  private async assemble(start: number, end: number, extents: Extent[], pieces: Piece[]): Promise<Buffer> {
+    const out = Buffer.alloc(Math.max(0, end - start))
+    await this.assembleInto([{ start, end, extents, pieces }], [out])
+    return out
   }
 
   /**
@@ -833,20 +826,12 @@ export class FileSystem {
   }
 
   /**
-   * assemble() for many ranges at once: their pending pieces are read back
-   * from the log in one pass (Wal.readEach coalesces nearby records), which
-   * is what a flush batch of many small regions needs.
-   */
-  async assembleAll(ranges: { start: number; end: number; extents: Extent[]; pieces: Piece[] }[]): Promise<Buffer[]> {
-    const out = ranges.map((r) => Buffer.alloc(Math.max(0, r.end - r.start)))
-    await this.assembleInto(ranges, out)
-    return out
-  }
-
-  /**
-   * assembleAll() into buffers the caller provides, one per range, of its
-   * length and zeroed (holes are not written): the flusher assembles a large
-   * file's pieces straight into the memory its chunker and workers read.
+   * assemble() for many ranges at once, into buffers the caller provides, one
+   * per range, of its length and zeroed (holes are not written): the flusher
+   * assembles pieces straight into the memory its chunker and workers read.
+   * Their pending pieces are read back from the log in one pass
+   * (Wal.readEach coalesces nearby records), which is what a flush batch of
+   * many small regions needs.
    */
   async assembleInto(ranges: { start: number; end: number; extents: Extent[]; pieces: Piece[] }[], out: Buffer[]): Promise<void> {
     await Promise.all(

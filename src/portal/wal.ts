@@ -510,11 +510,7 @@ export class Wal {
     this.writeImmediate = true
     setImmediate(() => {
       this.writeImmediate = false
-      try {
-        this.writeBatch()
-      } catch {
-        // recorded in this.failed; the next append or sync reports it
-      }
+      this.writeInBackground()
     })
   }
 
@@ -524,13 +520,18 @@ export class Wal {
     this.flushScheduled = true
     const run = () => {
       this.flushScheduled = false
-      try {
-        this.writeBatch()
-      } catch {
-        // recorded in this.failed; the next append or sync reports it
-      }
+      this.writeInBackground()
     }
     setTimeout(run, delayMs).unref()
+  }
+
+  /** writeBatch() where no caller waits: an error is recorded in this.failed, and the next append or sync reports it. */
+  private writeInBackground(): void {
+    try {
+      this.writeBatch()
+    } catch {
+      // (recorded in this.failed)
+    }
   }
 
   /**
