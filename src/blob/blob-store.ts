@@ -290,6 +290,16 @@ export class BlobStore {
     }
   }
 
+  /** readRange() into `into` at `at`, without a buffer of its own in between. */
+  async readRangeInto(ref: BlobRef, from: number, to: number, into: Buffer, at: number): Promise<void> {
+    const blob = await this.opened(ref)
+    try {
+      blob.copyInto(from, to, into, at)
+    } catch (err) {
+      throw new BlobReadError(ref, err)
+    }
+  }
+
   /** Reads and opens a blob into the cache ahead of its readers (errors are left for them). */
   prefetch(ref: BlobRef): void {
     this.opened(ref).catch(() => undefined)
@@ -454,12 +464,26 @@ export class BlobStore {
 
 /** Encodes pieces concurrently (at most this many in flight) while cut points advance. */
 const WRITER_MAX_IN_FLIGHT = 4
+/** Piece buffers are allocated in steps of this size, so that a spare fits the next piece whatever its carried tail. */
+const PIECE_STEP = 512 * 1024
+/** Free piece buffers kept for reuse: a stream frees about one as it needs the next. */
+const WRITER_SPARE_PIECES = 2
 
 export class ChunkedWriter {
   private carry: Buffer = Buffer.alloc(0)
   private offset = 0
   private readonly inFlight: Promise<PlacedChunk[]>[] = []
   private readonly done: PlacedChunk[] = []
+  /**
+   * The stream's piece buffers, reused once free: a 512 MiB file is ~250
+   * pieces, and a fresh 2 MiB buffer each (zeroed by the allocator, freed
+   * whenever the garbage collector gets to it) left the C heap a patchwork
+   * of them. A piece is free when its encoding has settled and the tail it
+   * carried has been copied into the next piece: `holds` counts those two.
+   */
+  private readonly holds = new Map<SharedArrayBuffer, number>()
+  private readonly spare: SharedArrayBuffer[] = []
+  private carrySab?: SharedArrayBuffer
 
   constructor(private readonly blobs: BlobStore) {}
 
@@ -474,30 +498,61 @@ export class ChunkedWriter {
    * write, zeroed.
    */
   async writeInto(length: number, fill: (into: Buffer) => Promise<void>): Promise<void> {
-    const sab = toShared(this.carry, length)
-    await fill(Buffer.from(sab, this.carry.length, length))
-    await this.submit(sab, false)
+    const { sab, at } = this.nextPiece(length)
+    await fill(Buffer.from(sab, at, length))
+    await this.submit(sab, at + length, false)
   }
 
   /** Stores the rest and returns every chunk of the stream, in order, with stream offsets. */
   async end(): Promise<PlacedChunk[]> {
-    if (this.carry.length) await this.submit(toShared(this.carry), true)
+    if (this.carry.length) {
+      const { sab, at } = this.nextPiece(0)
+      await this.submit(sab, at, true)
+    }
     while (this.inFlight.length) this.done.push(...(await this.inFlight.shift()!))
     await this.blobs.waitForUploadRoom()
     return this.done
   }
 
-  private async submit(sab: SharedArrayBuffer, final: boolean): Promise<void> {
-    const data = Buffer.from(sab)
-    let cuts = await this.blobs.cuts(sab, 0, data.length)
+  /** A piece buffer holding the carried tail, then `room` zeroed bytes (at `at`). */
+  private nextPiece(room: number): { sab: SharedArrayBuffer; at: number } {
+    const need = this.carry.length + room
+    const i = this.spare.findIndex((b) => b.byteLength >= need)
+    const sab = i >= 0 ? this.spare.splice(i, 1)[0] : new SharedArrayBuffer(Math.max(PIECE_STEP, Math.ceil(need / PIECE_STEP) * PIECE_STEP))
+    const view = Buffer.from(sab, 0, need)
+    view.set(this.carry, 0)
+    if (i >= 0) view.fill(0, this.carry.length)
+    const at = this.carry.length
+    this.carry = Buffer.alloc(0)
+    if (this.carrySab) this.release(this.carrySab)
+    this.carrySab = undefined
+    return { sab, at }
+  }
+
+  private release(sab: SharedArrayBuffer): void {
+    const left = (this.holds.get(sab) ?? 1) - 1
+    if (left > 0) return void this.holds.set(sab, left)
+    this.holds.delete(sab)
+    if (this.spare.length < WRITER_SPARE_PIECES) this.spare.push(sab)
+  }
+
+  private async submit(sab: SharedArrayBuffer, length: number, final: boolean): Promise<void> {
+    const data = Buffer.from(sab, 0, length)
+    let cuts = await this.blobs.cuts(sab, 0, length)
     if (!final) cuts = cuts.slice(0, -1)
     const consumed = cuts.length ? cuts[cuts.length - 1] : 0
     const base = this.offset
     const ranges: [number, number][] = cuts.map((end, i) => [i === 0 ? 0 : cuts[i - 1], end])
     const previous = this.inFlight[this.inFlight.length - 1]
+    this.holds.set(sab, 2)
     this.inFlight.push(
       (async () => {
-        const encoded = await this.blobs.encodeRanges(sab, ranges)
+        let encoded: EncodedChunk[]
+        try {
+          encoded = await this.blobs.encodeRanges(sab, ranges)
+        } finally {
+          this.release(sab)
+        }
         // Place strictly in stream order: wait for the piece before this one.
         if (previous) await previous.catch(() => undefined)
         return this.blobs.place(ranges, encoded).map((c) => ({ start: c.start + base, end: c.end + base, ref: c.ref }))
@@ -505,14 +560,15 @@ export class ChunkedWriter {
     )
     this.offset += consumed
     this.carry = data.subarray(consumed)
+    this.carrySab = sab
     while (this.inFlight.length >= WRITER_MAX_IN_FLIGHT) this.done.push(...(await this.inFlight.shift()!))
     await this.blobs.waitForUploadRoom()
   }
 }
 
-/** A buffer the workers can read without a copy: `bytes` at its start, then `room` zeroed bytes. */
-function toShared(bytes: Buffer, room = 0): SharedArrayBuffer {
-  const sab = new SharedArrayBuffer(bytes.length + room)
+/** A copy of `bytes` the workers can read without another. */
+function toShared(bytes: Buffer): SharedArrayBuffer {
+  const sab = new SharedArrayBuffer(bytes.length)
   Buffer.from(sab).set(bytes, 0)
   return sab
 }

@@ -840,8 +840,7 @@ export class FileSystem {
           const from = Math.max(start, e.off)
           const to = Math.min(end, e.off + e.len)
           if (to <= from) return
-          const data = await this.blobs.readRange(e.blob, e.blobOff + (from - e.off), e.blobOff + (to - e.off))
-          data.copy(out[k], from - start)
+          await this.blobs.readRangeInto(e.blob, e.blobOff + (from - e.off), e.blobOff + (to - e.off), out[k], from - start)
         }),
       ),
     )
