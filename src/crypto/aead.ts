@@ -46,10 +46,12 @@ export class Sealer {
     this.key = deriveSessionKey(purposeKey, this.salt)
   }
 
-  seal(plaintext: Buffer | Buffer[], aad: Buffer | string): Buffer {
+  /** Seals the parts as one plaintext, into `into` when given (exactly SEAL_OVERHEAD bytes longer than the plaintext). */
+  seal(plaintext: Buffer | Buffer[], aad: Buffer | string, into?: Buffer): Buffer {
     const parts = Array.isArray(plaintext) ? plaintext : [plaintext]
     const length = parts.reduce((n, p) => n + p.length, 0)
-    const out = Buffer.allocUnsafe(SEAL_OVERHEAD + length)
+    if (into && into.length !== SEAL_OVERHEAD + length) throw new RangeError(`seal: output is ${into.length} bytes, needs ${SEAL_OVERHEAD + length}`)
+    const out = into ?? Buffer.allocUnsafe(SEAL_OVERHEAD + length)
     out[0] = VERSION
     this.salt.copy(out, 1)
     const nonce = out.subarray(1 + SALT, 1 + SALT + NONCE)

@@ -27,10 +27,10 @@ export class RepoKeys {
   }
 
   /** Encrypts under the purpose's key; `aad` names the object (kind + identity). */
-  seal(purpose: KeyPurpose, plaintext: Buffer | Buffer[], aad: string | Buffer): Buffer {
+  seal(purpose: KeyPurpose, plaintext: Buffer | Buffer[], aad: string | Buffer, into?: Buffer): Buffer {
     let sealer = this.sealers.get(purpose)
     if (!sealer) this.sealers.set(purpose, (sealer = new Sealer(this.key(purpose))))
-    return sealer.seal(plaintext, aad)
+    return sealer.seal(plaintext, aad, into)
   }
 
   /** Decrypts and checks sealed data; see Opener.open for `inPlace`. */

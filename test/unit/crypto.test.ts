@@ -13,6 +13,7 @@ import {
   parseConfig,
   readKeyFile,
   RepoKeys,
+  SEAL_OVERHEAD,
   Sealer,
   unlock,
   verifyConfig,
@@ -33,6 +34,17 @@ describe('AEAD', () => {
     expect(opener.open(sealed, 'blob:1').toString()).toBe('hello world')
     expect(() => opener.open(sealed, 'blob:2')).toThrow(DecryptError)
     expect(() => new Opener(randomBytes(32)).open(sealed, 'blob:1')).toThrow(DecryptError)
+  })
+
+  it('seals into a buffer the caller provides, of exactly the sealed size', () => {
+    const sealer = new Sealer(key)
+    const parts = [Buffer.from('hello '), Buffer.from('world')]
+    const into = Buffer.alloc(SEAL_OVERHEAD + 11 + 8, 0xaa)
+    const sealed = sealer.seal(parts, 'frame:1', into.subarray(4, 4 + SEAL_OVERHEAD + 11))
+    expect(sealed.buffer).toBe(into.buffer)
+    expect(new Opener(key).open(into.subarray(4, 4 + SEAL_OVERHEAD + 11), 'frame:1').toString()).toBe('hello world')
+    expect(into.subarray(0, 4).every((b) => b === 0xaa) && into.subarray(4 + SEAL_OVERHEAD + 11).every((b) => b === 0xaa)).toBe(true)
+    expect(() => sealer.seal(parts, 'frame:1', Buffer.alloc(SEAL_OVERHEAD + 10))).toThrow(RangeError)
   })
 
   it('detects a flip of any single byte', () => {

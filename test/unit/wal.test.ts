@@ -70,14 +70,16 @@ describe('write-ahead log read-back', () => {
     }
   })
 
-  it('recovers interleaved metadata and data records in the order they were appended', async () => {
+  it('recovers interleaved metadata and data records of every size in the order they were appended', async () => {
     const keys = new RepoKeys(randomBytes(32), 'test-repo')
     const tmp = tempDir('s0fs-wal-')
     const wal = await Wal.create(tmp.dir, keys, { volumeId: 'v', session: 's', baseGeneration: 0 })
     const appended: Array<{ kind: number; payload: Buffer }> = []
+    // Batches are sealed into one reused buffer up to 2 MiB, and into one of their own beyond: both, and in turns.
+    const large = new Map([[100, 1536 * 1024], [101, 1536 * 1024], [150, 1200 * 1024]])
     for (let i = 0; i < 300; i++) {
       const data = i % 3 !== 2
-      const payload = randomBytes(data ? 4096 : 50)
+      const payload = randomBytes(large.get(i) ?? (data ? 4096 : 50))
       wal.append(data ? 1 : 2, payload, data)
       appended.push({ kind: data ? 1 : 2, payload })
       // Some turns end between records: frames of several kinds and sizes.
