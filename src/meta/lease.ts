@@ -144,7 +144,7 @@ export class Lease {
     const started = performance.now()
     const next: LeaseRecord = { ...this.record, expires: Date.now() + this.ttlMs }
     try {
-      this.etag = (await this.store.putIfMatch(this.objectKey, sealLease(this.keys, this.objectKey, next), this.etag)).etag
+      this.etag = await this.writeRecord(next)
       this.record = next
       this.validUntil = started + this.ttlMs * 0.8
     } catch (err) {
@@ -154,6 +154,26 @@ export class Lease {
       }
       if (performance.now() > this.validUntil) this.markLost(`renewal failed until expiry: ${(err as Error).message}`)
       throw err
+    }
+  }
+
+  /**
+   * Compare-and-swap of the lease object. A 412 can be this holder's own
+   * earlier write whose reply was lost (the renewal failed but the server
+   * stored it): the object then still names this session at this epoch, which
+   * only this holder writes (a takeover raises the epoch), so its ETag is
+   * taken and the write tried again.
+   */
+  private async writeRecord(next: LeaseRecord): Promise<string> {
+    const sealed = sealLease(this.keys, this.objectKey, next)
+    try {
+      return (await this.store.putIfMatch(this.objectKey, sealed, this.etag)).etag
+    } catch (err) {
+      if (!(err instanceof PreconditionFailedError)) throw err
+      const current = await readLease(this.store, this.keys, this.record.volume)
+      if (!current || current.record.epoch !== this.record.epoch || current.record.holder.session !== this.record.holder.session) throw err
+      this.etag = current.etag
+      return (await this.store.putIfMatch(this.objectKey, sealed, this.etag)).etag
     }
   }
 
@@ -171,7 +191,7 @@ export class Lease {
     if (this.lostReason) return
     const released: LeaseRecord = { ...this.record, expires: 0 }
     try {
-      await this.store.putIfMatch(this.objectKey, sealLease(this.keys, this.objectKey, released), this.etag)
+      await this.writeRecord(released)
     } catch (err) {
       if (!(err instanceof PreconditionFailedError)) throw err
     }

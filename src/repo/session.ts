@@ -291,8 +291,7 @@ export class VolumeSession {
         updated: new Date().toISOString(),
         writer: { session: wal.header.session, leaseEpoch: lease.epoch, walSeq: frozen.seq },
       }
-      this.etag = await this.repo.refs.updateVolume(next, this.etag)
-      this.head = next
+      await this.writeHead(next)
     } catch (err) {
       Tree.abandon(persisted.written)
       if (err instanceof HeadConflictError || err instanceof LeaseLostError) this.fs.fail(err)
@@ -304,6 +303,31 @@ export class VolumeSession {
     crashPoint('commit-before-log-drop')
     await this.dropLog(frozen.seq)
     return { generation: this.head.generation, root: persisted.ref, pages: pack.pageCount, walSeq: frozen.seq, ms: performance.now() - started }
+  }
+
+  /**
+   * Points the volume's head at `next`. A 412 can be this session's own
+   * earlier head write whose reply was lost (the connection dropped after the
+   * server stored it): that commit failed and kept the old ETag. The stored
+   * head then names this session and lease epoch at the generation after
+   * ours, which no other writer can write; it is taken as ours and `next`
+   * goes on top of it, instead of failing the mount as if another writer had
+   * taken over.
+   */
+  private async writeHead(next: VolumeHead): Promise<void> {
+    try {
+      this.etag = await this.repo.refs.updateVolume(next, this.etag)
+    } catch (err) {
+      if (!(err instanceof HeadConflictError)) throw err
+      const { head: stored, etag } = await this.repo.refs.requireVolume(this.name)
+      const ours = stored.generation === this.head.generation + 1 && stored.writer?.session === next.writer?.session && stored.writer?.leaseEpoch === next.writer?.leaseEpoch
+      if (!ours) throw err
+      this.head = stored
+      this.etag = etag
+      next = { ...next, generation: stored.generation + 1 }
+      this.etag = await this.repo.refs.updateVolume(next, this.etag)
+    }
+    this.head = next
   }
 
   /**

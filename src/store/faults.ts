@@ -20,6 +20,8 @@ export interface FaultOptions {
   truncateReadRate?: number
   /** Seed for the fault schedule, so a failing run can be replayed. */
   seed?: number
+  /** Only requests for keys this matches get faults (default: every key). */
+  onlyKeys?: RegExp
 }
 
 export interface FaultCounters {
@@ -72,12 +74,12 @@ export class FaultStore implements ObjectStore {
 
   async get(key: string, range?: { start: number; end?: number }): Promise<Buffer> {
     await this.before('get', key)
-    return this.damage(await this.inner.get(key, range))
+    return this.damage(key, await this.inner.get(key, range))
   }
   async getVersioned(key: string): Promise<{ data: Buffer; etag: string }> {
     await this.before('get', key)
     const out = await this.inner.getVersioned(key)
-    return { data: this.damage(out.data), etag: out.etag }
+    return { data: this.damage(key, out.data), etag: out.etag }
   }
   async put(key: string, data: Body): Promise<PutResult> {
     await this.before('put', key)
@@ -109,6 +111,7 @@ export class FaultStore implements ObjectStore {
 
   private async before(op: string, key: string): Promise<void> {
     const o = this.options
+    if (o.onlyKeys && !o.onlyKeys.test(key)) return
     if (o.latencyMs) await sleep(o.latencyMs)
     if (o.spikeRate && this.random() < o.spikeRate) {
       this.faults.spikes++
@@ -129,6 +132,7 @@ export class FaultStore implements ObjectStore {
   }
 
   private afterWrite(key: string, result: PutResult): PutResult {
+    if (this.options.onlyKeys && !this.options.onlyKeys.test(key)) return result
     if (this.options.lostAckRate && this.random() < this.options.lostAckRate) {
       this.faults.lostAcks++
       throw new InjectedFault(`injected lost acknowledgement: put ${key} (the object was written)`)
@@ -136,8 +140,9 @@ export class FaultStore implements ObjectStore {
     return result
   }
 
-  private damage(data: Buffer): Buffer {
+  private damage(key: string, data: Buffer): Buffer {
     const o = this.options
+    if (o.onlyKeys && !o.onlyKeys.test(key)) return data
     if (data.length > 0 && o.corruptReadRate && this.random() < o.corruptReadRate) {
       this.faults.corruptReads++
       const copy = Buffer.from(data)

@@ -35,6 +35,17 @@ function targets(): Target[] {
 
 const key = { kind: 'keyfile' as const, key: randomBytes(32) }
 
+/** A new repository with volume "v", opened again through a FaultStore the test steers. */
+async function openBehindFaults(target: Target): Promise<{ url: string; repo: Repository; faults: FaultStore }> {
+  const url = target.url()
+  const init = await Repository.init(url, key, { s3Credentials: target.credentials })
+  await init.createVolume('v')
+  await init.close()
+  let faults: FaultStore | undefined
+  const repo = await Repository.open(url, key, { s3Credentials: target.credentials, wrap: (s: ObjectStore) => (faults = new FaultStore(s)) })
+  return { url, repo, faults: faults! }
+}
+
 for (const target of targets()) {
   describe(`lease and compare-and-swap: ${target.name}`, () => {
     it('records whether the server honours conditional writes', async () => {
@@ -67,27 +78,56 @@ for (const target of targets()) {
       }
     })
 
-    it('a writer whose lease expired cannot commit, and newer state is kept', async () => {
-      const url = target.url()
+    it("a head or lease write whose reply was lost is known as the writer's own, not another writer's", async () => {
       const portal = tempDir('s0fs-lease')
-      let faults: FaultStore | undefined
-      const wrap = (s: ObjectStore) => (faults = new FaultStore(s))
-      const a = await Repository.init(url, key, { s3Credentials: target.credentials })
-      await a.createVolume('v')
-      await a.close()
-      const stale = await Repository.open(url, key, { s3Credentials: target.credentials, wrap })
+      const { repo, faults } = await openBehindFaults(target)
+      try {
+        const lost: LeaseLostError[] = []
+        const writer = await repo.openVolume('v', { portalDir: portal.dir, onLeaseLost: (e) => lost.push(e) })
+        await writer.fs.create(ROOT, ROOT_INO, Buffer.from('first'), 0o644)
+        // The server stores the head, but the reply never arrives: the commit fails, holding the old ETag.
+        faults.options = { lostAckRate: 1, onlyKeys: /^refs\/v\// }
+        await expect(writer.commit()).rejects.toThrow(/lost acknowledgement/)
+        faults.options = {}
+        await writer.fs.create(ROOT, ROOT_INO, Buffer.from('second'), 0o644)
+        const next = await writer.commit()
+        expect(next?.generation).toBe(3) // on top of the head that did land
+        expect(writer.fs.failed).toBeFalsy()
+
+        // The same for a lease renewal.
+        faults.options = { lostAckRate: 1, onlyKeys: /^lease\// }
+        await expect(writer.lease!.renew()).rejects.toThrow(/lost acknowledgement/)
+        faults.options = {}
+        await writer.lease!.renew()
+        expect(lost).toEqual([])
+        expect(() => writer.lease!.assertValid()).not.toThrow()
+        await writer.fs.create(ROOT, ROOT_INO, Buffer.from('third'), 0o644)
+        await writer.close()
+
+        const check = await repo.openVolume('v', { portalDir: tempDir('s0fs-lease2').dir, readOnly: true })
+        for (const name of ['first', 'second', 'third']) expect((await check.fs.lookup(ROOT, ROOT_INO, Buffer.from(name))).ino).toBeGreaterThan(1)
+        await check.close()
+      } finally {
+        await repo.close()
+        portal.cleanup()
+      }
+    }, 60_000)
+
+    it('a writer whose lease expired cannot commit, and newer state is kept', async () => {
+      const portal = tempDir('s0fs-lease')
+      const { url, repo: stale, faults } = await openBehindFaults(target)
       const fresh = await Repository.open(url, key, { s3Credentials: target.credentials })
       try {
         const lost: LeaseLostError[] = []
         const old = await stale.openVolume('v', { portalDir: portal.dir, leaseTtlMs: 600, onLeaseLost: (e) => lost.push(e) })
         await old.fs.create(ROOT, ROOT_INO, Buffer.from('stale-write'), 0o644)
         // The old writer is cut off from storage: it cannot renew, and its lease runs out.
-        faults!.outage(60_000)
+        faults.outage(60_000)
         await sleep(3_000)
         const next = await fresh.openVolume('v', { portalDir: tempDir('s0fs-lease2').dir })
         await next.fs.create(ROOT, ROOT_INO, Buffer.from('newer'), 0o644)
         await next.close()
-        faults!.endOutage()
+        faults.endOutage()
         const err = await old.commit().catch((e) => e)
         expect(err).toBeInstanceOf(LeaseLostError)
         await expect(old.fs.create(ROOT, ROOT_INO, Buffer.from('more'), 0o644)).rejects.toBeInstanceOf(FsError)
