@@ -482,7 +482,7 @@ export class Wal {
       used += 4 + sizes[k]
     }
     try {
-      writeAllAt(file.fd, [out.subarray(0, used)], file.size)
+      writeFully(file.fd, out.subarray(0, used), file.size)
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code === 'ENOSPC') {
         // Disk full: keep the records (already acknowledged) in memory and try again later.
@@ -591,18 +591,10 @@ function fdatasync(fd: number): Promise<void> {
   return new Promise((resolve, reject) => fs.fdatasync(fd, (err) => (err ? reject(err) : resolve())))
 }
 
-/** Writes every buffer, in order, starting at `pos` (writev may write less than asked). */
-function writeAllAt(fd: number, buffers: Buffer[], pos: number): void {
-  let rest = buffers
-  while (rest.length) {
-    // IOV_MAX is 1024 on Linux.
-    const slice = rest.length > 1024 ? rest.slice(0, 1024) : rest
-    let written = fs.writevSync(fd, slice, pos)
-    pos += written
-    let i = 0
-    while (i < slice.length && written >= slice[i].length) written -= slice[i++].length
-    rest = i < slice.length ? [slice[i].subarray(written), ...rest.slice(i + 1)] : rest.slice(slice.length)
-  }
+/** Writes all of `buf` at `pos` (a write may write less than asked). */
+function writeFully(fd: number, buf: Buffer, pos: number): void {
+  let done = 0
+  while (done < buf.length) done += fs.writeSync(fd, buf, done, buf.length - done, pos + done)
 }
 
 function readFully(fd: number, buf: Buffer, pos: number): void {
