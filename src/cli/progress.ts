@@ -45,6 +45,18 @@ export class TransferProgress {
     this.status.update(() => this.text())
   }
 
+  /**
+   * Passes `source` through, counting its bytes as the consumer takes them.
+   * (A 'data' listener would switch a stream into flowing mode and hand
+   * chunks to the counter alone while the consumer is not yet reading.)
+   */
+  async *count<T extends Uint8Array>(source: AsyncIterable<T>): AsyncGenerator<T> {
+    for await (const chunk of source) {
+      this.add(chunk.length)
+      yield chunk
+    }
+  }
+
   done(): void {
     this.status.done()
   }

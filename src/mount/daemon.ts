@@ -190,7 +190,10 @@ export class MountDaemon {
       onChange: (change) => {
         this.lastWrite = Date.now()
         for (const { parent, name } of change.names) this.adapter.invalidateEntry(parent, name)
-        for (const ino of change.inodes) this.adapter.invalidateInode(ino)
+        // The kernel drops a directory's cached listing only when told about the directory itself:
+        // invalidating a name it never looked up leaves `ls` showing the old contents.
+        const parents = new Set(change.names.map((n) => n.parent))
+        for (const ino of new Set([...parents, ...change.inodes])) this.adapter.invalidateInode(ino)
       },
     })
     this.device.start((h, body) => {

@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto'
-import { existsSync, mkdirSync, readFileSync, statSync, symlinkSync, writeFileSync } from 'node:fs'
+import { existsSync, mkdirSync, readdirSync, readFileSync, statSync, symlinkSync, writeFileSync } from 'node:fs'
 import path from 'node:path'
 import { describe, expect, it } from 'vitest'
 import { runCli, type CliResult } from '../helpers/cli.js'
@@ -171,6 +171,17 @@ for (const [label, make] of backends) {
       expect(readFileSync(path.join(m.mountpoint, 'moved'), 'utf8')).toBe('after\n')
       await ok(['rm', 'live:/w-1'])
       expect(existsSync(path.join(m.mountpoint, 'w-1'))).toBe(false)
+
+      // A tree put through the daemon arrives whole (small files and multi-MiB ones), and a
+      // listing the kernel had cached before shows it.
+      const tree = path.join(ctx.backend.home, 'put-tree')
+      mkdirSync(path.join(tree, 'sub'), { recursive: true })
+      for (let i = 0; i < 60; i++) writeFileSync(path.join(tree, i % 3 ? `f${i}` : `sub/f${i}`), randomBytes((i * 7919) % 70_000))
+      for (let i = 0; i < 3; i++) writeFileSync(path.join(tree, `big${i}`), randomBytes(3 * 1024 * 1024 + i))
+      expect(readdirSync(m.mountpoint)).not.toContain('put-tree')
+      await ok(['put', tree, 'live:/'])
+      expect(readdirSync(m.mountpoint)).toContain('put-tree')
+      await mustSh(`diff -r ${tree} ${m.mountpoint}/put-tree`)
       expect((await ok(['cat', 'live:/w-200'])).stdout).toBe('line-200\n')
 
       // The daemon holds the lease: restore and delete are refused, naming it.

@@ -253,8 +253,11 @@ export const putCommand: Command = {
             progress.add(0, 1)
           } else if (item.stat.isFile()) {
             const stream = createReadStream(source, { highWaterMark: 1024 * 1024 })
-            stream.on('data', (chunk) => progress.add(chunk.length))
-            await files.write(target, stream, { mode: item.stat.mode & 0o7777, mtime: item.stat.mtime })
+            try {
+              await files.write(target, progress.count(stream), { mode: item.stat.mode & 0o7777, mtime: item.stat.mtime })
+            } finally {
+              stream.destroy()
+            }
             progress.add(0, 1)
           } else ctx.io.err(`skipped ${source}: not a file, directory or symlink\n`)
         }
@@ -330,16 +333,7 @@ export const getCommand: Command = {
 }
 
 async function getFile(files: FileTree, from: string, to: string, stat: FileStat, progress: TransferProgress): Promise<void> {
-  const source = files.read(from)
-  await pipeline(
-    (async function* () {
-      for await (const chunk of source) {
-        progress.add(chunk.length)
-        yield chunk
-      }
-    })(),
-    createWriteStream(to),
-  )
+  await pipeline(progress.count(files.read(from)), createWriteStream(to))
   progress.add(0, 1)
   await applyMeta(to, stat)
 }
