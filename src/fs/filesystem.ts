@@ -349,6 +349,19 @@ export class FileSystem {
     }
   }
 
+  /**
+   * A regular file with no name yet (open(2)'s O_TMPFILE): it is kept as an
+   * orphan, pinned for the caller, until link() names it or unpin() lets it
+   * go (a crash leaves an orphan the next mount deletes). Writing a file
+   * whole and then linking it means nobody sees it half-written — above all
+   * a --writeback-cache kernel, which would keep a partial size it saw.
+   */
+  async tmpfile(cred: Cred, parent: number, mode: number): Promise<Inode> {
+    const inode = await this.createNode(cred, parent, undefined, S_IFREG | (mode & 0o7777), {})
+    this.pin(inode.ino)
+    return inode
+  }
+
   async mkdir(cred: Cred, parent: number, name: Buffer, mode: number, umask = 0): Promise<Inode> {
     return this.createNode(cred, parent, name, S_IFDIR | (mode & 0o7777 & ~umask), {})
   }
@@ -359,14 +372,15 @@ export class FileSystem {
     return this.createNode(cred, parent, name, S_IFLNK | 0o777, { target })
   }
 
-  private async createNode(cred: Cred, parent: number, name: Buffer, mode: number, extra: { rdev?: number; target?: Buffer }): Promise<Inode> {
-    validName(name)
+  /** Creates an inode named `name` in `parent`, or (name undefined) an unnamed orphan whose setgid and group follow `parent`. */
+  private async createNode(cred: Cred, parent: number, name: Buffer | undefined, mode: number, extra: { rdev?: number; target?: Buffer }): Promise<Inode> {
+    if (name) validName(name)
     return this.mutate(async (tx) => {
       const dir = await this.getInode(parent)
       if (!isDir(dir.mode)) throw fsError('ENOTDIR')
       if (dir.nlink === 0) throw fsError('ENOENT', 'directory was removed')
       checkAccess(cred, dir, W_OK | X_OK)
-      if (isDotName(name) || (await this.tree.get(direntKey(parent, name)))) throw fsError('EEXIST')
+      if (name && (isDotName(name) || (await this.tree.get(direntKey(parent, name))))) throw fsError('EEXIST')
       const now = this.now()
       const sb = await this.getSuper()
       const ino = sb.nextIno++
@@ -384,7 +398,7 @@ export class FileSystem {
         mode: bits,
         uid: cred.uid,
         gid,
-        nlink: isDir(mode) ? 2 : 1,
+        nlink: !name ? 0 : isDir(mode) ? 2 : 1,
         size: extra.target?.length ?? 0,
         atime: now,
         mtime: now,
@@ -394,11 +408,15 @@ export class FileSystem {
         nextCookie: FIRST_COOKIE,
         target: extra.target,
       }
+      tx.push([superKey, encodeSuper(sb)])
+      tx.push([inodeKey(ino), encodeInode(inode)])
+      if (!name) {
+        tx.push([orphanKey(ino), Buffer.alloc(0)])
+        return inode
+      }
       const cookie = dir.nextCookie++
       if (isDir(mode)) dir.nlink++
       dir.mtime = dir.ctime = now
-      tx.push([superKey, encodeSuper(sb)])
-      tx.push([inodeKey(ino), encodeInode(inode)])
       tx.push([direntKey(parent, name), encodeDirent({ ino, type: mode & S_IFMT, cookie })])
       tx.push([cookieKey(parent, cookie), name])
       tx.push([inodeKey(parent), encodeInode(dir)])

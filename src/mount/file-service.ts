@@ -95,7 +95,7 @@ export async function serveFileOp(
       })
       done.catch(() => undefined)
       session.state.set('write', { queue, done } satisfies OpenWrite)
-      // The client went away mid-file: stop the write (what arrived stays, like an interrupted cp).
+      // The client went away mid-file: stop the write (a new file is dropped; a rewritten one keeps what arrived, like an interrupted cp).
       session.onClose(() => queue.abort(new FsError('EIO', 'the writer disconnected')))
       return {}
     }

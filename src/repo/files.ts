@@ -188,19 +188,47 @@ export class VolumeFiles implements FileTree {
     }
   }
 
+  /**
+   * A new file is written unnamed and linked in once complete, so nobody
+   * (a reader through the mount, a --writeback-cache kernel caching its
+   * size) sees it half-written, and an interrupted write leaves nothing. An
+   * existing file is truncated and rewritten in place, as cp does: it keeps
+   * its inode, links and owner.
+   */
   async write(path: string, data: AsyncIterable<Uint8Array> | Uint8Array, options: WriteOptions = {}): Promise<FileStat> {
     const { dir, name, components } = await this.parentOf(path, true)
-    let inode: Inode
-    let created = false
-    try {
-      inode = await this.fs.create(this.cred, dir.ino, name, options.mode ?? 0o644, 0, true)
-      created = true
-    } catch (err) {
-      if (!(err instanceof FsError && err.code === 'EEXIST') || options.exclusive) throw withPath(err, joinVolumePath(components))
-      inode = await this.fs.lookup(this.cred, dir.ino, name)
-      if (isDir(inode.mode)) throw new FsError('EISDIR', joinVolumePath(components))
-      await this.fs.open(this.cred, inode.ino, 0o1001 /* O_WRONLY|O_TRUNC */)
+    const at = joinVolumePath(components)
+    const existing = await this.fs.lookup(this.cred, dir.ino, name).catch((err: unknown) => {
+      if (err instanceof FsError && err.code === 'ENOENT') return undefined
+      throw withPath(err, at)
+    })
+    if (existing && options.exclusive) throw new FsError('EEXIST', at)
+    if (existing) {
+      if (isDir(existing.mode)) throw new FsError('EISDIR', at)
+      await this.fs.open(this.cred, existing.ino, 0o1001 /* O_WRONLY|O_TRUNC */)
+      await this.fill(existing.ino, data, options.mtime)
+      this.changed({ type: 'modify', path: at, names: [], inodes: [existing.ino] })
+      await this.options.maintain?.()
+      return describe(at, await this.fs.getattr(existing.ino))
     }
+    const unnamed = await this.fs.tmpfile(this.cred, dir.ino, options.mode ?? 0o644).catch((err: unknown) => {
+      throw withPath(err, at)
+    })
+    try {
+      await this.fill(unnamed.ino, data, options.mtime)
+      await this.fs.link(this.cred, unnamed.ino, dir.ino, name).catch((err: unknown) => {
+        throw withPath(err, at) // EEXIST: the name was created meanwhile
+      })
+    } finally {
+      await this.fs.unpin(unnamed.ino) // deletes it unless it was linked
+    }
+    this.changed({ type: 'create', path: at, names: [{ parent: dir.ino, name }], inodes: [unnamed.ino] })
+    await this.options.maintain?.()
+    return describe(at, await this.fs.getattr(unnamed.ino))
+  }
+
+  /** Writes `data` from offset 0 of a regular file, in pieces the log takes well, then sets its mtime. */
+  private async fill(ino: number, data: AsyncIterable<Uint8Array> | Uint8Array, mtime?: Date): Promise<void> {
     let offset = 0
     const pending: Buffer[] = []
     let pendingBytes = 0
@@ -209,7 +237,7 @@ export class VolumeFiles implements FileTree {
       const piece = pending.length === 1 ? pending[0] : Buffer.concat(pending, pendingBytes)
       pending.length = 0
       pendingBytes = 0
-      offset += await this.fs.write(this.cred, inode.ino, offset, piece)
+      offset += await this.fs.write(this.cred, ino, offset, piece)
       this.written += piece.length
       if (this.written >= MAINTAIN_EVERY) {
         this.written = 0
@@ -224,14 +252,10 @@ export class VolumeFiles implements FileTree {
       if (pendingBytes >= WRITE_PIECE) await writePending()
     }
     await writePending()
-    if (options.mtime) {
-      const ms = options.mtime.getTime()
-      inode = await this.fs.setattr(this.cred, inode.ino, { mtime: { s: Math.floor(ms / 1000), ns: (ms % 1000) * 1e6 } })
+    if (mtime) {
+      const ms = mtime.getTime()
+      await this.fs.setattr(this.cred, ino, { mtime: { s: Math.floor(ms / 1000), ns: (ms % 1000) * 1e6 } })
     }
-    const at = joinVolumePath(components)
-    this.changed({ type: created ? 'create' : 'modify', path: at, names: created ? [{ parent: dir.ino, name }] : [], inodes: [inode.ino] })
-    await this.options.maintain?.()
-    return describe(at, await this.fs.getattr(inode.ino))
   }
 
   async mkdir(path: string, options: { parents?: boolean; mode?: number } = {}): Promise<FileStat> {

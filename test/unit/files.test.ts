@@ -93,6 +93,57 @@ describe('VolumeFiles (library file access without a mount)', () => {
     expect(await code(ro.write('/x', Buffer.from('x')))).toBe('EROFS')
   })
 
+  it('names a new file only once it is whole; an interrupted write leaves nothing, a rewrite keeps the inode', async () => {
+    const t = await testRepo()
+    cleanup = t.cleanup
+    await t.repo.createVolume('w')
+    let session = await t.repo.openVolume('w', { portalDir: t.portalDir })
+    let files = session.files()
+    // A source the test feeds by hand, so it can look at the tree mid-write.
+    const gate = () => {
+      let open!: () => void
+      const opened = new Promise<void>((resolve) => (open = resolve))
+      return { open, opened }
+    }
+    const first = gate()
+    const rest = gate()
+    async function* slow(fail?: Error) {
+      yield Buffer.alloc(3 * 1024 * 1024, 1)
+      first.open()
+      await rest.opened
+      if (fail) throw fail
+      yield Buffer.from('tail')
+    }
+    const writing = files.write('/new.bin', slow(), { mode: 0o640 })
+    await first.opened
+    expect(await code(files.stat('/new.bin'))).toBe('ENOENT')
+    expect(await files.list('/')).toEqual([])
+    rest.open()
+    expect(await writing).toMatchObject({ path: '/new.bin', size: 3 * 1024 * 1024 + 4, mode: 0o640, nlink: 1 })
+    const ino = (await files.stat('/new.bin')).ino
+
+    // The source fails half-way: no name, and the unnamed file is gone (nothing to purge on reopen).
+    const failing = files.write('/broken.bin', (async function* () {
+      yield Buffer.alloc(1024, 2)
+      throw new Error('source went away')
+    })())
+    await expect(failing).rejects.toThrow('source went away')
+    expect(await code(files.stat('/broken.bin'))).toBe('ENOENT')
+    expect(await code(files.write('/new.bin', Buffer.from('x'), { exclusive: true }))).toBe('EEXIST')
+
+    // Rewriting an existing file truncates it in place: same inode, its hard link sees the new bytes.
+    await files.link('/alias.bin', '/new.bin')
+    expect(await files.write('/new.bin', Buffer.from('short'))).toMatchObject({ ino, size: 5, nlink: 2 })
+    expect((await collect(files.read('/alias.bin'))).toString()).toBe('short')
+    await session.close()
+
+    session = await t.repo.openVolume('w', { portalDir: t.portalDir })
+    expect(session.recovery?.orphansPurged ?? 0).toBe(0)
+    files = session.files()
+    expect((await files.list('/')).map((e) => e.name)).toEqual(['alias.bin', 'new.bin'])
+    await session.close()
+  })
+
   it('applies the caller\'s permissions', async () => {
     const t = await testRepo()
     cleanup = t.cleanup

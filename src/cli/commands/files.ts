@@ -216,7 +216,7 @@ async function walkLocal(root: string): Promise<LocalItem[]> {
 export const putCommand: Command = {
   path: ['put'],
   summary: 'Copy a local file or directory (or standard input, "-") into a volume.',
-  description: 'Like cp -r: into DEST if it is an existing directory, else as DEST. Modes and modification times are kept. Progress on a terminal.',
+  description: 'Like cp -r: into DEST if it is an existing directory, else as DEST. Modes and modification times are kept. A new file appears only once it is complete (an interrupted put leaves none); an existing file is rewritten in place, keeping its inode and links. Progress on a terminal.',
   positionals: [
     { name: 'LOCAL', description: 'a file, a directory (copied recursively), or - for standard input' },
     { name: 'VOLUME:PATH', description: 'where it goes' },
