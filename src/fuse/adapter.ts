@@ -13,6 +13,7 @@ import {
   NOTIFY,
   Op,
   OP_NAMES,
+  readS64,
   readU64,
   writeAttr,
   writeDirent,
@@ -379,9 +380,9 @@ export class FuseAdapter {
     if (valid & FATTR.UID) set.uid = body.readUInt32LE(76)
     if (valid & FATTR.GID) set.gid = body.readUInt32LE(80)
     if (valid & FATTR.SIZE) set.size = readU64(body, 16)
-    if (valid & FATTR.ATIME) set.atime = valid & FATTR.ATIME_NOW ? 'now' : { s: readU64(body, 32), ns: body.readUInt32LE(56) }
-    if (valid & FATTR.MTIME) set.mtime = valid & FATTR.MTIME_NOW ? 'now' : { s: readU64(body, 40), ns: body.readUInt32LE(60) }
-    if (valid & FATTR.CTIME) set.ctime = { s: readU64(body, 48), ns: body.readUInt32LE(64) }
+    if (valid & FATTR.ATIME) set.atime = valid & FATTR.ATIME_NOW ? 'now' : { s: readS64(body, 32), ns: body.readUInt32LE(56) }
+    if (valid & FATTR.MTIME) set.mtime = valid & FATTR.MTIME_NOW ? 'now' : { s: readS64(body, 40), ns: body.readUInt32LE(60) }
+    if (valid & FATTR.CTIME) set.ctime = { s: readS64(body, 48), ns: body.readUInt32LE(64) }
     if (valid & FATTR.KILL_SUIDGID) set.killPriv = true
     const inode = await this.fs.setattr(cred, ino, set)
     this.replyAttr(unique, inode)

@@ -191,6 +191,11 @@ export function readU64(buf: Buffer, off: number): number {
   return buf.readUInt32LE(off) + buf.readUInt32LE(off + 4) * 0x1_0000_0000
 }
 
+/** A signed 64-bit field (times before 1970 are negative seconds). writeU64 writes negatives as two's complement already. */
+export function readS64(buf: Buffer, off: number): number {
+  return buf.readUInt32LE(off) + buf.readInt32LE(off + 4) * 0x1_0000_0000
+}
+
 /** Bytes a directory entry takes in a READDIR reply (8-byte aligned). */
 export function direntSize(nameLength: number): number {
   return (DIRENT_HEADER + nameLength + 7) & ~7
