@@ -101,8 +101,19 @@ export function fileType(mode: number): FileType {
   return isReg(mode) ? 'file' : isDir(mode) ? 'dir' : isLnk(mode) ? 'symlink' : 'other'
 }
 
+/** The latest time a Date can hold, in ms: a stored time beyond it (written by an older s0fs) is shown clamped. */
+const DATE_LIMIT_MS = 8.64e15
+
 function isoTime(t: Timespec): string {
-  return new Date(t.s * 1000 + Math.floor(t.ns / 1e6)).toISOString()
+  const ms = t.s * 1000 + Math.floor(t.ns / 1e6)
+  return new Date(Math.max(-DATE_LIMIT_MS, Math.min(DATE_LIMIT_MS, ms))).toISOString()
+}
+
+/** A Date as a timespec: the nanoseconds are never negative, before 1970 too. */
+function timespecOf(date: Date): Timespec {
+  const ms = date.getTime()
+  const s = Math.floor(ms / 1000)
+  return { s, ns: (ms - s * 1000) * 1e6 }
 }
 
 function describe(path: string, inode: Inode): FileStat {
@@ -252,10 +263,7 @@ export class VolumeFiles implements FileTree {
       if (pendingBytes >= WRITE_PIECE) await writePending()
     }
     await writePending()
-    if (mtime) {
-      const ms = mtime.getTime()
-      await this.fs.setattr(this.cred, ino, { mtime: { s: Math.floor(ms / 1000), ns: (ms % 1000) * 1e6 } })
-    }
+    if (mtime) await this.fs.setattr(this.cred, ino, { mtime: timespecOf(mtime) })
   }
 
   async mkdir(path: string, options: { parents?: boolean; mode?: number } = {}): Promise<FileStat> {
@@ -276,7 +284,8 @@ export class VolumeFiles implements FileTree {
         if (last.type !== 'dir') throw new FsError('ENOTDIR', prefix)
       } catch (err) {
         if (!(err instanceof FsError && err.code === 'ENOENT')) throw err
-        last = await this.mkdir(prefix, { mode })
+        // Like mkdir -p -m: the mode is for the directory asked for; parents it makes get the default.
+        last = await this.mkdir(prefix, { mode: i === components.length ? mode : 0o755 })
       }
     }
     return last ?? this.stat('/')
@@ -315,6 +324,11 @@ export class VolumeFiles implements FileTree {
     const fromPath = joinVolumePath(src.components)
     const toPath = joinVolumePath(dst.components)
     if (toPath.startsWith(fromPath + '/')) throw new FsError('EINVAL', `cannot move ${fromPath} into itself (${toPath})`)
+    // The moved inode's ctime changes, and a replaced one loses a link (its other names must show that).
+    const touched = await Promise.all([
+      this.fs.lookup(this.cred, src.dir.ino, src.name).catch(missingAsNull),
+      this.fs.lookup(this.cred, dst.dir.ino, dst.name).catch(missingAsNull),
+    ])
     await this.fs.rename(this.cred, src.dir.ino, src.name, dst.dir.ino, dst.name, 0).catch((err) => Promise.reject(withPath(err, `${fromPath} → ${toPath}`)))
     this.changed({
       type: 'move',
@@ -324,7 +338,7 @@ export class VolumeFiles implements FileTree {
         { parent: src.dir.ino, name: src.name },
         { parent: dst.dir.ino, name: dst.name },
       ],
-      inodes: [],
+      inodes: touched.flatMap((inode) => (inode ? [inode.ino] : [])),
     })
   }
 
@@ -344,10 +358,7 @@ export class VolumeFiles implements FileTree {
     if (attrs.mode !== undefined) set.mode = attrs.mode & 0o7777
     if (attrs.uid !== undefined) set.uid = attrs.uid
     if (attrs.gid !== undefined) set.gid = attrs.gid
-    if (attrs.mtime) {
-      const ms = attrs.mtime.getTime()
-      set.mtime = { s: Math.floor(ms / 1000), ns: (ms % 1000) * 1e6 }
-    }
+    if (attrs.mtime) set.mtime = timespecOf(attrs.mtime)
     const updated = await this.fs.setattr(this.cred, inode.ino, set).catch((err) => Promise.reject(withPath(err, at)))
     this.changed({ type: 'modify', path: at, names: [], inodes: [inode.ino] })
     return describe(at, updated)
