@@ -5,7 +5,7 @@ import { createInterface } from 'node:readline'
 import { Writable } from 'node:stream'
 import { createKeyFile, readKeyFile, type Credential } from '../crypto/index.js'
 import type { CommandContext, Io } from './command.js'
-import { UsageError } from './exit-codes.js'
+import { CliError, EXIT, UsageError } from './exit-codes.js'
 
 /** Where the embedded default repository and its key live (XDG base directories). */
 export function defaultPaths(): { dataDir: string; repoDir: string; keyFile: string; cacheDir: string; runDir: string } {
@@ -47,9 +47,11 @@ export async function resolveCredential(
     return { kind: 'passphrase', passphrase: process.env.S0FS_PASSPHRASE }
   }
   if (opts.isDefaultRepo) {
-    const keyFile = defaultPaths().keyFile
+    const { keyFile, repoDir } = defaultPaths()
     if (opts.create && !existsSync(keyFile)) return { kind: 'keyfile', key: await createKeyFile(keyFile) }
     if (existsSync(keyFile)) return { kind: 'keyfile', key: await readKeyFile(keyFile) }
+    // Not a missing key but a missing repository: say so, and how it comes to be.
+    if (!existsSync(repoDir)) throw new CliError(`no embedded repository yet at ${repoDir}: \`s0fs mount DIR\` creates it (or give --repo)`, EXIT.notFound)
   }
   if (io.isTty && process.stdin.isTTY) {
     const passphrase = await promptSecret('Passphrase: ')

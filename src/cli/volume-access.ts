@@ -68,6 +68,8 @@ export interface OpenedFiles {
   files: FileTree
   /** The control socket of the mount daemon the files are reached through, if any. */
   mountSocket?: string
+  /** Where that daemon's mount shows the volume on this node. */
+  mountpoint?: string
   /** Commits (direct writer) and releases everything. */
   close(): Promise<void>
 }
@@ -83,7 +85,7 @@ export async function openFiles(repo: Repository, name: string, options: { write
     const mount = await findWriterMount(repo, name)
     if (mount) {
       const remote = new RemoteFiles(mount.socket)
-      return { files: remote, mountSocket: mount.socket, close: async () => remote.close() }
+      return { files: remote, mountSocket: mount.socket, mountpoint: mount.mountpoint, close: async () => remote.close() }
     }
   } else {
     if (!(await repo.refs.getSnapshot(name))) throw new RefNotFoundError('volume or snapshot', name)

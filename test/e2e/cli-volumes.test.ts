@@ -2,7 +2,7 @@ import { randomBytes } from 'node:crypto'
 import { existsSync, mkdirSync, readdirSync, readFileSync, statSync, symlinkSync, writeFileSync } from 'node:fs'
 import path from 'node:path'
 import { describe, expect, it } from 'vitest'
-import { runCli, type CliResult } from '../helpers/cli.js'
+import { BIN, runCli, type CliResult } from '../helpers/cli.js'
 import { fileBackend, mountVolume, mustSh, s3Backend, sh, useBackend, withKeyFile, type Backend } from '../helpers/mount.js'
 import { s3Servers } from '../helpers/stores.js'
 
@@ -213,3 +213,93 @@ async function segmentBytes(ok: (args: string[]) => Promise<CliResult>): Promise
     .filter(([p]) => p.startsWith('seg'))
     .reduce((n, [, v]) => n + v.bytes, 0)
 }
+
+describe('put, get, mv and rm behave like cp, mv and rm (a mounted volume on file://)', () => {
+  const ctx = useBackend(() => withKeyFile(fileBackend))
+  const s0fs = (args: string[], input?: string | Buffer) => runCli([...args, '--repo', ctx.backend.repo!], { env: ctx.backend.env, input, timeoutMs: 120_000 })
+  const ok = async (args: string[], input?: string | Buffer) => {
+    const r = await s0fs(args, input)
+    if (r.code !== 0) throw new Error(`s0fs ${args.join(' ')} exited ${r.code}: ${r.stderr}`)
+    return r
+  }
+
+  it('refuses to copy a file onto itself or a directory into itself, and keeps modes, times and links right', async () => {
+    await ok(['volume', 'create', 'cp'])
+    const m = ctx.track(await mountVolume(ctx.backend, { volume: 'cp' }))
+    const local = path.join(ctx.backend.home, 'cp-local')
+    mkdirSync(local, { recursive: true })
+    const data = randomBytes(5 * 1024 * 1024)
+    writeFileSync(path.join(local, 'data.bin'), data)
+    await ok(['put', path.join(local, 'data.bin'), 'cp:/data.bin'])
+
+    // The same file through the mount: refused, and nothing is truncated.
+    const onMount = path.join(m.mountpoint, 'data.bin')
+    for (const args of [['put', onMount, 'cp:/data.bin'], ['get', 'cp:/data.bin', onMount], ['put', m.mountpoint, 'cp:/'], ['get', 'cp:/', path.join(m.mountpoint, 'inside')]]) {
+      const r = await s0fs(args)
+      expect(r.code, args.join(' ')).toBe(2)
+      expect(r.stderr).toMatch(/are the same file|into itself/)
+    }
+    expect(readFileSync(onMount).equals(data)).toBe(true)
+
+    // Times before 1970 (with a fraction) and just under a second survive both ways; the listing still works.
+    writeFileSync(path.join(local, 'old'), 'old')
+    await mustSh(`touch -d '1969-12-31 23:59:58.500' ${local}/old && touch -d '2020-01-01 00:00:00.9996' ${local}/data.bin`)
+    await ok(['put', path.join(local, 'old'), 'cp:/old'])
+    await ok(['put', path.join(local, 'data.bin'), 'cp:/data.bin'])
+    expect(JSON.parse((await ok(['stat', '--json', 'cp:/old'])).stdout).mtime).toBe('1969-12-31T23:59:58.500Z')
+    expect(statSync(path.join(m.mountpoint, 'old')).mtimeMs).toBe(-1500)
+    expect(statSync(onMount).mtime.toISOString()).toBe('2020-01-01T00:00:00.999Z')
+    await mustSh(`mkdir ${m.mountpoint}/pre && touch -d '1960-01-01 00:00:00' ${m.mountpoint}/pre/x`)
+    expect(JSON.parse((await ok(['stat', '--json', 'cp:/pre/x'])).stdout).mtime).toBe('1960-01-01T00:00:00.000Z')
+    expect(readdirSync(m.mountpoint)).toContain('old')
+
+    // A put over an existing file gives it the source's mode.
+    await mustSh(`chmod 600 ${local}/data.bin`)
+    await ok(['put', path.join(local, 'data.bin'), 'cp:/data.bin'])
+    expect(statSync(onMount).mode & 0o777).toBe(0o600)
+
+    // A symlink to a directory is a directory to copy into (and to move into); a symlink inside the
+    // destination is not written through.
+    await mustSh(`mkdir ${m.mountpoint}/real && ln -s real ${m.mountpoint}/link && mkdir -p ${local}/tree/x && echo t > ${local}/tree/x/f`)
+    await ok(['put', path.join(local, 'old'), 'cp:/link'])
+    await ok(['mv', 'cp:/old', 'cp:/link'])
+    expect(readdirSync(path.join(m.mountpoint, 'real')).sort()).toEqual(['old'])
+    await mustSh(`mkdir ${m.mountpoint}/tree && ln -s /real ${m.mountpoint}/tree/x`)
+    const through = await s0fs(['put', path.join(local, 'tree'), 'cp:/'])
+    expect(through.code).toBe(4)
+    expect(through.stderr).toMatch(/cannot overwrite non-directory cp:\/tree\/x with directory/)
+    expect(readdirSync(path.join(m.mountpoint, 'real'))).toEqual(['old'])
+
+    // get: a symlink's file comes out with the file's mode and time; a directory with its own.
+    await mustSh(`ln -s data.bin ${m.mountpoint}/data.link && mkdir -m 700 ${m.mountpoint}/priv && touch -d 2010-01-01 ${m.mountpoint}/priv`)
+    await ok(['get', 'cp:/data.link', path.join(local, 'got.bin')])
+    expect(statSync(path.join(local, 'got.bin')).mode & 0o777).toBe(0o600)
+    expect(statSync(path.join(local, 'got.bin')).mtime.toISOString()).toBe('2020-01-01T00:00:00.999Z')
+    await ok(['get', 'cp:/priv', path.join(local, 'priv')])
+    expect(statSync(path.join(local, 'priv')).mode & 0o777).toBe(0o700)
+    expect(statSync(path.join(local, 'priv')).mtime.toISOString()).toBe('2010-01-01T00:00:00.000Z')
+
+    // mv over one of two hard links: the other name shows one link at once.
+    await mustSh(`cd ${m.mountpoint} && echo y > k3 && ln k3 k4 && echo z > k1 && stat -c %h k4 >/dev/null`)
+    await ok(['mv', 'cp:/k1', 'cp:/k3'])
+    expect(statSync(path.join(m.mountpoint, 'k4')).nlink).toBe(1)
+
+    // rm: a directory needs -r; every path is tried; ls -l shows setuid, setgid and sticky bits.
+    const rmDir = await s0fs(['rm', 'cp:/priv'])
+    expect(rmDir.code).toBe(1)
+    expect(rmDir.stderr).toMatch(/is a directory \(use -r\)/)
+    const rmMany = await s0fs(['rm', 'cp:/k3', 'cp:/missing', 'cp:/k4'])
+    expect(rmMany.code).toBe(3)
+    expect(existsSync(path.join(m.mountpoint, 'k4'))).toBe(false)
+    await mustSh(`cd ${m.mountpoint} && touch su && chmod 6711 su && mkdir -m 1777 tmp`)
+    const long = (await ok(['ls', '-l', 'cp:/'])).stdout
+    expect(long).toMatch(/^-rws--s--x .* su$/m)
+    expect(long).toMatch(/^drwxrwxrwt .* tmp$/m)
+
+    // cat into a reader that stops early ends quietly.
+    const piped = await sh(`node ${BIN} cat --repo '${ctx.backend.repo}' cp:/data.bin | head -c 10 | wc -c; echo "status \${PIPESTATUS[0]}"`, { env: ctx.backend.env })
+    expect(piped.stdout).toBe('10\nstatus 0\n')
+    expect(piped.stderr).toBe('')
+    await m.umount()
+  }, 180_000)
+})
