@@ -216,6 +216,9 @@ export class VolumeFiles implements FileTree {
     if (existing && options.exclusive) throw new FsError('EEXIST', at)
     if (existing) {
       if (isDir(existing.mode)) throw new FsError('EISDIR', at)
+      // parentOf followed every symlink it could: one left here points at nothing (cp refuses it too).
+      if (isLnk(existing.mode)) throw new FsError('ENOENT', `${at} is a symbolic link to a missing file: not writing through it`)
+      if (!isReg(existing.mode)) throw new FsError('EINVAL', `${at} is not a regular file`)
       await this.fs.open(this.cred, existing.ino, 0o1001 /* O_WRONLY|O_TRUNC */)
       await this.fill(existing.ino, data, options.mtime)
       this.changed({ type: 'modify', path: at, names: [], inodes: [existing.ino] })
@@ -404,7 +407,7 @@ export class VolumeFiles implements FileTree {
     let components = volumePathComponents(path)
     if (components.length === 0) throw new FsError('EINVAL', 'the volume root cannot be created, removed or moved')
     if (followLast) {
-      // A final symlink is written through (like open(2)); a dangling one creates its target.
+      // A final symlink is followed (like open(2)); a dangling one is left for the caller to judge.
       try {
         components = (await this.resolve(path, true)).components
       } catch (err) {

@@ -130,6 +130,9 @@ describe('VolumeFiles (library file access without a mount)', () => {
     await expect(failing).rejects.toThrow('source went away')
     expect(await code(files.stat('/broken.bin'))).toBe('ENOENT')
     expect(await code(files.write('/new.bin', Buffer.from('x'), { exclusive: true }))).toBe('EEXIST')
+    await files.symlink('/dangling', 'nowhere')
+    await expect(files.write('/dangling', Buffer.from('x'))).rejects.toThrow(/symbolic link to a missing file/)
+    await files.remove('/dangling')
 
     // Rewriting an existing file truncates it in place: same inode, its hard link sees the new bytes.
     await files.link('/alias.bin', '/new.bin')
