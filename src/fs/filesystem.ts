@@ -430,6 +430,7 @@ export class FileSystem {
       const inode = await this.getInode(ino)
       const dir = await this.getInode(newParent)
       if (!isDir(dir.mode)) throw fsError('ENOTDIR')
+      if (dir.nlink === 0) throw fsError('ENOENT', 'directory was removed')
       checkAccess(cred, dir, W_OK | X_OK)
       if (isDotName(newName) || (await this.tree.get(direntKey(newParent, newName)))) throw fsError('EEXIST')
       if (isDir(inode.mode)) throw fsError('EPERM', 'hard links to directories are not allowed')
@@ -549,6 +550,9 @@ export class FileSystem {
       const srcDir = await this.getInode(parent)
       const dstDir = parent === newParent ? srcDir : await this.getInode(newParent)
       if (!isDir(srcDir.mode) || !isDir(dstDir.mode)) throw fsError('ENOTDIR')
+      // A directory removed while a process still stands in it (the kernel marks it dead only when it removed
+      // it itself; the CLI and the HTTP API go around it): a name moved into it would be lost with it.
+      if (dstDir.nlink === 0) throw fsError('ENOENT', 'directory was removed')
       checkAccess(cred, srcDir, W_OK | X_OK)
       checkAccess(cred, dstDir, W_OK | X_OK)
       const srcRaw = await this.tree.get(direntKey(parent, name))
@@ -940,8 +944,8 @@ export class FileSystem {
           this.wal!.append(REC.punch, encodePunch(ino, offset, end - offset, now))
           await this.applyPunch(ino, offset, end)
         }
-        inode.mtime = inode.ctime = now
       }
+      inode.mtime = inode.ctime = now // as ext4 does for every mode, preallocation within the file included
       if (!(mode & FALLOC_FL_KEEP_SIZE) && offset + length > inode.size) {
         await this.truncateInto(inode, offset + length, now, true)
       }

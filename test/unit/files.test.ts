@@ -1,5 +1,5 @@
 import { afterEach, describe, expect, it } from 'vitest'
-import { FsError } from '../../src/fs/index.js'
+import { FsError, ROOT, ROOT_INO } from '../../src/fs/index.js'
 import { normalizeVolumePath, resolveSymlinks, volumePathComponents, type FileChange } from '../../src/repo/index.js'
 import { testRepo } from '../helpers/repo.js'
 
@@ -144,6 +144,25 @@ describe('VolumeFiles (library file access without a mount)', () => {
     expect(session.recovery?.orphansPurged ?? 0).toBe(0)
     files = session.files()
     expect((await files.list('/')).map((e) => e.name)).toEqual(['alias.bin', 'new.bin'])
+    await session.close()
+  })
+
+  it('nothing can be moved or linked into a directory removed while something still holds it', async () => {
+    const t = await testRepo()
+    cleanup = t.cleanup
+    await t.repo.createVolume('d')
+    const session = await t.repo.openVolume('d', { portalDir: t.portalDir })
+    const fs = session.fs
+    const name = (s: string) => Buffer.from(s)
+    const dir = await fs.mkdir(ROOT, ROOT_INO, name('dir'), 0o755)
+    const file = await fs.create(ROOT, ROOT_INO, name('file'), 0o644)
+    fs.pin(dir.ino) // a process's working directory
+    await session.files().remove('/dir') // around the kernel, as the CLI does
+    expect(await code(fs.rename(ROOT, ROOT_INO, name('file'), dir.ino, name('moved')))).toBe('ENOENT')
+    expect(await code(fs.link(ROOT, file.ino, dir.ino, name('linked')))).toBe('ENOENT')
+    expect(await code(fs.create(ROOT, dir.ino, name('new'), 0o644))).toBe('ENOENT')
+    expect((await session.files().stat('/file')).nlink).toBe(1)
+    await fs.unpin(dir.ino)
     await session.close()
   })
 
