@@ -41,6 +41,13 @@ export class MountError extends Error {
   }
 }
 
+export class MountInUseError extends Error {
+  constructor(readonly mountpoint: string) {
+    super(`${mountpoint} is busy: files are open or processes stand in it (see fuser -vm ${mountpoint}); close them, or unmount with --lazy`)
+    this.name = 'MountInUseError'
+  }
+}
+
 export type RequestHandler = (header: Header, body: Buffer) => void
 
 const DEFAULT_BUFFER = 1024 * 1024 + 8192
@@ -187,11 +194,17 @@ export class FuseDevice {
     }
   }
 
-  /** Unmounts (lazily if busy); the kernel then ends the session. */
-  async unmount(): Promise<void> {
+  /**
+   * Unmounts; the kernel then ends the session. A busy mount (open files,
+   * working directories) is detached lazily, or with `lazy` false refused
+   * with MountInUseError and left as it is.
+   */
+  async unmount(lazy = true): Promise<void> {
     if (this.stopped) return
     const r = await run('umount', [this.options.mountpoint])
-    if (r.code !== 0) await run('umount', ['-l', this.options.mountpoint])
+    if (r.code === 0) return
+    if (!lazy && /busy/i.test(r.stderr)) throw new MountInUseError(this.options.mountpoint)
+    await run('umount', ['-l', this.options.mountpoint])
   }
 
   private finish(): void {

@@ -2,7 +2,7 @@ import { promises as fsp } from 'node:fs'
 import type { Server } from 'node:net'
 import { FsError } from '../fs/index.js'
 import { FuseAdapter } from '../fuse/adapter.js'
-import { FuseDevice, run } from '../fuse/device.js'
+import { FuseDevice, MountInUseError, run } from '../fuse/device.js'
 import { LeaseLostError, RefNotFoundError } from '../meta/index.js'
 import { Portal } from '../portal/index.js'
 import { VolumeFiles, type Repository, type VolumeSession } from '../repo/index.js'
@@ -345,6 +345,12 @@ export class MountDaemon {
         return { name: req.name, generation: this.session.generation, ms: performance.now() - t0 }
       }
       case 'unmount':
+        // Unmount first, as umount(8) would: a busy mount stays up (and keeps serving) unless asked to detach lazily.
+        if (req.lazy !== true) {
+          await this.device.unmount(false).catch((err) => {
+            throw err instanceof MountInUseError ? new ControlError(err.message, 'EBUSY', EXIT.busy) : err
+          })
+        }
         await this.stop('s0fs umount')
         if (this.finalCommitError) {
           throw new ControlError(

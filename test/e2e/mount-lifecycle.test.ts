@@ -49,6 +49,36 @@ describe('mount life cycle', () => {
     await m.umount()
   }, 60_000)
 
+  it('umount refuses a busy mount (it keeps serving), and --lazy detaches it', async () => {
+    const m = track(await mountVolume(files.backend, { volume: 'busy' }))
+    const file = path.join(m.mountpoint, 'open.txt')
+    // A process keeps a file open and writes to it after the refused unmount.
+    const holder = spawn('python3', ['-c', `import sys\nf=open(${JSON.stringify(file)},'w')\nprint('open',flush=True)\nsys.stdin.readline()\nf.write('still served');f.close()\nprint('closed',flush=True)\nsys.stdin.read()`], {
+      stdio: ['pipe', 'pipe', 'inherit'],
+      cwd: m.mountpoint,
+    })
+    try {
+      await new Promise<void>((resolve) => holder.stdout.once('data', () => resolve()))
+      const refused = await runCli(['umount', m.mountpoint], { env: files.backend.env })
+      expect(refused.code).toBe(7)
+      expect(refused.stderr).toMatch(/is busy.*--lazy/)
+      expect(await mountState(canonicalMountpoint(m.mountpoint))).toBe('mounted')
+      holder.stdin.write('\n')
+      await new Promise<void>((resolve) => holder.stdout.once('data', () => resolve()))
+      expect(readFileSync(file, 'utf8')).toBe('still served')
+      // Still busy (the holder's working directory): --lazy detaches it anyway, and everything is committed.
+      const lazy = await runCli(['umount', '--lazy', m.mountpoint], { env: files.backend.env })
+      expect(lazy.code).toBe(0)
+      expect(await mountState(canonicalMountpoint(m.mountpoint))).toBe('none')
+    } finally {
+      holder.stdin.end()
+      await new Promise((resolve) => holder.on('close', resolve))
+    }
+    const again = track(await mountVolume(files.backend, { volume: 'busy' }))
+    expect(readFileSync(path.join(again.mountpoint, 'open.txt'), 'utf8')).toBe('still served')
+    await again.umount()
+  }, 120_000)
+
   it('refuses a second writer of a mounted volume, naming the holder', async () => {
     const first = track(await mountVolume(files.backend, { volume: 'shared' }))
     const other = path.join(files.backend.home, 'mnt-second')

@@ -215,14 +215,18 @@ async function startBackground(ctx: CommandContext, mountpoint: string): Promise
 export const umountCommand: Command = {
   path: ['umount'],
   summary: 'Unmount: flush, commit, release the lease, unmount. Cleans up a mount left dead by a killed daemon.',
+  description: 'A mount that is busy (open files, a shell standing in it) is refused with exit status 7, as umount(8) refuses it; --lazy detaches it anyway.',
   positionals: [{ name: 'MOUNTPOINT', description: 'where the volume is mounted' }],
+  options: {
+    lazy: { type: 'boolean', description: 'detach a busy mount at once; files still open get EIO once the daemon stops (10 s later)' },
+  },
   async run(ctx) {
     const mountpoint = canonicalMountpoint(path.resolve(ctx.positionals[0]))
     const runDir = defaultPaths().runDir
     const record = await readRecord(runDir, mountpoint)
     if (record && processAlive(record.pid)) {
       await flushKernelCache(record)
-      const reply = await controlRequest(record.socket, { op: 'unmount' }, 30 * 60_000)
+      const reply = await controlRequest(record.socket, { op: 'unmount', lazy: ctx.values.lazy === true }, 30 * 60_000)
       if (ctx.values.verbose) ctx.io.err(`unmounted ${mountpoint} (volume ${record.volume}, generation ${reply.generation})\n`)
       return EXIT.ok
     }
