@@ -6,11 +6,13 @@ import {
   direntSize,
   ENTRY_OUT,
   FATTR,
+  FOPEN_KEEP_CACHE,
   FUSE_KERNEL_MINOR_VERSION,
   FUSE_KERNEL_VERSION,
   FUSE_WRITE_KILL_SUIDGID,
   Init,
   NOTIFY,
+  OPEN_OUT,
   Op,
   OP_NAMES,
   readS64,
@@ -175,6 +177,8 @@ export class FuseAdapter {
         const name = cString(body, this.minor >= 12 ? 16 : 8).value
         return fs.mknod(cred, node, name, mode, rdev).then((inode) => this.replyEntry(u, inode))
       }
+      case Op.TMPFILE:
+        return this.tmpfile(u, node, body.readUInt32LE(4), cred)
       case Op.MKDIR: {
         const mode = body.readUInt32LE(0)
         const name = cString(body, 8).value
@@ -340,6 +344,22 @@ export class FuseAdapter {
     } catch (err) {
       this.hooks.onError?.('forget', err)
     }
+  }
+
+  /**
+   * open(2) with O_TMPFILE: an unnamed file the caller may later linkat(2)
+   * into place. The reply is an entry (the kernel's reference, dropped by
+   * FORGET; the file is deleted then unless it was linked) and, since the
+   * kernel opens it at once, fuse_open_out.
+   */
+  private async tmpfile(unique: bigint, dir: number, mode: number, cred: Cred): Promise<void> {
+    const inode = await this.fs.tmpfile(cred, dir, mode)
+    const out = Buffer.alloc(ENTRY_OUT + OPEN_OUT)
+    this.fs.pin(inode.ino)
+    writeEntry(out, 0, inode, this.entryTtl, this.attrTtl)
+    out.writeUInt32LE(FOPEN_KEEP_CACHE, ENTRY_OUT + 8) // fh 0, as every file here (OPEN answers ENOSYS)
+    this.device.reply(unique, 0, out)
+    await this.fs.unpin(inode.ino) // tmpfile's own reference: the kernel's is the one that counts now
   }
 
   private replyEntry(unique: bigint, inode: Parameters<typeof writeEntry>[2] | undefined): void {

@@ -107,6 +107,10 @@ export const OUT_HEADER = 16
 export const ATTR_SIZE = 88
 export const ENTRY_OUT = 40 + ATTR_SIZE
 export const ATTR_OUT = 16 + ATTR_SIZE
+/** struct fuse_open_out: fh, open_flags, backing_id. */
+export const OPEN_OUT = 16
+/** fuse_open_out.open_flags: keep the page cache across opens. */
+export const FOPEN_KEEP_CACHE = 1 << 1
 export const DIRENT_HEADER = 24
 
 /** The fields of a request header. */
