@@ -176,8 +176,23 @@ export async function putExtentsIn(tree: Tree, r: { ino: number; start: number; 
   for (const e of r.extents) await tree.put(extentKey(r.ino, e.off), encodeExtent(e))
 }
 
+/** Wall-clock time of performance.now()'s origin; moved when the wall clock is stepped (see nowTimespec). */
+let clockOffsetMs = Date.now() - performance.now()
+
+/**
+ * The current time with sub-millisecond precision: performance.now() on an
+ * origin anchored to the wall clock. performance.now() is monotonic and
+ * does not follow a stepped wall clock (NTP, a resumed VM), so the origin is
+ * re-anchored whenever the two part by more than the 1 ms Date.now() can
+ * resolve: file times stay what `date` says, as on a local disk.
+ */
 export function nowTimespec(): Timespec {
-  const ms = performance.timeOrigin + performance.now()
+  let ms = clockOffsetMs + performance.now()
+  const wall = Date.now()
+  if (ms < wall - 1 || ms > wall + 2) {
+    clockOffsetMs = wall - performance.now()
+    ms = clockOffsetMs + performance.now()
+  }
   const s = Math.floor(ms / 1000)
   return { s, ns: Math.min(999_999_999, Math.floor((ms - s * 1000) * 1e6)) }
 }
