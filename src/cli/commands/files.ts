@@ -125,7 +125,9 @@ export const rmCommand: Command = {
       let failure: unknown
       for (const ref of refs) {
         try {
-          if (!ctx.values.recursive && (await files.stat(ref.path)).type === 'dir') throw new FsError('EISDIR', `${ref.path} is a directory (use -r)`)
+          const stat = await files.stat(ref.path)
+          // (The root is left for remove() to refuse, whatever the flags.)
+          if (!ctx.values.recursive && stat.type === 'dir' && stat.path !== '/') throw new FsError('EISDIR', `${ref.path} is a directory (use -r)`)
           await files.remove(ref.path, { recursive: ctx.values.recursive === true })
         } catch (err) {
           if (ctx.values.force && err instanceof FsError && err.code === 'ENOENT') continue
