@@ -3,11 +3,11 @@ import path from 'node:path'
 import { pipeline } from 'node:stream/promises'
 import { FsError } from '../../fs/index.js'
 import type { FileStat, FileTree } from '../../repo/index.js'
-import type { Command } from '../command.js'
+import type { Command, Io } from '../command.js'
 import { CliError, EXIT, UsageError } from '../exit-codes.js'
 import { TransferProgress } from '../progress.js'
 import { writeOut } from '../stdout.js'
-import { isVolumeRef, parseVolumeRef } from '../volume-access.js'
+import { isVolumeRef, parseVolumeRef, type VolumeRef } from '../volume-access.js'
 import { withFiles } from './with-files.js'
 
 /**
@@ -73,6 +73,14 @@ function mtimeOf(stat: Stats): Date {
   return new Date(Math.floor(stat.mtimeMs))
 }
 
+/** A failure on the local side, as a CLI error with the exit status of its kind (a missing local path is "not found"). */
+function localError(what: string, err: unknown): unknown {
+  const code = (err as NodeJS.ErrnoException).code
+  if (!code || err instanceof FsError || err instanceof CliError) return err
+  const status = code === 'ENOENT' || code === 'ENOTDIR' ? EXIT.notFound : code === 'EEXIST' ? EXIT.exists : EXIT.error
+  return new CliError(`${what}: ${(err as Error).message}`, status)
+}
+
 function notFoundAsUndefined(err: unknown): undefined {
   if (err instanceof FsError && err.code === 'ENOENT') return undefined
   throw err
@@ -98,7 +106,7 @@ export const putCommand: Command = {
         return
       }
       const items = await walkLocal(local).catch((err) => {
-        throw new CliError(`cannot read ${local}: ${(err as Error).message}`, (err as NodeJS.ErrnoException).code === 'ENOENT' ? EXIT.notFound : EXIT.error)
+        throw localError(`cannot read ${local}`, err)
       })
       const existing = await files.stat(dest.path, { follow: true }).catch(notFoundAsUndefined)
       const base = existing?.type === 'dir' || dest.path.endsWith('/') ? path.posix.join(existing?.path ?? dest.path, path.basename(path.resolve(local))) : dest.path
@@ -168,57 +176,61 @@ export const getCommand: Command = {
   async run(ctx) {
     const [srcArg, local] = ctx.positionals
     const src = parseVolumeRef(srcArg, 'source')
-    return withFiles(ctx, src.name, false, async (files, opened) => {
-      const top = await files.stat(src.path)
-      const followed = top.type === 'symlink' ? await files.stat(src.path, { follow: true }) : top
-      const isDir = followed.type === 'dir'
-      if (local === '-') {
-        if (isDir) throw new UsageError(`${src.path} is a directory; standard output takes one file (copy the directory to a local path)`)
-        for await (const chunk of files.read(src.path)) if (!(await writeOut(chunk))) return
-        return
-      }
-      const localIsDir = (await fsp.stat(local).catch(() => undefined))?.isDirectory() ?? false
-      const base = localIsDir ? path.join(local, top.path === '/' ? src.name : top.name) : local
-      const view = await mountView(opened.mountpoint)
-      const into = view && (await volumePathOf(view, base))
-      if (into && isDir && within(into, followed.path)) throw new CliError(`cannot copy a directory, ${src.name}:${followed.path}, into itself, ${local}`, EXIT.usage)
-      if (!isDir) {
-        await getFile(files, src.name, followed, base, view, new TransferProgress(process.stderr, 'get', { files: 1, bytes: followed.size }))
-        return
-      }
-      // Directories: list the tree first, so progress has a total.
-      const tree: FileStat[] = []
-      const visit = async (p: string) => {
-        for (const e of await files.list(p)) {
-          tree.push(e)
-          if (e.type === 'dir') await visit(e.path)
-        }
-      }
-      await visit(src.path)
-      const root = followed.path
-      const progress = new TransferProgress(process.stderr, 'get', { files: tree.filter((e) => e.type !== 'dir').length, bytes: tree.reduce((n, e) => n + (e.type === 'file' ? e.size : 0), 0) })
-      try {
-        await fsp.mkdir(base, { recursive: true })
-        const dirs: { dest: string; stat: FileStat }[] = [{ dest: base, stat: followed }]
-        for (const e of tree) {
-          const dest = path.join(base, path.posix.relative(root, e.path))
-          if (e.type === 'dir') {
-            await fsp.mkdir(dest, { recursive: true })
-            dirs.push({ dest, stat: e })
-          } else if (e.type === 'symlink') {
-            await fsp.rm(dest, { force: true })
-            await fsp.symlink(e.target!, dest)
-            progress.add(0, 1)
-          } else if (e.type === 'file') await getFile(files, src.name, e, dest, view, progress)
-          else ctx.io.err(`skipped ${e.path}: not a file, directory or symlink\n`)
-        }
-        // Directory times and modes last: filling a directory changes its mtime, and a read-only mode would stop the filling.
-        for (const d of dirs.reverse()) await applyMeta(d.dest, d.stat)
-      } finally {
-        progress.done()
-      }
+    await withFiles(ctx, src.name, false, (files, opened) => getInto(files, opened.mountpoint, src, local, ctx.io)).catch((err) => {
+      throw localError(`cannot write ${local}`, err)
     })
   },
+}
+
+async function getInto(files: FileTree, mountpoint: string | undefined, src: VolumeRef, local: string, io: Io): Promise<void> {
+  const top = await files.stat(src.path)
+  const followed = top.type === 'symlink' ? await files.stat(src.path, { follow: true }) : top
+  const isDir = followed.type === 'dir'
+  if (local === '-') {
+    if (isDir) throw new UsageError(`${src.path} is a directory; standard output takes one file (copy the directory to a local path)`)
+    for await (const chunk of files.read(src.path)) if (!(await writeOut(chunk))) return
+    return
+  }
+  const localIsDir = (await fsp.stat(local).catch(() => undefined))?.isDirectory() ?? false
+  const base = localIsDir ? path.join(local, top.path === '/' ? src.name : top.name) : local
+  const view = await mountView(mountpoint)
+  const into = view && (await volumePathOf(view, base))
+  if (into && isDir && within(into, followed.path)) throw new CliError(`cannot copy a directory, ${src.name}:${followed.path}, into itself, ${local}`, EXIT.usage)
+  if (!isDir) {
+    await getFile(files, src.name, followed, base, view, new TransferProgress(process.stderr, 'get', { files: 1, bytes: followed.size }))
+    return
+  }
+  // Directories: list the tree first, so progress has a total.
+  const tree: FileStat[] = []
+  const visit = async (p: string) => {
+    for (const e of await files.list(p)) {
+      tree.push(e)
+      if (e.type === 'dir') await visit(e.path)
+    }
+  }
+  await visit(src.path)
+  const root = followed.path
+  const progress = new TransferProgress(process.stderr, 'get', { files: tree.filter((e) => e.type !== 'dir').length, bytes: tree.reduce((n, e) => n + (e.type === 'file' ? e.size : 0), 0) })
+  try {
+    await fsp.mkdir(base, { recursive: true })
+    const dirs: { dest: string; stat: FileStat }[] = [{ dest: base, stat: followed }]
+    for (const e of tree) {
+      const dest = path.join(base, path.posix.relative(root, e.path))
+      if (e.type === 'dir') {
+        await fsp.mkdir(dest, { recursive: true })
+        dirs.push({ dest, stat: e })
+      } else if (e.type === 'symlink') {
+        await fsp.rm(dest, { force: true })
+        await fsp.symlink(e.target!, dest)
+        progress.add(0, 1)
+      } else if (e.type === 'file') await getFile(files, src.name, e, dest, view, progress)
+      else io.err(`skipped ${e.path}: not a file, directory or symlink\n`)
+    }
+    // Directory times and modes last: filling a directory changes its mtime, and a read-only mode would stop the filling.
+    for (const d of dirs.reverse()) await applyMeta(d.dest, d.stat)
+  } finally {
+    progress.done()
+  }
 }
 
 /** Copies the file `stat` describes (a symlink's target, already followed) to the local path `to`. */
