@@ -25,6 +25,11 @@ export interface FileStat {
   ino: number
   /** Symlinks: the target. */
   target?: string
+  /**
+   * The stored name is not valid UTF-8 (possible through a mount): `name`
+   * and `path` show it with U+FFFD, and paths cannot reach it.
+   */
+  nameNotUtf8?: boolean
 }
 
 export interface WriteOptions {
@@ -163,19 +168,30 @@ export class VolumeFiles implements FileTree {
     const { components, inode } = await this.resolve(path, true)
     if (!isDir(inode.mode)) throw new FsError('ENOTDIR', joinVolumePath(components))
     const out: FileStat[] = []
-    let cookie = 0
-    for (;;) {
-      const batch = await this.fs.readdir(this.cred, inode.ino, cookie, 1024)
-      if (batch.length === 0) break
-      for (const e of batch) {
-        cookie = e.next
-        const name = e.name.toString('utf8')
-        if (name === '.' || name === '..') continue
-        out.push(describe(joinVolumePath([...components, name]), await this.fs.getattr(e.ino)))
-      }
+    for (const e of await this.entries(inode.ino)) {
+      const name = e.name.toString('utf8')
+      const stat = describe(joinVolumePath([...components, name]), await this.fs.getattr(e.ino))
+      if (!Buffer.from(name, 'utf8').equals(e.name)) stat.nameNotUtf8 = true
+      out.push(stat)
     }
     return out.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0))
   }
+
+  /** A directory's entries as stored (names as bytes), without "." and "..". */
+  private async entries(dir: number): Promise<{ name: Buffer; ino: number }[]> {
+    const out: { name: Buffer; ino: number }[] = []
+    let cookie = 0
+    for (;;) {
+      const batch = await this.fs.readdir(this.cred, dir, cookie, 1024)
+      if (batch.length === 0) return out
+      for (const e of batch) {
+        cookie = e.next
+        const dot = e.name.length <= 2 && e.name.every((c) => c === 0x2e)
+        if (!dot) out.push({ name: e.name, ino: e.ino })
+      }
+    }
+  }
+
 
   async readlink(path: string): Promise<string> {
     const { inode, components } = await this.resolve(path, false)
@@ -303,23 +319,28 @@ export class VolumeFiles implements FileTree {
 
   async remove(path: string, options: { recursive?: boolean } = {}): Promise<number> {
     const { dir, name, components } = await this.parentOf(path, false)
-    const at = joinVolumePath(components)
-    const inode = await this.fs.lookup(this.cred, dir.ino, name).catch((err) => Promise.reject(withPath(err, at)))
+    return this.removeEntry(dir.ino, name, joinVolumePath(components), options.recursive === true)
+  }
+
+  /** Removes one entry (with `recursive`, a directory and all it holds, by the names as stored). */
+  private async removeEntry(dir: number, name: Buffer, at: string, recursive: boolean): Promise<number> {
+    const inode = await this.fs.lookup(this.cred, dir, name).catch((err) => Promise.reject(withPath(err, at)))
     let removed = 0
     if (isDir(inode.mode)) {
-      if (options.recursive) {
-        for (const child of await this.list(at)) removed += await this.remove(child.path, options)
+      if (recursive) {
+        for (const child of await this.entries(inode.ino)) removed += await this.removeEntry(inode.ino, child.name, `${at}/${child.name.toString('utf8')}`, true)
       }
-      await this.fs.rmdir(this.cred, dir.ino, name).catch((err) => {
-        if (err instanceof FsError && err.code === 'ENOTEMPTY' && !options.recursive) throw new FsError('ENOTEMPTY', `${at} is a non-empty directory (remove it with --recursive)`)
+      await this.fs.rmdir(this.cred, dir, name).catch((err) => {
+        if (err instanceof FsError && err.code === 'ENOTEMPTY' && !recursive) throw new FsError('ENOTEMPTY', `${at} is a non-empty directory (remove it with --recursive)`)
         throw withPath(err, at)
       })
     } else {
-      await this.fs.unlink(this.cred, dir.ino, name).catch((err) => Promise.reject(withPath(err, at)))
+      await this.fs.unlink(this.cred, dir, name).catch((err) => Promise.reject(withPath(err, at)))
     }
-    this.changed({ type: 'remove', path: at, names: [{ parent: dir.ino, name }], inodes: [inode.ino] })
+    this.changed({ type: 'remove', path: at, names: [{ parent: dir, name }], inodes: [inode.ino] })
     return removed + 1
   }
+
 
   async move(from: string, to: string): Promise<void> {
     const src = await this.parentOf(from, false)

@@ -296,6 +296,19 @@ describe('put, get, mv and rm behave like cp, mv and rm (a mounted volume on fil
     expect(long).toMatch(/^-rws--s--x .* su$/m)
     expect(long).toMatch(/^drwxrwxrwt .* tmp$/m)
 
+    // Names that are not UTF-8 (fine through the mount) are skipped by get and put, which say so and exit 1;
+    // rm -r removes them.
+    await mustSh(`mkdir ${m.mountpoint}/bytes && echo ok > ${m.mountpoint}/bytes/good && echo b > ${m.mountpoint}/bytes/$'\\xfe' && mkdir -p ${local}/bytes && echo c > ${local}/bytes/$'\\xe9t\\xe9' && echo ok > ${local}/bytes/fine`)
+    const got = await s0fs(['get', 'cp:/bytes', path.join(local, 'bytes-out')])
+    expect(got.code).toBe(1)
+    expect(got.stderr).toMatch(/skipped \/bytes\/.*not valid UTF-8[\s\S]*1 entry was not copied/)
+    expect(readdirSync(path.join(local, 'bytes-out'))).toEqual(['good'])
+    const put = await s0fs(['put', path.join(local, 'bytes'), 'cp:/bytes-in'])
+    expect(put.code).toBe(1)
+    expect(readdirSync(path.join(m.mountpoint, 'bytes-in'))).toEqual(['fine'])
+    await ok(['rm', '-r', 'cp:/bytes'])
+    expect(existsSync(path.join(m.mountpoint, 'bytes'))).toBe(false)
+
     // cat into a reader that stops early ends quietly.
     const piped = await sh(`node ${BIN} cat --repo '${ctx.backend.repo}' cp:/data.bin | head -c 10 | wc -c; echo "status \${PIPESTATUS[0]}"`, { env: ctx.backend.env })
     expect(piped.stdout).toBe('10\nstatus 0\n')

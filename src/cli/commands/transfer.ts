@@ -24,15 +24,22 @@ interface LocalItem {
   stat: Stats
 }
 
-async function walkLocal(root: string): Promise<LocalItem[]> {
-  const out: LocalItem[] = []
+/** The local tree under `root`, and the names in it that are not valid UTF-8 (volume paths are strings: those cannot be copied). */
+async function walkLocal(root: string): Promise<{ items: LocalItem[]; unnamed: string[] }> {
+  const items: LocalItem[] = []
+  const unnamed: string[] = []
   const visit = async (rel: string) => {
     const stat = await fsp.lstat(path.join(root, rel))
-    out.push({ rel, stat })
-    if (stat.isDirectory()) for (const name of (await fsp.readdir(path.join(root, rel))).sort()) await visit(rel ? `${rel}/${name}` : name)
+    items.push({ rel, stat })
+    if (!stat.isDirectory()) return
+    const names = (await fsp.readdir(path.join(root, rel), { encoding: 'buffer' })).map((raw) => ({ raw, name: raw.toString('utf8') }))
+    for (const { raw, name } of names.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0))) {
+      if (Buffer.from(name, 'utf8').equals(raw)) await visit(rel ? `${rel}/${name}` : name)
+      else unnamed.push(path.join(root, rel, name))
+    }
   }
   await visit('')
-  return out
+  return { items, unnamed }
 }
 
 /** The volume as its mount on this node shows it: local files on `dev` are the volume's own. */
@@ -81,6 +88,10 @@ function localError(what: string, err: unknown): unknown {
   return new CliError(`${what}: ${(err as Error).message}`, status)
 }
 
+function notCopied(count: number): string {
+  return `${count} ${count === 1 ? 'entry was' : 'entries were'} not copied: ${count === 1 ? 'its name is' : 'their names are'} not valid UTF-8`
+}
+
 function notFoundAsUndefined(err: unknown): undefined {
   if (err instanceof FsError && err.code === 'ENOENT') return undefined
   throw err
@@ -105,9 +116,10 @@ export const putCommand: Command = {
         await files.write(dest.path, process.stdin)
         return
       }
-      const items = await walkLocal(local).catch((err) => {
+      const { items, unnamed } = await walkLocal(local).catch((err) => {
         throw localError(`cannot read ${local}`, err)
       })
+      for (const name of unnamed) ctx.io.err(`skipped ${name}: its name is not valid UTF-8 (copy it through the mount)\n`)
       const existing = await files.stat(dest.path, { follow: true }).catch(notFoundAsUndefined)
       const base = existing?.type === 'dir' || dest.path.endsWith('/') ? path.posix.join(existing?.path ?? dest.path, path.basename(path.resolve(local))) : dest.path
       const view = await mountView(opened.mountpoint)
@@ -142,6 +154,7 @@ export const putCommand: Command = {
       } finally {
         progress.done()
       }
+      if (unnamed.length) throw new CliError(notCopied(unnamed.length), EXIT.error)
     })
   },
 }
@@ -202,13 +215,16 @@ async function getInto(files: FileTree, mountpoint: string | undefined, src: Vol
   }
   // Directories: list the tree first, so progress has a total.
   const tree: FileStat[] = []
+  const unnamed: FileStat[] = []
   const visit = async (p: string) => {
     for (const e of await files.list(p)) {
-      tree.push(e)
-      if (e.type === 'dir') await visit(e.path)
+      if (e.nameNotUtf8) unnamed.push(e)
+      else tree.push(e)
+      if (e.type === 'dir' && !e.nameNotUtf8) await visit(e.path)
     }
   }
   await visit(src.path)
+  for (const e of unnamed) io.err(`skipped ${e.path}: its name is not valid UTF-8 (copy it through the mount)\n`)
   const root = followed.path
   const progress = new TransferProgress(process.stderr, 'get', { files: tree.filter((e) => e.type !== 'dir').length, bytes: tree.reduce((n, e) => n + (e.type === 'file' ? e.size : 0), 0) })
   try {
@@ -231,6 +247,7 @@ async function getInto(files: FileTree, mountpoint: string | undefined, src: Vol
   } finally {
     progress.done()
   }
+  if (unnamed.length) throw new CliError(notCopied(unnamed.length), EXIT.error)
 }
 
 /** Copies the file `stat` describes (a symlink's target, already followed) to the local path `to`. */
