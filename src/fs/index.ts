@@ -3,3 +3,4 @@ export { FsError, Errno, ERRNO_TEXT, fsError, type ErrnoName } from './errors.js
 export { ROOT, R_OK, W_OK, X_OK, mayAccess, type Cred } from './perms.js'
 export { flushFrozen, flushPending, SMALL_FILE, type FlushResult, type FlushOptions, type FrozenVolume } from './flusher.js'
 export * from './records.js'
+export { flushedSegments } from './journal.js'

@@ -96,3 +96,12 @@ export function decodeExtents(payload: Buffer): ExtentsRecord {
   const [ino, start, end, maxSeq, rows] = packr.unpack(payload) as [number, number, number, number, [number, Uint8Array][]]
   return { ino, start, end, maxSeq, extents: rows.map(([off, b]) => decodeExtent(off, Buffer.from(b))) }
 }
+
+/**
+ * The segments a logged flush (an extents record) points at; none for any
+ * other record. Replay uses it to find flushes whose segments are gone.
+ */
+export function flushedSegments(kind: number, payload: Buffer): string[] {
+  if (kind !== REC.extents) return []
+  return [...new Set(decodeExtents(payload).extents.map((e) => e.blob.seg))]
+}

@@ -1,7 +1,7 @@
 import { randomBytes } from 'node:crypto'
 import { promises as fsp } from 'node:fs'
 import path from 'node:path'
-import { FileSystem, flushFrozen, flushPending, FsError } from '../fs/index.js'
+import { FileSystem, flushedSegments, flushFrozen, flushPending, FsError } from '../fs/index.js'
 import { Mutex } from '../fs/mutex.js'
 import {
   acquireLease,
@@ -14,6 +14,7 @@ import {
   type PageRef,
   type VolumeHead,
 } from '../meta/index.js'
+import { segmentKey } from '../blob/index.js'
 import { Wal } from '../portal/index.js'
 import { crashPoint } from '../util/crash-points.js'
 import { VolumeFiles, type VolumeFilesOptions } from './files.js'
@@ -53,6 +54,8 @@ export interface CommitResult {
 
 export interface RecoveryReport {
   replayedRecords: number
+  /** Logged flushes not replayed because their segments are gone (their bytes came from the log). */
+  skippedFlushes: number
   tornBytes: number
   staleLogQuarantined?: string
   orphansPurged: number
@@ -152,7 +155,7 @@ export class VolumeSession {
       const { head, etag } = await repo.refs.requireVolume(name)
       const tree = new Tree(repo.pages, head.root ?? undefined)
       const walDir = path.join(options.portalDir, 'volumes', head.volumeId, 'wal')
-      const report: RecoveryReport = { replayedRecords: 0, tornBytes: 0, orphansPurged: 0 }
+      const report: RecoveryReport = { replayedRecords: 0, skippedFlushes: 0, tornBytes: 0, orphansPurged: 0 }
       const recovered = await Wal.recover(walDir, repo.keys, head.volumeId)
       let wal: Wal
       let replayFrom: number | undefined
@@ -175,11 +178,20 @@ export class VolumeSession {
       session = new VolumeSession(repo, name, head, etag, lease, wal, fs)
       session.log = options.log
       if (recovered && replayFrom !== undefined) {
-        for (const record of recovered.records) {
-          if (record.seq <= replayFrom) continue
+        const records = recovered.records.filter((r) => r.seq > replayFrom!)
+        // A flush logged after the head this log continues wrote segments no head names yet (the crash came
+        // first), and GC may have deleted them since. The bytes it moved are still in this log: such a flush
+        // is skipped, and its data stays pending, to be flushed again.
+        const gone = await missingSegments(repo, records)
+        for (const record of records) {
+          if (gone.size && flushedSegments(record.kind, record.payload).some((seg) => gone.has(seg))) {
+            report.skippedFlushes++
+            continue
+          }
           await fs.replay(record)
           report.replayedRecords++
         }
+        if (report.skippedFlushes) log(`volume ${name}: ${report.skippedFlushes} logged flushes pointed at deleted segments; their data was replayed from the log instead`)
         session.committedSeq = replayFrom
         if (report.replayedRecords > 0) log(`volume ${name}: replayed ${report.replayedRecords} log records after an unclean shutdown`)
       }
@@ -389,4 +401,12 @@ export class VolumeSession {
     await this.wal?.abandon()
     await this.lease?.release().catch(() => undefined)
   }
+}
+
+/** The segments logged flushes in `records` point at that the store no longer has. */
+async function missingSegments(repo: Repository, records: readonly { kind: number; payload: Buffer }[]): Promise<Set<string>> {
+  const segs = new Set(records.flatMap((r) => flushedSegments(r.kind, r.payload)))
+  const gone = new Set<string>()
+  for (const seg of segs) if (!(await repo.store.head(segmentKey(seg)))) gone.add(seg)
+  return gone
 }

@@ -2,7 +2,7 @@ import { randomBytes } from 'node:crypto'
 import { afterEach, describe, expect, it } from 'vitest'
 import { flushPending, FsError, ROOT, ROOT_INO, type Extent } from '../../src/fs/index.js'
 import { LeaseHeldError } from '../../src/meta/index.js'
-import type { VolumeSession } from '../../src/repo/index.js'
+import { collectGarbage, type VolumeSession } from '../../src/repo/index.js'
 import { testRepo } from '../helpers/repo.js'
 
 const b = (s: string) => Buffer.from(s)
@@ -95,6 +95,37 @@ describe('volumes: write, commit, reopen', () => {
     expect((await readFile(v2, ['renamed.txt'])).toString()).toBe('one')
     await expect(readFile(v2, ['committed.txt'])).rejects.toBeInstanceOf(FsError)
     await v2.close()
+  })
+
+  it('replays from the log a flush whose segments GC deleted while the volume was down after a crash', async () => {
+    const t = await setup()
+    const v = await t.repo.openVolume('vol', { portalDir: t.portalDir, leaseTtlMs: 300 })
+    await writeFile(v, ['kept.txt'], b('committed'))
+    await v.commit()
+    const data = randomBytes(3 * MiB)
+    await writeFile(v, ['flushed.bin'], data)
+    await flushPending(v.fs) // its bytes are now in a segment no head names: the crash comes before the commit
+    await v.syncLocal()
+    await v.abandon()
+    await new Promise((resolve) => setTimeout(resolve, 600)) // the dead writer's lease runs out
+
+    // A GC from another process (no grace) deletes what no head references: the uncommitted segment.
+    const gcRepo = await t.reopen()
+    const report = await collectGarbage(gcRepo, { graceMs: 0, waitMs: 0 })
+    await gcRepo.close()
+    expect(report.segments.deleted).toBeGreaterThan(0)
+
+    const repo = await t.reopen()
+    cleanups.push(() => repo.close())
+    const v2 = await repo.openVolume('vol', { portalDir: t.portalDir })
+    expect(v2.recovery!.skippedFlushes).toBeGreaterThan(0)
+    expect((await readFile(v2, ['flushed.bin'])).equals(data)).toBe(true)
+    await v2.commit() // flushed again, into segments that exist
+    await v2.close()
+    const v3 = await repo.openVolume('vol', { portalDir: t.portalDir, readOnly: true })
+    expect((await readFile(v3, ['flushed.bin'])).equals(data)).toBe(true)
+    expect((await readFile(v3, ['kept.txt'])).toString()).toBe('committed')
+    await v3.close()
   })
 
   it('refuses a second writer with a message naming the holder', async () => {
