@@ -3,7 +3,7 @@ import type { Server } from 'node:net'
 import { FsError } from '../fs/index.js'
 import { FuseAdapter } from '../fuse/adapter.js'
 import { FuseDevice, MountInUseError, run } from '../fuse/device.js'
-import { LeaseLostError, RefNotFoundError } from '../meta/index.js'
+import { InvalidNameError, LeaseLostError, RefExistsError, RefNotFoundError } from '../meta/index.js'
 import { Portal } from '../portal/index.js'
 import { VolumeFiles, type Repository, type VolumeSession } from '../repo/index.js'
 import { sleep } from '../store/index.js'
@@ -205,7 +205,7 @@ export class MountDaemon {
 
     const paths = recordPaths(o.runDir, this.canonical)
     try {
-      this.control = await serveControl(paths.socket, (req, payload, session) => this.onControl(req, payload, session))
+      this.control = await serveControl(paths.socket, (req, payload, session) => this.onControl(req, payload, session).catch((err) => Promise.reject(asControlError(err))))
     } catch (err) {
       // Nobody could reach this daemon: do not leave the mount up without it.
       await this.device.unmount().catch(() => undefined)
@@ -423,6 +423,18 @@ export class MountDaemon {
     })().finally(() => this.resolveDone())
     return this.stopping
   }
+}
+
+/**
+ * Errors of snapshot and fork names, as the client should see them: an errno
+ * code (the HTTP API's status) and the CLI's exit status, as when the same
+ * command runs without a mount.
+ */
+function asControlError(err: unknown): unknown {
+  if (err instanceof RefExistsError) return new ControlError(err.message, 'EEXIST', EXIT.exists)
+  if (err instanceof RefNotFoundError) return new ControlError(err.message, 'ENOENT', EXIT.notFound)
+  if (err instanceof InvalidNameError) return new ControlError(err.message, 'EINVAL', EXIT.usage)
+  return err
 }
 
 export class MountBusyError extends Error {

@@ -154,6 +154,9 @@ for (const [label, make] of backends) {
       await mustSh(`echo before > ${m.mountpoint}/marker`)
       const snap = JSON.parse((await ok(['snapshot', 'create', '--json', 'live', 'live-s'])).stdout)
       expect(snap.volume).toBe('live')
+      // Through the daemon, a bad or taken name exits as it does without a mount.
+      expect((await s0fs(['snapshot', 'create', 'live', 'live-s'])).code).toBe(4)
+      expect((await s0fs(['snapshot', 'create', 'live', '.bad'])).code).toBe(2)
       await ok(['fork', 'live', 'live-fork'])
       expect((await writer).code).toBe(0)
       // Everything written before each command is in it, without unmounting.
