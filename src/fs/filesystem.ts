@@ -464,6 +464,47 @@ export class FileSystem {
     })
   }
 
+  /**
+   * Names an unnamed file (see tmpfile) `name` in `dir`, replacing a file of
+   * that name in the same step, as rename(2) over it would: readers see the
+   * old file or the new one, never a mix. Its other names keep the old one.
+   */
+  async linkReplacing(cred: Cred, ino: number, dir: number, name: Buffer): Promise<Inode> {
+    validName(name)
+    if (isDotName(name)) throw fsError('EEXIST')
+    return this.mutate(async (tx) => {
+      const inode = await this.getInode(ino)
+      if (inode.nlink !== 0 || !isReg(inode.mode)) throw fsError('EINVAL', 'only an unnamed regular file can be linked over a name')
+      const d = await this.getInode(dir)
+      if (!isDir(d.mode)) throw fsError('ENOTDIR')
+      if (d.nlink === 0) throw fsError('ENOENT', 'directory was removed')
+      checkAccess(cred, d, W_OK | X_OK)
+      const now = this.now()
+      const raw = await this.tree.get(direntKey(dir, name))
+      let cookie: number
+      if (raw) {
+        const old = decodeDirent(raw)
+        const victim = await this.getInode(old.ino)
+        if (isDir(victim.mode)) throw fsError('EISDIR')
+        checkSticky(cred, d, victim)
+        cookie = old.cookie // the name keeps its place in a listing
+        await this.dropLink(tx, victim, now)
+      } else {
+        cookie = d.nextCookie++
+        tx.push([cookieKey(dir, cookie), name])
+      }
+      inode.nlink = 1
+      inode.parent = dir
+      inode.ctime = now
+      d.mtime = d.ctime = now
+      tx.push([direntKey(dir, name), encodeDirent({ ino, type: S_IFREG, cookie })])
+      tx.push([inodeKey(ino), encodeInode(inode)])
+      tx.push([inodeKey(dir), encodeInode(d)])
+      tx.push([orphanKey(ino), null])
+      return inode
+    })
+  }
+
   // --- removing --------------------------------------------------------------
 
   async unlink(cred: Cred, parent: number, name: Buffer): Promise<void> {
@@ -653,6 +694,8 @@ export class FileSystem {
   // --- attributes --------------------------------------------------------------
 
   async setattr(cred: Cred, ino: number, set: SetAttr): Promise<Inode> {
+    // (uid_t)-1 means "unchanged" to chown(2): neither it nor anything wider can be an owner.
+    for (const id of [set.uid, set.gid]) if (id !== undefined && !(Number.isInteger(id) && id >= 0 && id < 0xffff_ffff)) throw fsError('EINVAL', `owner ids run from 0 to 4294967294, not ${id}`)
     if (set.size !== undefined) {
       if (set.size < 0) throw fsError('EINVAL')
       if (set.size > MAX_FILE_SIZE) throw fsError('EFBIG')

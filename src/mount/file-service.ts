@@ -83,8 +83,10 @@ export async function serveFileOp(
       const mtime = typeof req.mtime === 'string' ? new Date(req.mtime) : undefined
       const path = str(req, 'path')
       const exclusive = req.exclusive === true
-      const rewriteRefused = options.rewriteExisting === false && !exclusive
-      const done = files.write(path, queue, { mode: num(req, 'mode'), exclusive: exclusive || rewriteRefused, mtime }).catch((err: unknown) => {
+      const replace = req.replace === true
+      // A replacement is a new inode: the kernel drops the old one's cached size with its name.
+      const rewriteRefused = options.rewriteExisting === false && !exclusive && !replace
+      const done = files.write(path, queue, { mode: num(req, 'mode'), exclusive: exclusive || rewriteRefused, replace, mtime }).catch((err: unknown) => {
         if (rewriteRefused && err instanceof FsError && err.code === 'EEXIST') {
           throw new FsError(
             'EBUSY',

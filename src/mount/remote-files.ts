@@ -43,7 +43,7 @@ export class RemoteFiles implements FileTree {
   }
 
   async write(path: string, data: AsyncIterable<Uint8Array> | Uint8Array, options: WriteOptions = {}): Promise<FileStat> {
-    await this.call({ op: 'fs.write.open', path, mode: options.mode, exclusive: options.exclusive, mtime: options.mtime?.toISOString() })
+    await this.call({ op: 'fs.write.open', path, mode: options.mode, exclusive: options.exclusive, replace: options.replace, mtime: options.mtime?.toISOString() })
     const source: Iterable<Uint8Array> | AsyncIterable<Uint8Array> = data instanceof Uint8Array ? [data] : data
     for await (const chunk of source) {
       for (let at = 0; at < chunk.length; at += MAX_CONTROL_PAYLOAD) {

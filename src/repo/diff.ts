@@ -61,8 +61,9 @@ export class PathResolver {
 
 /**
  * Path-level changes between two roots: names added or removed (a rename is
- * both), and files whose content, attributes or xattrs changed. Reads only the
- * pages that differ, plus what it takes to name the paths.
+ * both), and files whose content, attributes or xattrs changed or that were
+ * replaced by another file of the same type. Reads only the pages that
+ * differ, plus what it takes to name the paths.
  */
 export async function diffRoots(pages: PageStore, a: Child | undefined, b: Child | undefined): Promise<VolumeDiff> {
   const changes = await diffTrees(pages, a, b)
@@ -79,6 +80,15 @@ export async function diffRoots(pages: PageStore, a: Child | undefined, b: Child
       const oldEntry = c.before ? decodeDirent(c.before) : undefined
       const newEntry = c.after ? decodeDirent(c.after) : undefined
       if (oldEntry && newEntry && oldEntry.ino === newEntry.ino) continue
+      if (oldEntry && newEntry && oldEntry.type === newEntry.type) {
+        // The name now holds another file of the same type (replaced whole, as a save by rename does): to a
+        // path-level reader that is a modification, as git reports it.
+        const path = await after.entryPath(parent, name)
+        if (path) out.modified.push({ path, type: typeName(newEntry.type) })
+        touchedNames.add(oldEntry.ino)
+        touchedNames.add(newEntry.ino)
+        continue
+      }
       if (oldEntry) {
         const path = await before.entryPath(parent, name)
         if (path) out.removed.push({ path, type: typeName(oldEntry.type) })

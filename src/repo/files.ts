@@ -39,6 +39,12 @@ export interface WriteOptions {
   mtime?: Date
   /** Fail with EEXIST if the path exists. */
   exclusive?: boolean
+  /**
+   * Replace an existing file with a new one, whole, once the data is
+   * complete (HTTP PUT): a failed write leaves the old content. The default
+   * rewrites it in place, as cp does, keeping its inode, links and owner.
+   */
+  replace?: boolean
 }
 
 export interface ReadRange {
@@ -220,7 +226,8 @@ export class VolumeFiles implements FileTree {
    * (a reader through the mount, a --writeback-cache kernel caching its
    * size) sees it half-written, and an interrupted write leaves nothing. An
    * existing file is truncated and rewritten in place, as cp does: it keeps
-   * its inode, links and owner.
+   * its inode, links and owner — or, with `replace`, replaced the same way
+   * as a new file is written.
    */
   async write(path: string, data: AsyncIterable<Uint8Array> | Uint8Array, options: WriteOptions = {}): Promise<FileStat> {
     const { dir, name, components } = await this.parentOf(path, true)
@@ -230,7 +237,8 @@ export class VolumeFiles implements FileTree {
       throw withPath(err, at)
     })
     if (existing && options.exclusive) throw new FsError('EEXIST', at)
-    if (existing) {
+    if (existing && options.replace && !isReg(existing.mode)) throw new FsError(isDir(existing.mode) ? 'EISDIR' : 'EINVAL', at)
+    if (existing && !options.replace) {
       if (isDir(existing.mode)) throw new FsError('EISDIR', at)
       // parentOf followed every symlink it could: one left here points at nothing (cp refuses it too).
       if (isLnk(existing.mode)) throw new FsError('ENOENT', `${at} is a symbolic link to a missing file: not writing through it`)
@@ -241,18 +249,26 @@ export class VolumeFiles implements FileTree {
       await this.options.maintain?.()
       return describe(at, await this.fs.getattr(existing.ino))
     }
-    const unnamed = await this.fs.tmpfile(this.cred, dir.ino, options.mode ?? 0o644).catch((err: unknown) => {
+    // A replacement keeps the replaced file's mode and (as far as the caller may give it) owner.
+    const mode = options.mode ?? (existing ? existing.mode & 0o7777 : 0o644)
+    const unnamed = await this.fs.tmpfile(this.cred, dir.ino, mode).catch((err: unknown) => {
       throw withPath(err, at)
     })
     try {
       await this.fill(unnamed.ino, data, options.mtime)
-      await this.fs.link(this.cred, unnamed.ino, dir.ino, name).catch((err: unknown) => {
+      if (existing && this.cred.uid === 0 && (existing.uid !== unnamed.uid || existing.gid !== unnamed.gid)) {
+        await this.fs.setattr(this.cred, unnamed.ino, { uid: existing.uid, gid: existing.gid })
+        await this.fs.setattr(this.cred, unnamed.ino, { mode }) // chown clears setuid and setgid
+      }
+      const naming = existing ? this.fs.linkReplacing(this.cred, unnamed.ino, dir.ino, name) : this.fs.link(this.cred, unnamed.ino, dir.ino, name)
+      await naming.catch((err: unknown) => {
         throw withPath(err, at) // EEXIST: the name was created meanwhile
       })
     } finally {
       await this.fs.unpin(unnamed.ino) // deletes it unless it was linked
     }
-    this.changed({ type: 'create', path: at, names: [{ parent: dir.ino, name }], inodes: [unnamed.ino] })
+    const inodes = existing ? [existing.ino, unnamed.ino] : [unnamed.ino]
+    this.changed({ type: existing ? 'modify' : 'create', path: at, names: [{ parent: dir.ino, name }], inodes })
     await this.options.maintain?.()
     return describe(at, await this.fs.getattr(unnamed.ino))
   }

@@ -5,11 +5,12 @@ import path from 'node:path'
 import { controlRequest } from '../mount/control.js'
 import { flushKernelCache } from '../mount/kernel-flush.js'
 import { commitIfMounted, findWriterMount } from '../cli/volume-access.js'
+import { FsError } from '../fs/index.js'
 import type { Repository } from '../repo/index.js'
 import type { Logger } from '../util/log.js'
 import { VolumeAccess } from './access.js'
 import { ChangeFeed } from './events.js'
-import { errorResponse, field, HttpError, limitBody, octal, parseRange, readJson, sendJson } from './http.js'
+import { errorResponse, field, HttpError, limitBody, octal, parseRange, readJson, refuseDeclaredTooLarge, sendJson, writeBody } from './http.js'
 import { exportTar, importTar } from './tar.js'
 
 /**
@@ -66,6 +67,9 @@ export class ApiServer {
   /** Starts listening; resolves with the address actually bound. */
   async listen(): Promise<{ host: string; port: number }> {
     const server = createServer((req, res) => void this.handle(req, res))
+    // Node ends any request after 300 s by default, which cuts off a large upload on a slow link
+    // (and an event stream); headers must still arrive within headersTimeout.
+    server.requestTimeout = 0
     this.server = server
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject)
@@ -213,16 +217,16 @@ export class ApiServer {
         if (req.method === 'HEAD' || st.size === 0) return void res.end()
         const offset = range?.start ?? 0
         const length = range ? range.end - range.start + 1 : st.size
-        for await (const chunk of files.read(st.path, { offset, length })) {
-          if (!res.write(chunk)) await new Promise<void>((r) => res.once('drain', () => r()))
-        }
+        for await (const chunk of files.read(st.path, { offset, length })) if (!(await writeBody(res, chunk))) return
         res.end()
       })
     })
     this.route('PUT', '/v1/volumes/:name/files/*', async ({ req, res, url, params }) => {
       const [name, filePath] = params
       const mode = octal(url.searchParams.get('mode'), 'mode')
-      const stat = await access.write(name, (files) => files.write(filePath, limitBody(req, maxUpload), { mode, exclusive: url.searchParams.get('exclusive') !== null }))
+      refuseDeclaredTooLarge(req, maxUpload) // before the file is touched
+      const exclusive = url.searchParams.get('exclusive')
+      const stat = await access.write(name, (files) => files.write(filePath, limitBody(req, maxUpload), { mode, exclusive: exclusive !== null && exclusive !== 'false', replace: true }))
       sendJson(res, 200, stat)
     })
     this.route('DELETE', '/v1/volumes/:name/files/*', async ({ res, url, params }) => {
@@ -243,13 +247,16 @@ export class ApiServer {
     this.route('GET', '/v1/volumes/:name/tar', async ({ res, url, params }) => {
       await access.read(params[0], async (files) => {
         const dir = url.searchParams.get('path') ?? '/'
-        await files.stat(dir, { follow: true }) // a missing path is a 404, not a broken archive
+        // A missing path or a file is an error reply, not a broken archive.
+        const root = await files.stat(dir, { follow: true })
+        if (root.type !== 'dir') throw new FsError('ENOTDIR', root.path)
         res.writeHead(200, { 'content-type': 'application/x-tar' })
-        await exportTar(files, dir, res)
+        await exportTar(files, root.path, res)
       })
     })
     this.route('PUT', '/v1/volumes/:name/tar', async ({ req, res, url, params }) => {
       const dir = url.searchParams.get('path') ?? '/'
+      refuseDeclaredTooLarge(req, maxUpload)
       sendJson(res, 200, await access.write(params[0], (files) => importTar(files, dir, limitBody(req, maxUpload))))
     })
     this.route('GET', '/v1/volumes/:name/events', async ({ res, params }) => this.feed.subscribe(params[0], res))
@@ -272,5 +279,6 @@ function numberField(body: Record<string, unknown>, name: string): number | unde
   const v = body[name]
   if (v === undefined) return undefined
   if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < 0) throw new HttpError(400, 'bad_request', `"${name}" must be a non-negative integer`)
+  if ((name === 'uid' || name === 'gid') && v >= 0xffff_ffff) throw new HttpError(400, 'bad_request', `"${name}" must be at most 4294967294`)
   return v
 }

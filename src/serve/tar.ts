@@ -10,31 +10,54 @@ import { HttpError } from './http.js'
  * streaming tar codec most Node tools use: no temporary files either way).
  */
 
-/** Streams `dir` (recursively) as a tar archive with paths relative to it. */
+/**
+ * Streams the directory `dir` (recursively) as a tar archive with paths
+ * relative to it. A client that goes away, or a file that cannot be read,
+ * ends the archive early and fails this call; nothing else. Names that are
+ * not valid UTF-8 cannot be read by path and are left out.
+ */
 export async function exportTar(files: FileTree, dir: string, out: Writable): Promise<void> {
   const pack = tar.pack()
-  const done = pipeline(pack, out)
-  const root = await files.stat(dir, { follow: true })
-  if (root.type !== 'dir') throw new FsError('ENOTDIR', root.path)
+  let failure: Error | undefined
+  const done = pipeline(pack, out).catch((err: Error) => {
+    failure ??= err
+  })
+  // Every wait also ends when the pipeline does (a client gone away never drains).
+  const step = async (waiting: Promise<void>) => {
+    await Promise.race([waiting, done])
+    if (failure) throw failure
+  }
   const header = (s: FileStat, name: string) => ({ name, mode: s.mode, uid: s.uid, gid: s.gid, mtime: new Date(s.mtime) })
   const visit = async (path: string, rel: string): Promise<void> => {
     for (const e of await files.list(path)) {
+      if (e.nameNotUtf8) continue
       const name = rel ? `${rel}/${e.name}` : e.name
       if (e.type === 'dir') {
-        await entry(pack, { ...header(e, name), type: 'directory' })
+        await step(entry(pack, { ...header(e, name), type: 'directory' }))
         await visit(e.path, name)
       } else if (e.type === 'symlink') {
-        await entry(pack, { ...header(e, name), type: 'symlink', linkname: e.target })
+        await step(entry(pack, { ...header(e, name), type: 'symlink', linkname: e.target }))
       } else if (e.type === 'file') {
         const stream = pack.entry({ ...header(e, name), type: 'file', size: e.size })
-        for await (const chunk of files.read(e.path)) if (!stream.write(chunk)) await new Promise<void>((r) => stream.once('drain', () => r()))
-        await new Promise<void>((resolve, reject) => stream.end((err?: Error | null) => (err ? reject(err) : resolve())))
+        // Destroying the pack (the client left) fails its open entry: that is the failure step() reports.
+        stream.on('error', (err: Error) => {
+          failure ??= err
+        })
+        for await (const chunk of files.read(e.path)) if (!stream.write(chunk)) await step(new Promise<void>((r) => stream.once('drain', () => r())))
+        await step(new Promise<void>((resolve, reject) => stream.end((err?: Error | null) => (err ? reject(err) : resolve()))))
       }
     }
   }
-  await visit(root.path, '')
-  pack.finalize()
+  try {
+    await visit(dir, '')
+    pack.finalize()
+  } catch (err) {
+    pack.destroy(err as Error)
+    await done
+    throw err
+  }
   await done
+  if (failure) throw failure
 }
 
 function entry(pack: tar.Pack, headers: Parameters<tar.Pack['entry']>[0]): Promise<void> {

@@ -48,6 +48,37 @@ const json = async (p: string, method: string, body?: unknown) => {
 }
 
 /** A request with the path exactly as given (fetch would normalize "..").*/
+/** A PUT with the headers given; `hangUp` closes the connection after sending `body` (a client that went away). */
+function rawPut(rawPath: string, headers: Record<string, string>, body: Buffer, hangUp = false): Promise<{ status: number }> {
+  const { hostname, port } = new URL(base)
+  return new Promise((resolve, reject) => {
+    const req = http.request({ hostname, port, method: 'PUT', path: rawPath, headers: { ...auth, ...headers } }, (res) => {
+      res.resume()
+      res.on('end', () => resolve({ status: res.statusCode ?? 0 }))
+    })
+    req.on('error', (err) => (hangUp ? setTimeout(() => resolve({ status: 0 }), 500) : reject(err)))
+    if (hangUp) {
+      req.write(body, () => setTimeout(() => req.destroy(), 200))
+    } else req.end(body)
+  })
+}
+
+/** Starts a download, reads a little of it, and hangs up. */
+function abandonedGet(rawPath: string): Promise<void> {
+  const { hostname, port } = new URL(base)
+  return new Promise((resolve, reject) => {
+    const req = http.request({ hostname, port, method: 'GET', path: rawPath, headers: auth }, (res) => {
+      expect(res.statusCode).toBe(200)
+      res.once('data', () => {
+        req.destroy()
+        setTimeout(resolve, 300)
+      })
+    })
+    req.on('error', (err) => ((err as NodeJS.ErrnoException).code === 'ECONNRESET' ? undefined : reject(err)))
+    req.end()
+  })
+}
+
 function rawRequest(method: string, rawPath: string, headers: Record<string, string> = auth): Promise<{ status: number; body: string }> {
   const { hostname, port } = new URL(base)
   return new Promise((resolve, reject) => {
@@ -148,6 +179,17 @@ describe('s0fs serve', () => {
     expect((await json('/v1/volumes/files/files/dir', 'DELETE')).body.error.code).toBe('ENOTEMPTY')
     expect((await json('/v1/volumes/files/files/dir?recursive=true', 'DELETE')).body).toEqual({ removed: 2 })
     expect((await json('/v1/volumes/files/files/', 'GET')).body.entries.map((e: { name: string }) => e.name)).toEqual(['moved.bin'])
+
+    // A PUT over a file replaces it whole, keeping its mode; a refused or broken one leaves it as it was.
+    const next = randomBytes(1024 * 1024)
+    expect((await api('/v1/volumes/files/files/moved.bin', { method: 'PUT', body: next })).status).toBe(200)
+    expect(await (await json('/v1/volumes/files/files/moved.bin?stat', 'GET')).body).toMatchObject({ size: next.length, mode: 0o600 })
+    const declared = await rawPut('/v1/volumes/files/files/moved.bin', { 'content-length': String(2 * 1024 ** 3) }, Buffer.alloc(0))
+    expect(declared.status).toBe(413)
+    await rawPut('/v1/volumes/files/files/moved.bin', { 'content-length': String(next.length) }, next.subarray(0, 100_000), true)
+    expect(Buffer.from(await (await api('/v1/volumes/files/files/moved.bin')).arrayBuffer()).equals(next)).toBe(true)
+    // Owner ids past uid_t's range are refused.
+    expect((await json('/v1/volumes', 'POST', { name: 'ids', uid: 2 ** 32 })).status).toBe(400)
   }, 120_000)
 
   it('keeps every path inside its volume', async () => {
@@ -193,6 +235,13 @@ describe('s0fs serve', () => {
     expect(slip.status).toBe(400)
     expect((await slip.json()).error.code).toBe('bad_archive')
     expect((await api('/v1/volumes/tarred/files/outside.txt')).status).toBe(404)
+
+    // Exporting a file is an error reply; a client that leaves mid-archive ends only its own request.
+    expect((await json('/v1/volumes/tarred/tar?path=/imported/a/exec.sh', 'GET')).body.error.code).toBe('ENOTDIR')
+    await api('/v1/volumes/tarred/files/imported/big.bin', { method: 'PUT', body: randomBytes(6 * 1024 * 1024) })
+    await abandonedGet('/v1/volumes/tarred/tar?path=/imported')
+    await abandonedGet('/v1/volumes/tarred/files/imported/big.bin')
+    expect((await json('/v1/volumes/tarred', 'GET')).status).toBe(200)
   }, 120_000)
 
   it('limits request sizes and answers bad requests with JSON errors', async () => {
