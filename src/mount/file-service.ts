@@ -23,6 +23,9 @@ function num(req: ControlRequest, field: string): number | undefined {
   return v
 }
 
+/** About how much of a directory listing one fs.list reply carries (under MAX_CONTROL_PAYLOAD). */
+const LIST_PAGE_BYTES = 1024 * 1024
+
 interface OpenWrite {
   queue: ByteQueue
   done: Promise<unknown>
@@ -47,8 +50,22 @@ export async function serveFileOp(
   switch (req.op) {
     case 'fs.stat':
       return { stat: await files.stat(str(req, 'path'), { follow: req.follow === true }) }
-    case 'fs.list':
-      return { entries: await files.list(str(req, 'path')) }
+    case 'fs.list': {
+      // Entries go in the payload, a page at a time: a large directory is more than a header line holds.
+      const entries = await files.list(str(req, 'path'))
+      const from = num(req, 'from') ?? 0
+      const page: string[] = []
+      let bytes = 2
+      let at = from
+      for (; at < entries.length; at++) {
+        const text = JSON.stringify(entries[at])
+        const size = Buffer.byteLength(text) + 1
+        if (page.length > 0 && bytes + size > LIST_PAGE_BYTES) break
+        page.push(text)
+        bytes += size
+      }
+      return { next: at < entries.length ? at : undefined, payload: Buffer.from(`[${page.join(',')}]`) }
+    }
     case 'fs.readlink':
       return { target: await files.readlink(str(req, 'path')) }
     case 'fs.read': {

@@ -23,7 +23,14 @@ export class RemoteFiles implements FileTree {
   }
 
   async list(path: string): Promise<FileStat[]> {
-    return (await this.call({ op: 'fs.list', path })).fields.entries as FileStat[]
+    const entries: FileStat[] = []
+    let from: number | undefined = 0
+    while (from !== undefined) {
+      const reply = await this.call({ op: 'fs.list', path, from })
+      entries.push(...(JSON.parse(reply.payload.toString('utf8')) as FileStat[]))
+      from = reply.fields.next as number | undefined
+    }
+    return entries
   }
 
   async readlink(path: string): Promise<string> {

@@ -312,6 +312,12 @@ describe('put, get, mv and rm behave like cp, mv and rm (a mounted volume on fil
     await ok(['rm', '-r', 'cp:/bytes'])
     expect(existsSync(path.join(m.mountpoint, 'bytes'))).toBe(false)
 
+    // A directory whose listing is larger than one control message (names of 200 bytes and more) lists whole.
+    await mustSh(`python3 -c "import os; d='${m.mountpoint}/wide'; os.mkdir(d); [open(f'{d}/{i:05d}' + 'n' * 200, 'w').close() for i in range(6000)]"`)
+    const wide = (await ok(['ls', 'cp:/wide'])).stdout.split('\n').filter(Boolean)
+    expect(wide.length).toBe(6000)
+    expect(new Set(wide).size).toBe(6000)
+
     // cat into a reader that stops early ends quietly.
     const piped = await sh(`node ${BIN} cat --repo '${ctx.backend.repo}' cp:/data.bin | head -c 10 | wc -c; echo "status \${PIPESTATUS[0]}"`, { env: ctx.backend.env })
     expect(piped.stdout).toBe('10\nstatus 0\n')
