@@ -89,34 +89,47 @@ export async function fsck(repo: Repository, options: FsckOptions = {}): Promise
   const report: FsckReport = { volumes: volumes.length, snapshots: snapshots.length, pages: 0, inodes: 0, extents: 0, blobs: 0, segments: 0, bytesVerified: 0, problems: [], repaired: [], ok: true }
 
   // --- metadata: walk every root; shared subtrees are read once, problems attributed to every root that holds them.
-  const checked = new Set<string>()
   const badPages = new Map<string, FsckProblem>()
   const blobs = new Map<string, { ref: BlobRef; uses: BlobUse[] }>()
-  /** Per root, the blob uses found under each page (so a shared page's uses are credited to every root). */
-  const usesUnder = new Map<string, { blob: string; use: Omit<BlobUse, 'ref'> }[]>()
+  /**
+   * What each page already walked holds below it: its blob uses and its
+   * unreadable pages. A fork or snapshot shares whole subtrees (interior
+   * pages included) with its origin: meeting one again credits all of it to
+   * the new root without reading it twice.
+   */
+  interface Subtree {
+    uses: { blob: string; use: Omit<BlobUse, 'ref'> }[]
+    bad: string[]
+  }
+  const subtrees = new Map<string, Subtree>()
+  const credit = (root: RootToCheck, sub: Subtree) => {
+    for (const u of sub.uses) blobs.get(u.blob)!.uses.push({ ref: root.ref, ...u.use })
+    for (const id of sub.bad) {
+      const bad = badPages.get(id)!
+      if (!bad.refs.includes(root.ref)) bad.refs.push(root.ref)
+    }
+  }
   let pagesDone = 0
 
-  const walk = async (root: RootToCheck, child: Child, range: string): Promise<void> => {
+  const walk = async (root: RootToCheck, child: Child, range: string): Promise<Subtree> => {
     const id = isPageRef(child) ? pageId(child) : undefined
-    if (id && checked.has(id)) {
-      const bad = badPages.get(id)
-      if (bad && !bad.refs.includes(root.ref)) bad.refs.push(root.ref)
-      for (const u of usesUnder.get(id) ?? []) blobs.get(u.blob)!.uses.push({ ref: root.ref, ...u.use })
-      return
+    const seen = id ? subtrees.get(id) : undefined
+    if (seen) {
+      credit(root, seen)
+      return seen
     }
+    const sub: Subtree = { uses: [], bad: [] }
     let node
     try {
       node = await repo.pages.resolve(child)
     } catch (err) {
-      const problem: FsckProblem = { kind: 'page', detail: `metadata page ${id} (${range}) is unreadable: ${(err as Error).message}`, refs: [root.ref], ranges: [], paths: [] }
-      badPages.set(id!, problem)
-      return
-    } finally {
-      if (id) checked.add(id)
+      badPages.set(id!, { kind: 'page', detail: `metadata page ${id} (${range}) is unreadable: ${(err as Error).message}`, refs: [root.ref], ranges: [], paths: [] })
+      sub.bad.push(id!)
+      subtrees.set(id!, sub)
+      return sub
     }
     report.pages++
     options.onProgress?.({ phase: 'metadata', done: ++pagesDone })
-    const found: { blob: string; use: Omit<BlobUse, 'ref'> }[] = []
     if (node.leaf) {
       for (let i = 0; i < node.keys.length; i++) {
         const key = node.keys[i]
@@ -131,16 +144,19 @@ export async function fsck(repo: Repository, options: FsckOptions = {}): Promise
         if (!entry) blobs.set(blobKey, (entry = { ref: e.blob, uses: [] }))
         const use = { ino, start: e.off, end: e.off + e.len }
         entry.uses.push({ ref: root.ref, ...use })
-        found.push({ blob: blobKey, use })
+        sub.uses.push({ blob: blobKey, use })
       }
     } else {
       for (let i = 0; i < node.children.length; i++) {
         const low = i === 0 ? range.split('…')[0] : describeKey(node.keys[i - 1])
         const high = i < node.keys.length ? describeKey(node.keys[i]) : range.split('…')[1]
-        await walk(root, node.children[i], `${low}…${high}`)
+        const below = await walk(root, node.children[i], `${low}…${high}`)
+        sub.uses.push(...below.uses)
+        sub.bad.push(...below.bad)
       }
     }
-    if (id && found.length) usesUnder.set(id, found)
+    if (id) subtrees.set(id, sub)
+    return sub
   }
   for (const root of roots) if (root.root) await walk(root, root.root, 'start…end')
   report.blobs = blobs.size
