@@ -12,6 +12,8 @@ export class HttpError extends Error {
     readonly status: number,
     readonly code: string,
     message: string,
+    /** Headers the reply must carry (Allow on a 405, Content-Range on a 416). */
+    readonly headers: Record<string, string> = {},
   ) {
     super(message)
     this.name = 'HttpError'
@@ -113,11 +115,18 @@ export async function* limitBody(req: IncomingMessage, limit: number): AsyncIter
   }
 }
 
-/** One byte range from a Range header (RFC 9110 single range), or undefined for the whole file. */
-export function parseRange(header: string | undefined, size: number): { start: number; end: number } | undefined {
-  if (!header) return undefined
-  const m = /^bytes=(\d*)-(\d*)$/.exec(header.trim())
-  if (!m || (m[1] === '' && m[2] === '')) throw new HttpError(416, 'bad_range', `unsupported Range ${JSON.stringify(header)}: one range, bytes=START-END`)
+/**
+ * One byte range from a Range header (RFC 9110), or undefined for the whole
+ * file. What this server does not serve is ignored, as RFC 9110 allows: other
+ * units, several ranges, and a Range whose If-Range validator (a date) does
+ * not match the file's Last-Modified.
+ */
+export function parseRange(header: string | undefined, size: number, ifRange?: string, lastModified?: string): { start: number; end: number } | undefined {
+  if (!header || !/^bytes=/i.test(header.trim()) || header.includes(',')) return undefined
+  if (ifRange !== undefined && ifRange !== lastModified) return undefined
+  const unsatisfiable = (why: string) => new HttpError(416, 'bad_range', why, { 'content-range': `bytes */${size}` })
+  const m = /^bytes=(\d*)-(\d*)$/i.exec(header.trim())
+  if (!m || (m[1] === '' && m[2] === '')) throw unsatisfiable(`malformed Range ${JSON.stringify(header)}: bytes=START-END, START- or -LENGTH`)
   let start: number
   let end: number
   if (m[1] === '') {
@@ -127,7 +136,7 @@ export function parseRange(header: string | undefined, size: number): { start: n
     start = Number(m[1])
     end = m[2] === '' ? size - 1 : Math.min(Number(m[2]), size - 1)
   }
-  if (start >= size || start > end) throw new HttpError(416, 'bad_range', `range ${header} is outside the file (${size} bytes)`)
+  if (start >= size || start > end) throw unsatisfiable(`range ${header} is outside the file (${size} bytes)`)
   return { start, end }
 }
 

@@ -110,6 +110,7 @@ export class ApiServer {
       if (res.headersSent) res.destroy()
       else {
         if (status === 401) res.setHeader('www-authenticate', 'Bearer realm="s0fs"')
+        if (err instanceof HttpError) for (const [name, value] of Object.entries(err.headers)) res.setHeader(name, value)
         sendJson(res, status, body)
       }
     } finally {
@@ -133,7 +134,10 @@ export class ApiServer {
       if (r.method === method || (method === 'HEAD' && r.method === 'GET')) return { handler: r.handler, params: m.slice(1).map(decodeSegment) }
       allowed.push(r.method)
     }
-    if (allowed.length) throw new HttpError(405, 'method_not_allowed', `${method} is not allowed on ${pathname} (allowed: ${[...new Set(allowed)].join(', ')})`)
+    if (allowed.length) {
+      const allow = [...new Set(allowed.flatMap((m) => (m === 'GET' ? ['GET', 'HEAD'] : [m])))].join(', ')
+      throw new HttpError(405, 'method_not_allowed', `${method} is not allowed on ${pathname} (allowed: ${allow})`, { allow })
+    }
     throw new HttpError(404, 'no_route', `no such route: ${pathname} (see /v1/openapi.json)`)
   }
 
@@ -205,11 +209,13 @@ export class ApiServer {
         if (url.searchParams.get('stat') !== null) return sendJson(res, 200, await files.stat(filePath || '/'))
         const st = await files.stat(filePath || '/', { follow: true })
         if (st.type === 'dir') return sendJson(res, 200, { path: st.path, entries: await files.list(st.path) })
-        const range = parseRange(req.headers.range, st.size)
+        const lastModified = new Date(st.mtime).toUTCString()
+        const ifRange = req.headers['if-range']
+        const range = parseRange(req.headers.range, st.size, typeof ifRange === 'string' ? ifRange : undefined, lastModified)
         const headers: Record<string, string | number> = {
           'content-type': 'application/octet-stream',
           'accept-ranges': 'bytes',
-          'last-modified': new Date(st.mtime).toUTCString(),
+          'last-modified': lastModified,
           'content-length': range ? range.end - range.start + 1 : st.size,
         }
         if (range) headers['content-range'] = `bytes ${range.start}-${range.end}/${st.size}`
@@ -223,6 +229,8 @@ export class ApiServer {
     })
     this.route('PUT', '/v1/volumes/:name/files/*', async ({ req, res, url, params }) => {
       const [name, filePath] = params
+      // As open(2) of "name/" with O_CREAT: a trailing slash names a directory, which a PUT cannot write.
+      if (filePath.endsWith('/') || filePath === '') throw new FsError('EISDIR', `/${filePath}`)
       const mode = octal(url.searchParams.get('mode'), 'mode')
       refuseDeclaredTooLarge(req, maxUpload) // before the file is touched
       const exclusive = url.searchParams.get('exclusive')
@@ -236,6 +244,7 @@ export class ApiServer {
     })
     this.route('POST', '/v1/volumes/:name/mkdir', async ({ req, res, params }) => {
       const body = await readJson(req)
+      if (body.mode !== undefined && typeof body.mode !== 'string') throw new HttpError(400, 'bad_request', '"mode" must be an octal string such as "750"')
       const mode = typeof body.mode === 'string' ? octal(body.mode, 'mode') : undefined
       sendJson(res, 201, await access.write(params[0], (files) => files.mkdir(field(body, 'path'), { parents: body.parents === true, mode })))
     })

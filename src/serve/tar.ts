@@ -1,3 +1,4 @@
+import { posix } from 'node:path'
 import { pipeline } from 'node:stream/promises'
 import type { Writable } from 'node:stream'
 import tar from 'tar-stream'
@@ -88,11 +89,37 @@ export async function importTar(files: FileTree, dir: string, body: AsyncIterabl
       extract.destroy(err as Error)
     }
   })()
-  for await (const item of extract) {
+  const basePath = joinVolumePath(base)
+  // An archive may create a symlink and then write through it: every entry's nearest existing directory must
+  // still be inside `base` once symlinks are followed.
+  const confine = async (target: string, name: string) => {
+    for (let at = posix.dirname(target); ; at = posix.dirname(at)) {
+      const st = await files.stat(at, { follow: true }).catch((err: unknown) => {
+        if (err instanceof FsError && (err.code === 'ENOENT' || err.code === 'ENOTDIR')) return undefined
+        throw err
+      })
+      if (!st) continue
+      if (st.path !== basePath && !st.path.startsWith(basePath === '/' ? '/' : `${basePath}/`)) {
+        throw new HttpError(400, 'bad_archive', `archive entry ${JSON.stringify(name)} would be written through a symbolic link out of ${basePath}`)
+      }
+      return
+    }
+  }
+  const entries = (async function* () {
+    try {
+      yield* extract
+    } catch (err) {
+      if (err instanceof HttpError || err instanceof FsError) throw err
+      throw new HttpError(400, 'bad_archive', `the archive is not a readable tar: ${(err as Error).message}`)
+    }
+  })()
+  for await (const item of entries) {
     const h = item.header
     const target = inside(base, h.name)
     const mtime = h.mtime
-    if (target === joinVolumePath(base) && h.type !== 'directory') throw new HttpError(400, 'bad_archive', `archive entry ${JSON.stringify(h.name)} names the target directory itself`)
+    if (target === basePath && h.type !== 'directory') throw new HttpError(400, 'bad_archive', `archive entry ${JSON.stringify(h.name)} names the target directory itself`)
+    await confine(target, h.name)
+    if (h.type === 'link') await confine(inside(base, h.linkname ?? ''), h.linkname ?? '')
     if (h.type === 'directory') {
       await files.mkdir(target, { parents: true })
       dirTimes.push({ path: target, mode: h.mode ?? 0o755, mtime })

@@ -169,7 +169,16 @@ describe('s0fs serve', () => {
     expect(Buffer.from(await part.arrayBuffer()).equals(data.subarray(1_000_000, 1_000_100))).toBe(true)
     const tail = await api('/v1/volumes/files/files/dir/sub/data.bin', { headers: { range: 'bytes=-5' } })
     expect(Buffer.from(await tail.arrayBuffer()).equals(data.subarray(-5))).toBe(true)
-    expect((await api('/v1/volumes/files/files/dir/sub/data.bin', { headers: { range: `bytes=${data.length}-` } })).status).toBe(416)
+    const outside = await api('/v1/volumes/files/files/dir/sub/data.bin', { headers: { range: `bytes=${data.length}-` } })
+    expect(outside.status).toBe(416)
+    expect(outside.headers.get('content-range')).toBe(`bytes */${data.length}`)
+    // What is not served is ignored, not refused: other units, several ranges, a stale If-Range.
+    for (const headers of [{ range: 'items=0-1' }, { range: 'bytes=0-1,3-4' }, { range: 'bytes=0-1', 'if-range': 'Mon, 01 Jan 2001 00:00:00 GMT' }]) {
+      const r = await api('/v1/volumes/files/files/dir/sub/data.bin', { headers })
+      expect(r.status).toBe(200)
+      expect(Number(r.headers.get('content-length'))).toBe(data.length)
+      await r.arrayBuffer()
+    }
     const head = await api('/v1/volumes/files/files/dir/sub/data.bin', { method: 'HEAD' })
     expect(head.headers.get('content-length')).toBe(String(data.length))
     expect((await json('/v1/volumes/files/files/dir?stat', 'GET')).body).toMatchObject({ type: 'dir', path: '/dir' })
@@ -236,6 +245,18 @@ describe('s0fs serve', () => {
     expect((await slip.json()).error.code).toBe('bad_archive')
     expect((await api('/v1/volumes/tarred/files/outside.txt')).status).toBe(404)
 
+    // Nor through a symlink the archive itself makes; and a malformed archive is a bad request.
+    await mustSh(
+      `python3 -c "import tarfile,io; t=tarfile.open('${backend.home}/slip2.tar','w'); a=tarfile.TarInfo('l'); a.type=tarfile.SYMTYPE; a.linkname='/'; t.addfile(a); b=tarfile.TarInfo('l/escaped.txt'); b.size=3; t.addfile(b, io.BytesIO(b'out')); t.close()"`,
+    )
+    const slip2 = await api('/v1/volumes/tarred/tar?path=/jail', { method: 'PUT', body: readFileSync(path.join(backend.home, 'slip2.tar')) })
+    expect(slip2.status).toBe(400)
+    expect((await slip2.json()).error.message).toMatch(/through a symbolic link out of \/jail/)
+    expect((await api('/v1/volumes/tarred/files/escaped.txt')).status).toBe(404)
+    const garbage = await api('/v1/volumes/tarred/tar?path=/g', { method: 'PUT', body: 'garbage garbage' })
+    expect(garbage.status).toBe(400)
+    expect((await garbage.json()).error.code).toBe('bad_archive')
+
     // Exporting a file is an error reply; a client that leaves mid-archive ends only its own request.
     expect((await json('/v1/volumes/tarred/tar?path=/imported/a/exec.sh', 'GET')).body.error.code).toBe('ENOTDIR')
     await api('/v1/volumes/tarred/files/imported/big.bin', { method: 'PUT', body: randomBytes(6 * 1024 * 1024) })
@@ -254,7 +275,13 @@ describe('s0fs serve', () => {
     expect((await badJson.json()).error.code).toBe('bad_json')
     expect((await json('/v1/volumes', 'POST', {})).body.error.message).toMatch(/"name"/)
     expect((await json('/v1/nowhere', 'GET')).status).toBe(404)
-    expect((await json('/v1/volumes', 'PATCH')).status).toBe(405)
+    const slash = await api('/v1/volumes/limits/files/trail/', { method: 'PUT', body: 'x' })
+    expect(slash.status).toBe(400)
+    expect((await slash.json()).error.code).toBe('EISDIR')
+    expect((await json('/v1/volumes/limits/mkdir', 'POST', { path: '/d', mode: 448 })).status).toBe(400)
+    const patch = await api('/v1/volumes', { method: 'PATCH' })
+    expect(patch.status).toBe(405)
+    expect(patch.headers.get('allow')).toBe('GET, HEAD, POST')
     expect((await json('/v1/diff?from=a', 'GET')).status).toBe(400)
     const badRange = await api('/v1/volumes/limits/files/', { headers: { range: 'bytes=a-b' } })
     expect(badRange.status).toBe(200) // a directory listing ignores Range
