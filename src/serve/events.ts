@@ -24,7 +24,10 @@ class VolumeWatcher {
   constructor(
     private readonly repo: Repository,
     private readonly volume: string,
-    private generation: number,
+    /** The volume followed: a volume deleted and created again under its name is another one. */
+    private readonly volumeId: string,
+    /** The head the next change events are relative to; a new client's "ready" names it. */
+    public generation: number,
     private root: PageRef | null,
     private readonly onEmpty: () => void,
   ) {}
@@ -50,7 +53,7 @@ class VolumeWatcher {
     this.polling = true
     try {
       const found = await this.repo.refs.getVolume(this.volume)
-      if (!found) {
+      if (!found || found.head.volumeId !== this.volumeId) {
         this.send('deleted', { volume: this.volume })
         for (const c of this.clients) c.end()
         return
@@ -88,17 +91,22 @@ export class ChangeFeed {
     this.heartbeat.unref()
   }
 
-  /** Starts streaming `volume`'s changes to `res` (from its current head on). */
-  async subscribe(volume: string, res: ServerResponse): Promise<void> {
+  /**
+   * Streams `volume`'s changes to `res`. "ready" names the generation the
+   * events that follow start after: a client joining a stream others
+   * already follow gets that stream's, so no change is sent twice to it.
+   */
+  async subscribe(volume: string, res: ServerResponse, headOnly = false): Promise<void> {
     const { head } = await this.repo.refs.requireVolume(volume)
     res.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-cache', connection: 'keep-alive' })
-    res.write(`event: ready\ndata: ${JSON.stringify({ volume, generation: head.generation })}\n\n`)
+    if (headOnly) return void res.end()
     let watcher = this.watchers.get(volume)
     if (!watcher) {
-      watcher = new VolumeWatcher(this.repo, volume, head.generation, head.root, () => this.watchers.delete(volume))
+      watcher = new VolumeWatcher(this.repo, volume, head.volumeId, head.generation, head.root, () => this.watchers.delete(volume))
       this.watchers.set(volume, watcher)
       watcher.start()
     }
+    res.write(`event: ready\ndata: ${JSON.stringify({ volume, generation: watcher.generation })}\n\n`)
     watcher.add(res)
   }
 

@@ -268,7 +268,7 @@ export class ApiServer {
       refuseDeclaredTooLarge(req, maxUpload)
       sendJson(res, 200, await access.write(params[0], (files) => importTar(files, dir, limitBody(req, maxUpload))))
     })
-    this.route('GET', '/v1/volumes/:name/events', async ({ res, params }) => this.feed.subscribe(params[0], res))
+    this.route('GET', '/v1/volumes/:name/events', async ({ req, res, params }) => this.feed.subscribe(params[0], res, req.method === 'HEAD'))
   }
 }
 

@@ -310,6 +310,12 @@ describe('s0fs serve', () => {
     const cli = await runCli(['put', '-', 'watched:/from-cli.txt', '--repo', backend.repo!], { env: backend.env, input: 'y' })
     expect(cli.code, cli.stderr).toBe(0)
     await waitFor(/"path":"\/from-cli.txt"/)
+    // HEAD answers at once; a volume deleted and made again under the name ends the stream ("deleted").
+    const head = await api('/v1/volumes/watched/events', { method: 'HEAD' })
+    expect(head.status).toBe(200)
+    expect((await json('/v1/volumes/watched', 'DELETE')).status).toBeLessThan(300)
+    await json('/v1/volumes', 'POST', { name: 'watched' })
+    await waitFor(/event: deleted/)
     controller.abort()
   }, 60_000)
 
