@@ -72,6 +72,7 @@ export async function diffRoots(pages: PageStore, a: Child | undefined, b: Child
   const out: VolumeDiff = { added: [], removed: [], modified: [] }
   const touchedNames = new Set<number>()
   const modifiedInodes = new Set<number>()
+  const xattrInodes = new Set<number>()
   for (const c of changes) {
     const kind = c.key.charCodeAt(0)
     if (kind === KIND.dirent) {
@@ -101,16 +102,24 @@ export async function diffRoots(pages: PageStore, a: Child | undefined, b: Child
       }
     } else if (kind === KIND.inode || kind === KIND.extent || kind === KIND.xattr) {
       modifiedInodes.add(readU64(c.key, 1))
+      if (kind === KIND.xattr) xattrInodes.add(readU64(c.key, 1))
     }
   }
+  const treeA = new Tree(pages, a)
   const treeB = new Tree(pages, b)
   for (const ino of modifiedInodes) {
     if (touchedNames.has(ino)) continue
     const raw = await treeB.get(inodeKey(ino))
     if (!raw) continue
     const inode = decodeInode(ino, raw)
-    // A directory whose entries changed shows up through those entries; its own times are noise.
-    if ((inode.mode & S_IFMT) === S_IFDIR) continue
+    // A directory whose entries changed shows up through those entries, and its times change with them:
+    // it is modified itself only if its mode, owner or xattrs changed.
+    if ((inode.mode & S_IFMT) === S_IFDIR && !xattrInodes.has(ino)) {
+      const oldRaw = await treeA.get(inodeKey(ino))
+      if (!oldRaw) continue
+      const old = decodeInode(ino, oldRaw)
+      if (old.mode === inode.mode && old.uid === inode.uid && old.gid === inode.gid) continue
+    }
     const path = await after.path(ino)
     if (path) out.modified.push({ path, type: typeName(inode.mode) })
   }

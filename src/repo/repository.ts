@@ -206,7 +206,7 @@ export class Repository {
   async removeKeySlot(slotId: string): Promise<void> {
     await this.updateConfig(async (config) => {
       const index = config.slots.findIndex((s) => s.id === slotId)
-      if (index < 0) throw new ConfigError(`no key slot ${slotId} (slots: ${config.slots.map((s) => s.id).join(', ')})`)
+      if (index < 0) throw new RefNotFoundError('key slot', slotId, `slots: ${config.slots.map((s) => s.id).join(', ')}`)
       if (config.slots.length === 1) throw new ConfigError(`refusing to remove key slot ${slotId}: it is the last one, and without it nobody can open the repository`)
       config.slots.splice(index, 1)
     })
@@ -315,9 +315,15 @@ export class Repository {
     return { name, volume, generation: head.generation, created }
   }
 
+  /**
+   * Snapshots, or those of `volume`: of the volume now by that name (not of
+   * an earlier one deleted before it was created), or, if there is none, of
+   * the deleted volumes that had it.
+   */
   async listSnapshots(volume?: string): Promise<SnapshotInfo[]> {
+    const current = volume === undefined ? undefined : await this.refs.getVolume(volume)
     return (await this.refs.listSnapshots())
-      .filter((s) => volume === undefined || s.volume === volume)
+      .filter((s) => volume === undefined || (s.volume === volume && (!current || s.volumeId === current.head.volumeId)))
       .map((s) => ({ name: s.name, volume: s.volume, generation: s.generation, created: s.created }))
   }
 
@@ -343,9 +349,10 @@ export class Repository {
     const snap = await this.refs.requireSnapshot(snapshot)
     const found = await this.refs.requireVolume(volume)
     const lease = await acquireLease(this.store, this.keys, volume, found.head.volumeId, { purpose: 'restore', ttlMs: 15_000 })
+    let next: VolumeHead
     try {
       const { head, etag } = await this.refs.requireVolume(volume)
-      const next: VolumeHead = {
+      next = {
         ...head,
         generation: head.generation + 1,
         root: snap.root,
@@ -355,10 +362,10 @@ export class Repository {
         writer: undefined,
       }
       await this.refs.updateVolume(next, etag)
-      return this.describe(next)
     } finally {
       await lease.release().catch(() => undefined)
     }
+    return this.describe(next) // after the release: the restore's own lease is not a writer to report
   }
 
   /** Added, removed and modified paths between two volumes or snapshots. */

@@ -171,6 +171,17 @@ describe('volumes: write, commit, reopen', () => {
     expect(d).toEqual({ added: [{ path: '/only-in-fork.txt', type: 'file' }], removed: [], modified: [] })
     const d2 = await t.repo.diff('snap1', 'vol')
     expect(d2).toEqual({ added: [], removed: [], modified: [{ path: '/note.txt', type: 'file' }] })
+
+    // A directory is modified by a change of its mode, owner or xattrs, not by entries coming and going.
+    const w = await t.repo.openVolume('vol', { portalDir: t.portalDir })
+    const dir = await w.fs.mkdir(ROOT, ROOT_INO, b('dir'), 0o755)
+    await w.snapshot('dirs')
+    await writeFile(w, ['dir', 'inside.txt'], b('new entry'))
+    await w.snapshot('entries')
+    await w.fs.setattr(ROOT, dir.ino, { mode: 0o700, uid: 1234 })
+    await w.close()
+    expect(await t.repo.diff('dirs', 'entries')).toEqual({ added: [{ path: '/dir/inside.txt', type: 'file' }], removed: [], modified: [] })
+    expect((await t.repo.diff('entries', 'vol')).modified).toEqual([{ path: '/dir', type: 'dir' }])
   })
 
   it('restores a volume to a snapshot', async () => {
@@ -181,13 +192,21 @@ describe('volumes: write, commit, reopen', () => {
     await writeFile(v, ['keep.txt'], b('broken'))
     await writeFile(v, ['junk.txt'], b('junk'))
     await v.close()
-    await t.repo.restore('vol', 'before')
+    const restored = await t.repo.restore('vol', 'before')
+    expect(restored.writer).toBeUndefined() // its own lease is gone by the time it answers
     const r = await t.repo.openVolume('vol', { portalDir: t.portalDir })
     expect((await readFile(r, ['keep.txt'])).toString()).toBe('original')
     await expect(readFile(r, ['junk.txt'])).rejects.toBeInstanceOf(FsError)
     expect(r.recovery!.replayedRecords).toBe(0)
     await r.close()
     expect(await t.repo.diff('before', 'vol')).toEqual({ added: [], removed: [], modified: [] })
+
+    // A volume made again under a deleted one's name does not inherit its snapshots.
+    await t.repo.deleteVolume('vol')
+    expect((await t.repo.listSnapshots('vol')).map((x) => x.name)).toEqual(['before'])
+    await t.repo.createVolume('vol')
+    expect(await t.repo.listSnapshots('vol')).toEqual([])
+    await expect(t.repo.removeKeySlot('no-such-slot')).rejects.toThrow(/no key slot named "no-such-slot"/)
   })
 })
 
