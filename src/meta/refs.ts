@@ -157,12 +157,28 @@ export class RefStore {
     validateName('volume', head.name)
     if (await this.store.head(this.snapshotKey(head.name))) throw new RefExistsError('snapshot', head.name)
     const key = this.volumeKey(head.name)
+    let etag: string
     try {
-      return (await this.store.putIfAbsent(key, this.seal(key, head))).etag
+      etag = (await this.store.putIfAbsent(key, this.seal(key, head))).etag
     } catch (err) {
       if (err instanceof PreconditionFailedError) throw new RefExistsError('volume', head.name)
       throw err
     }
+    await this.undoIfBoth(key, this.snapshotKey(head.name), 'snapshot', head.name)
+    return etag
+  }
+
+  /**
+   * Volumes and snapshots share one namespace, kept in two keys: the check
+   * before a create and the create are two requests, so a snapshot and a
+   * volume of one name created at once could both land. Each creator looks
+   * again after writing and takes its own key back if the other kind is
+   * there: at worst both fail (and a retry succeeds), never both stay.
+   */
+  private async undoIfBoth(own: string, other: string, otherKind: string, name: string): Promise<void> {
+    if (!(await this.store.head(other))) return
+    await this.store.deleteMany([own])
+    throw new RefExistsError(otherKind, name)
   }
 
   /** Replaces a head only if it is still the version we read (`etag`). */
@@ -190,6 +206,7 @@ export class RefStore {
       if (err instanceof PreconditionFailedError) throw new RefExistsError('snapshot', snapshot.name)
       throw err
     }
+    await this.undoIfBoth(key, this.volumeKey(snapshot.name), 'volume', snapshot.name)
   }
 
   async deleteSnapshot(name: string): Promise<void> {

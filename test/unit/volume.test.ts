@@ -128,6 +128,22 @@ describe('volumes: write, commit, reopen', () => {
     await v3.close()
   })
 
+  it('never lets a volume and a snapshot of one name both be created, however the two race', async () => {
+    const t = await setup()
+    const { head } = await t.repo.refs.requireVolume('vol')
+    for (let i = 0; i < 20; i++) {
+      const name = `race${i}`
+      // The two ref writes themselves, started together: each checks the other kind, then writes.
+      await Promise.allSettled([
+        t.repo.refs.createVolume({ ...head, name }),
+        t.repo.refs.createSnapshot({ kind: 'snapshot', name, volume: 'vol', volumeId: head.volumeId, generation: head.generation, root: head.root, created: head.updated }),
+      ])
+      const asVolume = (await t.repo.listVolumes()).some((v) => v.name === name)
+      const asSnapshot = (await t.repo.listSnapshots()).some((x) => x.name === name)
+      expect({ name, both: asVolume && asSnapshot }).toEqual({ name, both: false })
+    }
+  })
+
   it('refuses a second writer with a message naming the holder', async () => {
     const t = await setup()
     const v = await t.repo.openVolume('vol', { portalDir: t.portalDir, purpose: 'test mount' })
