@@ -20,6 +20,8 @@ function typeName(mode: number): DiffEntry['type'] {
 /** Resolves inode numbers to paths in one tree, caching directory listings. */
 export class PathResolver {
   private readonly names = new Map<number, Map<number, string>>()
+  /** Every name in the tree by inode, read once if ever needed (see path). */
+  private anywhere?: Map<number, { parent: number; name: string }>
 
   constructor(private readonly tree: Tree) {}
 
@@ -31,12 +33,32 @@ export class PathResolver {
       const raw = await this.tree.get(inodeKey(at))
       if (!raw) return undefined
       const inode = decodeInode(at, raw)
-      const name = (await this.listing(inode.parent)).get(at)
-      if (name === undefined) return undefined
+      let parent = inode.parent
+      let name = (await this.listing(parent)).get(at)
+      if (name === undefined) {
+        // A hard-linked file keeps the directory of the name it was created under, which may be gone while
+        // other names remain: look for one of those (a scan of every name, once per resolver).
+        const other = (await this.allNames()).get(at)
+        if (!other) return undefined
+        ;({ parent, name } = other)
+      }
       parts.unshift(name)
-      at = inode.parent
+      at = parent
     }
     return '/' + parts.join('/')
+  }
+
+  private async allNames(): Promise<Map<number, { parent: number; name: string }>> {
+    if (!this.anywhere) {
+      const map = new Map<number, { parent: number; name: string }>()
+      const from = String.fromCharCode(KIND.dirent)
+      for await (const [key, val] of this.tree.entries(from, String.fromCharCode(KIND.dirent + 1))) {
+        const entry = decodeDirent(val)
+        if (!map.has(entry.ino)) map.set(entry.ino, { parent: readU64(key, 1), name: Buffer.from(key.slice(9), 'latin1').toString('utf8') })
+      }
+      this.anywhere = map
+    }
+    return this.anywhere
   }
 
   async entryPath(parent: number, name: string): Promise<string | undefined> {
@@ -73,6 +95,8 @@ export async function diffRoots(pages: PageStore, a: Child | undefined, b: Child
   const touchedNames = new Set<number>()
   const modifiedInodes = new Set<number>()
   const xattrInodes = new Set<number>()
+  /** Inodes whose extents or xattrs changed (not only the inode record, as a rename changes it). */
+  const contentInodes = new Set<number>()
   for (const c of changes) {
     const kind = c.key.charCodeAt(0)
     if (kind === KIND.dirent) {
@@ -103,15 +127,27 @@ export async function diffRoots(pages: PageStore, a: Child | undefined, b: Child
     } else if (kind === KIND.inode || kind === KIND.extent || kind === KIND.xattr) {
       modifiedInodes.add(readU64(c.key, 1))
       if (kind === KIND.xattr) xattrInodes.add(readU64(c.key, 1))
+      if (kind !== KIND.inode) contentInodes.add(readU64(c.key, 1))
     }
   }
   const treeA = new Tree(pages, a)
   const treeB = new Tree(pages, b)
+  const added = new Set(out.added.map((e) => e.path))
   for (const ino of modifiedInodes) {
-    if (touchedNames.has(ino)) continue
     const raw = await treeB.get(inodeKey(ino))
     if (!raw) continue
     const inode = decodeInode(ino, raw)
+    if (touchedNames.has(ino)) {
+      // Renamed, linked or unlinked: its new names are listed already. Modified too only if more than its
+      // names changed (a hard-linked file written to while another of its names moved).
+      const oldRaw = await treeA.get(inodeKey(ino))
+      const old = oldRaw ? decodeInode(ino, oldRaw) : undefined
+      const same = old && !contentInodes.has(ino) && old.size === inode.size && old.mode === inode.mode && old.uid === inode.uid && old.gid === inode.gid && old.mtime.s === inode.mtime.s && old.mtime.ns === inode.mtime.ns
+      if (same || !old) continue
+      const path = await after.path(ino)
+      if (path && !added.has(path)) out.modified.push({ path, type: typeName(inode.mode) })
+      continue
+    }
     // A directory whose entries changed shows up through those entries, and its times change with them:
     // it is modified itself only if its mode, owner or xattrs changed.
     if ((inode.mode & S_IFMT) === S_IFDIR && !xattrInodes.has(ino)) {

@@ -198,6 +198,29 @@ describe('volumes: write, commit, reopen', () => {
     await w.close()
     expect(await t.repo.diff('dirs', 'entries')).toEqual({ added: [{ path: '/dir/inside.txt', type: 'file' }], removed: [], modified: [] })
     expect((await t.repo.diff('entries', 'vol')).modified).toEqual([{ path: '/dir', type: 'dir' }])
+
+    // Hard links: a file written to is named even when the name it was created under is gone, or when
+    // another of its names moved in the same interval.
+    const h = await t.repo.openVolume('vol', { portalDir: t.portalDir })
+    const x = await h.fs.mkdir(ROOT, ROOT_INO, b('x'), 0o755)
+    const y = await h.fs.mkdir(ROOT, ROOT_INO, b('y'), 0o755)
+    const linked = await h.fs.create(ROOT, x.ino, b('f'), 0o644)
+    await h.fs.write(ROOT, linked.ino, 0, b('one'))
+    await h.fs.link(ROOT, linked.ino, y.ino, b('g'))
+    await h.fs.link(ROOT, linked.ino, y.ino, b('g2'))
+    await h.fs.unlink(ROOT, x.ino, b('f'))
+    await h.snapshot('links')
+    await h.fs.write(ROOT, linked.ino, 3, b('two'))
+    await h.snapshot('written')
+    await h.fs.write(ROOT, linked.ino, 6, b('three'))
+    await h.fs.rename(ROOT, y.ino, b('g2'), y.ino, b('g3'))
+    await h.close()
+    expect(await t.repo.diff('links', 'written')).toEqual({ added: [], removed: [], modified: [{ path: '/y/g', type: 'file' }] })
+    expect(await t.repo.diff('written', 'vol')).toEqual({
+      added: [{ path: '/y/g3', type: 'file' }],
+      removed: [{ path: '/y/g2', type: 'file' }],
+      modified: [{ path: '/y/g', type: 'file' }],
+    })
   })
 
   it('restores a volume to a snapshot', async () => {
