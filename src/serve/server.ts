@@ -277,11 +277,30 @@ function digest(text: string): Buffer {
 }
 
 function decodeSegment(s: string | undefined): string {
+  let decoded: string
   try {
-    return decodeURIComponent(s ?? '')
+    decoded = decodeURIComponent(s ?? '')
   } catch {
     throw new HttpError(400, 'bad_request', `malformed percent-encoding in ${JSON.stringify(s)}`)
   }
+  // Percent-encoded dot segments are refused like plain ones: resolving them lexically would pass through
+  // names that are not there (and symlinks would resolve them differently).
+  if (decoded.split('/').some((part) => part === '.' || part === '..')) {
+    const escapes = normalizeEscapes(decoded)
+    throw new HttpError(400, 'bad_request', escapes ? `path ${JSON.stringify(decoded)} escapes the volume root` : `the path ${JSON.stringify(decoded)} contains "." or ".." segments`)
+  }
+  return decoded
+}
+
+/** Whether a path's ".." segments climb above its root. */
+function normalizeEscapes(path: string): boolean {
+  let depth = 0
+  for (const part of path.split('/')) {
+    if (part === '..') depth--
+    else if (part !== '' && part !== '.') depth++
+    if (depth < 0) return true
+  }
+  return false
 }
 
 function numberField(body: Record<string, unknown>, name: string): number | undefined {

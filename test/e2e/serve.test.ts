@@ -213,6 +213,10 @@ describe('s0fs serve', () => {
       const r = await rawRequest('DELETE', p)
       expect({ p, status: r.status }).toEqual({ p, status: 400 })
     }
+    // Inside the root too: an encoded ".." is not resolved through a name that may not exist.
+    const inner = await rawRequest('GET', '/v1/volumes/jail/files/nonexist/%2e%2e/x')
+    expect(inner.status).toBe(400)
+    expect(JSON.parse(inner.body).error.message).toMatch(/contains "\." or "\.\." segments/)
     expect((await json('/v1/volumes/jail', 'GET')).status).toBe(200)
     expect((await json('/v1/volumes/jail/move', 'POST', { from: '/nothing', to: '/../escape' })).body.error.message).toMatch(/escapes the volume root/)
   }, 60_000)
