@@ -93,7 +93,9 @@ export class FuseDevice {
       fs.closeSync(fd)
       throw new MountError('mounting needs root (or CAP_SYS_ADMIN): run s0fs mount as root, as sandbox platforms do')
     }
-    const opts = [`fd=3`, 'rootmode=40000', `user_id=${uid}`, `group_id=${gid}`, 'default_permissions', 'nodev', 'nosuid']
+    // noatime says what is true: reads and listings do not update access times here (FUSE leaves atime to
+    // the daemon, and a metadata write per read would cost every cold read a log record).
+    const opts = [`fd=3`, 'rootmode=40000', `user_id=${uid}`, `group_id=${gid}`, 'default_permissions', 'nodev', 'nosuid', 'noatime']
     if (options.allowOther) opts.push('allow_other')
     if (options.readOnly) opts.push('ro')
     const result = await run('mount', ['-i', '-t', 'fuse.s0fs', '-o', opts.join(','), options.source, options.mountpoint], fd)

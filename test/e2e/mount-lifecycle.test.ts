@@ -46,6 +46,9 @@ describe('mount life cycle', () => {
     const m = track(await mountVolume(files.backend, { volume: 'readahead' }))
     expect(m.device).toMatch(/^\d+:\d+$/)
     expect(await bdiSetting(m, 'read_ahead_kb', (v) => v === '1024')).toBe('1024')
+    // The mount's options say what it does: no atime updates, no devices, no setuid.
+    const options = (await mustSh(`findmnt -n -o OPTIONS ${m.mountpoint}`)).trim().split(',')
+    expect(options).toEqual(expect.arrayContaining(['noatime', 'nodev', 'nosuid']))
     await m.umount()
   }, 60_000)
 
