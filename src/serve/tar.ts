@@ -75,7 +75,9 @@ export interface ImportReport {
 /** Extracts a tar archive into `dir` (created if missing). Entries that would land outside `dir` are refused. */
 export async function importTar(files: FileTree, dir: string, body: AsyncIterable<Buffer>): Promise<ImportReport> {
   const base = volumePathComponents(dir)
-  await files.mkdir(joinVolumePath(base), { parents: true })
+  const basePath = joinVolumePath(base)
+  await files.mkdir(basePath, { parents: true })
+  const realBase = (await files.stat(basePath, { follow: true })).path
   const extract = tar.extract()
   const report: ImportReport = { files: 0, dirs: 0, links: 0, bytes: 0 }
   const dirTimes: { path: string; mode: number; mtime?: Date }[] = []
@@ -89,17 +91,18 @@ export async function importTar(files: FileTree, dir: string, body: AsyncIterabl
       extract.destroy(err as Error)
     }
   })()
-  const basePath = joinVolumePath(base)
+  // (Nothing may be awaited between here and the loop below: the first entry must find its reader.)
   // An archive may create a symlink and then write through it: every entry's nearest existing directory must
-  // still be inside `base` once symlinks are followed.
+  // still be inside `base` once symlinks are followed (the base itself, "./" in `tar c .`, is inside).
   const confine = async (target: string, name: string) => {
+    if (target === basePath) return
     for (let at = posix.dirname(target); ; at = posix.dirname(at)) {
       const st = await files.stat(at, { follow: true }).catch((err: unknown) => {
         if (err instanceof FsError && (err.code === 'ENOENT' || err.code === 'ENOTDIR')) return undefined
         throw err
       })
       if (!st) continue
-      if (st.path !== basePath && !st.path.startsWith(basePath === '/' ? '/' : `${basePath}/`)) {
+      if (st.path !== realBase && !st.path.startsWith(realBase === '/' ? '/' : `${realBase}/`)) {
         throw new HttpError(400, 'bad_archive', `archive entry ${JSON.stringify(name)} would be written through a symbolic link out of ${basePath}`)
       }
       return

@@ -227,7 +227,11 @@ describe('s0fs serve', () => {
     mkdirSync(path.join(src, 'a/b'), { recursive: true })
     writeFileSync(path.join(src, 'a/b/file.txt'), 'in a tar\n')
     writeFileSync(path.join(src, 'a/exec.sh'), '#!/bin/sh\n', { mode: 0o755 })
-    await mustSh(`cd ${src} && ln -s b/file.txt a/link && ln a/b/file.txt a/hard && tar -cf ${backend.home}/in.tar a`)
+    await mustSh(`cd ${src} && ln -s b/file.txt a/link && ln a/b/file.txt a/hard && tar -cf ${backend.home}/in.tar a && tar -cf ${backend.home}/dot.tar .`)
+    // An archive of "." (entries "./", "./a/" …) goes under ?path= like any other.
+    const dot = await api('/v1/volumes/tarred/tar?path=/dotted', { method: 'PUT', body: readFileSync(path.join(backend.home, 'dot.tar')) })
+    expect(dot.status).toBe(200)
+    expect(await (await api('/v1/volumes/tarred/files/dotted/a/b/file.txt')).text()).toBe('in a tar\n')
     const imported = await api('/v1/volumes/tarred/tar?path=/imported', { method: 'PUT', body: readFileSync(path.join(backend.home, 'in.tar')) })
     expect(imported.status).toBe(200)
     expect(await imported.json()).toMatchObject({ files: 2, dirs: 2, links: 2 })
