@@ -301,7 +301,9 @@ export class VolumeSession {
         generation: this.head.generation + 1,
         root: persisted.ref,
         updated: new Date().toISOString(),
-        writer: { session: wal.header.session, leaseEpoch: lease.epoch, walSeq: frozen.seq },
+        // Replay after a crash starts past `through`: the flush's own extents records are in this tree too
+        // (naming only frozen.seq made every clean unmount after writes replay them, as if it had crashed).
+        writer: { session: wal.header.session, leaseEpoch: lease.epoch, walSeq: through },
       }
       await this.writeHead(next)
     } catch (err) {
@@ -314,7 +316,7 @@ export class VolumeSession {
     this.fs.tree.compact()
     crashPoint('commit-before-log-drop')
     await this.dropLog(frozen.seq)
-    return { generation: this.head.generation, root: persisted.ref, pages: pack.pageCount, walSeq: frozen.seq, ms: performance.now() - started }
+    return { generation: this.head.generation, root: persisted.ref, pages: pack.pageCount, walSeq: through, ms: performance.now() - started }
   }
 
   /**

@@ -80,6 +80,19 @@ describe('volumes: write, commit, reopen', () => {
     await v.close()
   })
 
+  it('after a clean close, the next open replays nothing (the final flush is in the head)', async () => {
+    const t = await setup()
+    const v = await t.repo.openVolume('vol', { portalDir: t.portalDir })
+    const data = randomBytes(3 * MiB)
+    await writeFile(v, ['written.bin'], data)
+    await v.close()
+    const again = await t.repo.openVolume('vol', { portalDir: t.portalDir })
+    expect(again.recovery?.replayedRecords ?? 0).toBe(0)
+    expect((await readFile(again, ['written.bin'])).equals(data)).toBe(true)
+    expect(again.hasUncommitted).toBe(false)
+    await again.close()
+  })
+
   it('recovers everything fsynced after a crash, from the local log', async () => {
     const t = await setup()
     const v = await t.repo.openVolume('vol', { portalDir: t.portalDir })
