@@ -4,6 +4,8 @@
 // larger than its default 4; libuv reads this once, before its first use.
 process.env.UV_THREADPOOL_SIZE ??= '16'
 const { main } = await import('../dist/src/cli/main.js')
+const { watchStdout } = await import('../dist/src/cli/stdout.js')
+watchStdout() // `s0fs … | head` ends quietly
 
 const code = await main(process.argv.slice(2), {
   out: (text) => process.stdout.write(text),

@@ -14,7 +14,7 @@ export interface PositionalSpec {
   name: string
   description: string
   optional?: boolean
-  /** Takes every remaining argument. */
+  /** Takes every remaining argument: one or more, or with `optional` none or more. */
   variadic?: boolean
 }
 
@@ -72,7 +72,8 @@ export function parseCommandArgs(command: Command, argv: string[]): { values: Co
   const values = parsed.values as CommandContext['values']
   if (values.help) return { values, positionals: parsed.positionals }
   const specs = command.positionals ?? []
-  const required = specs.filter((p) => !p.optional && !p.variadic).length
+  // A variadic positional takes one or more, unless it is also optional.
+  const required = specs.filter((p) => !p.optional).length
   const variadic = specs.some((p) => p.variadic)
   if (parsed.positionals.length < required) {
     const missing = specs.filter((p) => !p.optional)[parsed.positionals.length]
@@ -91,7 +92,7 @@ function cleanParseError(message: string): string {
 
 export function commandHelp(command: Command): string {
   const name = ['s0fs', ...command.path].join(' ')
-  const positionals = (command.positionals ?? []).map((p) => (p.optional || p.variadic ? `[${p.name}${p.variadic ? '…' : ''}]` : p.name)).join(' ')
+  const positionals = (command.positionals ?? []).map((p) => `${p.optional ? '[' : ''}${p.name}${p.variadic ? '…' : ''}${p.optional ? ']' : ''}`).join(' ')
   const lines = [`Usage: ${name} [options]${positionals ? ' ' + positionals : ''}`, '', command.summary]
   if (command.description) lines.push('', command.description)
   if (command.positionals?.length) {

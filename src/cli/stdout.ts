@@ -4,18 +4,25 @@ let readerGone = false
 let watching = false
 
 /**
+ * Makes a reader that goes away (EPIPE, as with `| head`) end this
+ * process's output quietly, as SIGPIPE ends cat's, instead of an unhandled
+ * 'error' event. The `s0fs` entry point calls it first; writeOut too.
+ */
+export function watchStdout(): void {
+  if (watching) return
+  watching = true
+  process.stdout.on('error', (err: NodeJS.ErrnoException) => {
+    if (err.code !== 'EPIPE' && !readerGone) throw err
+    readerGone = true
+  })
+}
+
+/**
  * Writes to standard output with backpressure; false once the reader has
- * gone away (EPIPE, as with `| head`), and the caller then stops quietly,
- * as cat does when SIGPIPE ends it.
+ * gone away, and the caller then stops quietly.
  */
 export async function writeOut(chunk: Buffer): Promise<boolean> {
-  if (!watching) {
-    watching = true
-    process.stdout.on('error', (err: NodeJS.ErrnoException) => {
-      if (err.code !== 'EPIPE' && !readerGone) throw err
-      readerGone = true
-    })
-  }
+  watchStdout()
   if (readerGone) return false
   const written = new Promise<void>((resolve) => process.stdout.write(chunk, () => resolve()))
   if (process.stdout.writableNeedDrain) await Promise.race([once(process.stdout, 'drain').catch(() => undefined), written])

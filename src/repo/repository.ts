@@ -322,9 +322,9 @@ export class Repository {
    */
   async listSnapshots(volume?: string): Promise<SnapshotInfo[]> {
     const current = volume === undefined ? undefined : await this.refs.getVolume(volume)
-    return (await this.refs.listSnapshots())
-      .filter((s) => volume === undefined || (s.volume === volume && (!current || s.volumeId === current.head.volumeId)))
-      .map((s) => ({ name: s.name, volume: s.volume, generation: s.generation, created: s.created }))
+    const found = (await this.refs.listSnapshots()).filter((s) => volume === undefined || (s.volume === volume && (!current || s.volumeId === current.head.volumeId)))
+    if (volume !== undefined && !current && found.length === 0) throw new RefNotFoundError('volume', volume)
+    return found.map((s) => ({ name: s.name, volume: s.volume, generation: s.generation, created: s.created }))
   }
 
   async deleteSnapshot(name: string): Promise<void> {

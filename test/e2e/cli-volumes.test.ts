@@ -322,6 +322,10 @@ describe('put, get, mv and rm behave like cp, mv and rm (a mounted volume on fil
     const piped = await sh(`node ${BIN} cat --repo '${ctx.backend.repo}' cp:/data.bin | head -c 10 | wc -c; echo "status \${PIPESTATUS[0]}"`, { env: ctx.backend.env })
     expect(piped.stdout).toBe('10\nstatus 0\n')
     expect(piped.stderr).toBe('')
+    // So does any command whose output is cut short (a long listing here).
+    const listed = await sh(`node ${BIN} ls -l --repo '${ctx.backend.repo}' cp:/wide | head -n 1 >/dev/null; echo "status \${PIPESTATUS[0]}"`, { env: ctx.backend.env })
+    expect(listed.stdout).toBe('status 0\n')
+    expect(listed.stderr).toBe('')
     await m.umount()
   }, 180_000)
 })

@@ -259,6 +259,7 @@ describe('volumes: write, commit, reopen', () => {
     await t.repo.createVolume('vol')
     expect(await t.repo.listSnapshots('vol')).toEqual([])
     await expect(t.repo.removeKeySlot('no-such-slot')).rejects.toThrow(/no key slot named "no-such-slot"/)
+    await expect(t.repo.listSnapshots('never-was')).rejects.toThrow(/no volume named "never-was"/)
   })
 })
 

@@ -48,7 +48,6 @@ export const lsCommand: Command = {
   positionals: [{ name: 'VOLUME:PATH', description: 'e.g. agent-42:/src, or a snapshot: before-upgrade:/', variadic: true }],
   options: { long: { type: 'boolean', short: 'l', description: 'mode, links, owner, group, size, mtime' }, ...json },
   async run(ctx) {
-    if (ctx.positionals.length === 0) throw new UsageError('missing VOLUME:PATH')
     const refs = ctx.positionals.map((a) => parseVolumeRef(a))
     const listings = await withFiles(ctx, sameVolume(refs), false, async (files) => {
       const out: { path: string; entries: FileStat[] }[] = []
@@ -101,7 +100,6 @@ export const catCommand: Command = {
   summary: 'Write files of a volume or snapshot to standard output.',
   positionals: [{ name: 'VOLUME:PATH', description: 'one or more files', variadic: true }],
   async run(ctx) {
-    if (ctx.positionals.length === 0) throw new UsageError('missing VOLUME:PATH')
     const refs = ctx.positionals.map((a) => parseVolumeRef(a))
     await withFiles(ctx, sameVolume(refs), false, async (files) => {
       for (const ref of refs) for await (const chunk of files.read(ref.path)) if (!(await writeOut(chunk))) return
@@ -118,7 +116,6 @@ export const rmCommand: Command = {
     force: { type: 'boolean', short: 'f', description: 'a path that does not exist is not an error' },
   },
   async run(ctx) {
-    if (ctx.positionals.length === 0) throw new UsageError('missing VOLUME:PATH')
     const refs = ctx.positionals.map((a) => parseVolumeRef(a))
     await withFiles(ctx, sameVolume(refs), true, async (files) => {
       // Like rm: every path is tried; each failure is reported, and the last one sets the exit status.
@@ -149,7 +146,6 @@ export const mkdirCommand: Command = {
     mode: { type: 'string', short: 'm', value: 'OCTAL', description: 'permission bits (default 755)' },
   },
   async run(ctx) {
-    if (ctx.positionals.length === 0) throw new UsageError('missing VOLUME:PATH')
     const refs = ctx.positionals.map((a) => parseVolumeRef(a))
     const mode = ctx.values.mode === undefined ? undefined : parseMode(ctx.values.mode as string)
     await withFiles(ctx, sameVolume(refs), true, async (files) => {
