@@ -163,6 +163,10 @@ describe('mount life cycle', () => {
     // A snapshot mounts read-only beside the writer and shows its own content.
     const snapDir = path.join(files.backend.home, 'mnt-snap')
     mkdirSync(snapDir)
+    // Naming another volume than the snapshot's is a mistake, said as one.
+    const wrong = await runCli(mountArgs('other', snapDir, '--snapshot', 'v1'), { env: files.backend.env })
+    expect(wrong.code).toBe(2)
+    expect(wrong.stderr).toMatch(/snapshot v1 is of volume snapme, not other/)
     const s = await runCli(mountArgs('snapme', snapDir, '--snapshot', 'v1'), { env: files.backend.env })
     expect(s.code, s.stderr).toBe(0)
     try {

@@ -99,6 +99,10 @@ export const mountCommand: Command = {
       const { url, isDefault } = repoUrl(ctx.values)
       const credential = ctx.values['key-stdin'] ? await passphraseFromStdin() : await resolveCredential(ctx.values, ctx.io, { isDefaultRepo: isDefault, create: isDefault })
       const repo = await openOrCreateDefault(url, isDefault, credential)
+      if (snapshot && volumeArg) {
+        const snap = await repo.refs.requireSnapshot(snapshot)
+        if (snap.volume !== volumeArg) throw new UsageError(`snapshot ${snapshot} is of volume ${snap.volume}, not ${volumeArg} (name its volume, or only the snapshot and the mountpoint)`)
+      }
       const daemon = new MountDaemon({
         repo,
         repoDisplay: repo.store.displayUrl,
@@ -218,7 +222,7 @@ export const umountCommand: Command = {
   description: 'A mount that is busy (open files, a shell standing in it) is refused with exit status 7, as umount(8) refuses it; --lazy detaches it anyway.',
   positionals: [{ name: 'MOUNTPOINT', description: 'where the volume is mounted' }],
   options: {
-    lazy: { type: 'boolean', description: 'detach a busy mount at once; files still open get EIO once the daemon stops (10 s later)' },
+    lazy: { type: 'boolean', description: 'detach a busy mount at once; files still open get ENOTCONN once the daemon stops (10 s later)' },
   },
   async run(ctx) {
     const mountpoint = canonicalMountpoint(path.resolve(ctx.positionals[0]))

@@ -93,7 +93,7 @@ function describe(s: StatsSample): string {
 export const statsCommand: Command = {
   path: ['stats'],
   summary: "A mount's live numbers: ops/s per FUSE operation, bytes in and out, cache hit ratio, dirty bytes, uploads, commits, lease.",
-  description: 'Samples the mount daemon over its control socket every --interval seconds. On a terminal it keeps reporting until interrupted; otherwise it reports --count times (default 1). The same numbers are served to Prometheus by `s0fs mount --metrics HOST:PORT`.',
+  description: 'Samples the mount daemon over its control socket every --interval seconds. On a terminal it keeps reporting until interrupted (with --json, once); otherwise it reports --count times (default 1). The same numbers are served to Prometheus by `s0fs mount --metrics HOST:PORT`.',
   positionals: [{ name: 'MOUNTPOINT', description: 'where the volume is mounted' }],
   options: {
     interval: { type: 'string', value: 'SECONDS', description: 'sampling interval (default 1)' },
