@@ -44,6 +44,7 @@ export function mainHelp(): string {
     '  S0FS_REPO         repository URL (instead of --repo)',
     '  S0FS_KEY_FILE     key file (instead of --key-file)',
     '  S0FS_PASSPHRASE   passphrase (instead of a key file)',
+    '  S0FS_NEW_PASSPHRASE   the new passphrase for `s0fs key add --new-passphrase`',
     '  AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_PROFILE, AWS_REGION   S3 credentials (standard AWS chain)',
     '',
     EXIT_HELP,

@@ -71,7 +71,7 @@ export const lsCommand: Command = {
 
 export const statCommand: Command = {
   path: ['stat'],
-  summary: 'Show a path\'s type, mode, owner, size and times (a symlink itself, not its target).',
+  summary: 'Show a path\'s type, mode, owner, size, links, inode and mtime (a symlink itself, not its target).',
   positionals: [{ name: 'VOLUME:PATH', description: 'e.g. agent-42:/src/main.c' }],
   options: json,
   async run(ctx) {
