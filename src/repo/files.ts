@@ -198,7 +198,6 @@ export class VolumeFiles implements FileTree {
     }
   }
 
-
   async readlink(path: string): Promise<string> {
     const { inode, components } = await this.resolve(path, false)
     if (!isLnk(inode.mode)) throw new FsError('EINVAL', `${joinVolumePath(components)} is not a symbolic link`)
@@ -356,7 +355,6 @@ export class VolumeFiles implements FileTree {
     this.changed({ type: 'remove', path: at, names: [{ parent: dir, name }], inodes: [inode.ino] })
     return removed + 1
   }
-
 
   async move(from: string, to: string): Promise<void> {
     const src = await this.parentOf(from, false)
