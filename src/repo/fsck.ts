@@ -151,8 +151,9 @@ export async function fsck(repo: Repository, options: FsckOptions = {}): Promise
         const low = i === 0 ? range.split('…')[0] : describeKey(node.keys[i - 1])
         const high = i < node.keys.length ? describeKey(node.keys[i]) : range.split('…')[1]
         const below = await walk(root, node.children[i], `${low}…${high}`)
-        sub.uses.push(...below.uses)
-        sub.bad.push(...below.bad)
+        // (A loop, not push(...below.uses): a subtree can hold more uses than a call's arguments may.)
+        for (const u of below.uses) sub.uses.push(u)
+        for (const id of below.bad) sub.bad.push(id)
       }
     }
     if (id) subtrees.set(id, sub)

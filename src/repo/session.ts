@@ -182,7 +182,7 @@ export class VolumeSession {
         // A flush logged after the head this log continues wrote segments no head names yet (the crash came
         // first), and GC may have deleted them since. The bytes it moved are still in this log: such a flush
         // is skipped, and its data stays pending, to be flushed again.
-        const gone = await missingSegments(repo, records)
+        const gone = await missingSegments(repo, records, notice?.segments ?? [])
         for (const record of records) {
           if (gone.size && flushedSegments(record.kind, record.payload).some((seg) => gone.has(seg))) {
             report.skippedFlushes++
@@ -405,10 +405,16 @@ export class VolumeSession {
   }
 }
 
-/** The segments logged flushes in `records` point at that the store no longer has. */
-async function missingSegments(repo: Repository, records: readonly { kind: number; payload: Buffer }[]): Promise<Set<string>> {
+/**
+ * The segments logged flushes in `records` point at that the store no longer
+ * has, or that a GC run in progress is about to delete (its notice names
+ * them; this session has acknowledged it, so GC will not wait for its next
+ * commit to name them).
+ */
+async function missingSegments(repo: Repository, records: readonly { kind: number; payload: Buffer }[], condemned: readonly string[]): Promise<Set<string>> {
   const segs = new Set(records.flatMap((r) => flushedSegments(r.kind, r.payload)))
+  const doomed = new Set(condemned)
   const gone = new Set<string>()
-  for (const seg of segs) if (!(await repo.store.head(segmentKey(seg)))) gone.add(seg)
+  for (const seg of segs) if (doomed.has(seg) || !(await repo.store.head(segmentKey(seg)))) gone.add(seg)
   return gone
 }
