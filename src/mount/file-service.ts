@@ -51,12 +51,15 @@ export async function serveFileOp(
     case 'fs.stat':
       return { stat: await files.stat(str(req, 'path'), { follow: req.follow === true }) }
     case 'fs.list': {
-      // Entries go in the payload, a page at a time: a large directory is more than a header line holds.
       const entries = await files.list(str(req, 'path'))
-      const from = num(req, 'from') ?? 0
+      if (req.paged !== true) return { entries } // a client from before paging (one header line, up to 1 MiB)
+      // Entries go in the payload, a page at a time, after the name the last page ended with: the listing is
+      // sorted by name, so names created or removed between pages can neither shift nor repeat the rest.
+      const after = typeof req.after === 'string' ? req.after : undefined
+      let at = after === undefined ? 0 : entries.findIndex((e) => e.name > after)
+      if (at < 0) at = entries.length
       const page: string[] = []
       let bytes = 2
-      let at = from
       for (; at < entries.length; at++) {
         const text = JSON.stringify(entries[at])
         const size = Buffer.byteLength(text) + 1
@@ -64,7 +67,7 @@ export async function serveFileOp(
         page.push(text)
         bytes += size
       }
-      return { next: at < entries.length ? at : undefined, payload: Buffer.from(`[${page.join(',')}]`) }
+      return { more: at < entries.length, payload: Buffer.from(`[${page.join(',')}]`) }
     }
     case 'fs.readlink':
       return { target: await files.readlink(str(req, 'path')) }

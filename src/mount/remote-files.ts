@@ -24,13 +24,15 @@ export class RemoteFiles implements FileTree {
 
   async list(path: string): Promise<FileStat[]> {
     const entries: FileStat[] = []
-    let from: number | undefined = 0
-    while (from !== undefined) {
-      const reply = await this.call({ op: 'fs.list', path, from })
-      entries.push(...(JSON.parse(reply.payload.toString('utf8')) as FileStat[]))
-      from = reply.fields.next as number | undefined
+    for (let after: string | undefined; ; ) {
+      const reply = await this.call({ op: 'fs.list', path, paged: true, after })
+      // A daemon from before paging answers with the whole listing in the header.
+      if (Array.isArray(reply.fields.entries)) return reply.fields.entries as FileStat[]
+      const page = JSON.parse(reply.payload.toString('utf8')) as FileStat[]
+      for (const e of page) entries.push(e)
+      if (reply.fields.more !== true || page.length === 0) return entries
+      after = page[page.length - 1].name
     }
-    return entries
   }
 
   async readlink(path: string): Promise<string> {
