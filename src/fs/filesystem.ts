@@ -452,6 +452,7 @@ export class FileSystem {
       if (inode.nlink >= LINK_MAX) throw fsError('EMLINK')
       const now = this.now()
       const cookie = dir.nextCookie++
+      if (inode.nlink === 0) inode.parent = newParent // an unnamed file (O_TMPFILE) gets its first name here
       inode.nlink++
       inode.ctime = now
       dir.mtime = dir.ctime = now

@@ -235,7 +235,8 @@ function outHeader(unique: bigint, error: number, payload: Buffer[]): Buffer {
 /** Runs a command; `fd` becomes the child's fd 3. */
 export function run(cmd: string, args: string[], fd?: number): Promise<{ code: number; stderr: string }> {
   return new Promise((resolve) => {
-    const child = spawn(cmd, args, { stdio: ['ignore', 'ignore', 'pipe', ...(fd === undefined ? [] : [fd])] })
+    // LC_ALL=C: callers read the messages (umount's "target is busy"), which a translated locale would change.
+    const child = spawn(cmd, args, { stdio: ['ignore', 'ignore', 'pipe', ...(fd === undefined ? [] : [fd])], env: { ...process.env, LC_ALL: 'C' } })
     let stderr = ''
     child.stderr!.on('data', (d) => (stderr += d))
     child.on('error', (err) => resolve({ code: 127, stderr: err.message }))

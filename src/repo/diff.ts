@@ -33,9 +33,11 @@ export class PathResolver {
       const raw = await this.tree.get(inodeKey(at))
       if (!raw) return undefined
       const inode = decodeInode(at, raw)
+      if (inode.nlink === 0) return undefined // unnamed (being written, or unlinked but open)
       let parent = inode.parent
       let name = (await this.listing(parent)).get(at)
       if (name === undefined) {
+        if (inode.nlink < 2) return undefined
         // A hard-linked file keeps the directory of the name it was created under, which may be gone while
         // other names remain: look for one of those (a scan of every name, once per resolver).
         const other = (await this.allNames()).get(at)
@@ -132,7 +134,7 @@ export async function diffRoots(pages: PageStore, a: Child | undefined, b: Child
   }
   const treeA = new Tree(pages, a)
   const treeB = new Tree(pages, b)
-  const added = new Set(out.added.map((e) => e.path))
+  const listed = new Set([...out.added, ...out.modified].map((e) => e.path))
   for (const ino of modifiedInodes) {
     const raw = await treeB.get(inodeKey(ino))
     if (!raw) continue
@@ -145,7 +147,10 @@ export async function diffRoots(pages: PageStore, a: Child | undefined, b: Child
       const same = old && !contentInodes.has(ino) && old.size === inode.size && old.mode === inode.mode && old.uid === inode.uid && old.gid === inode.gid && old.mtime.s === inode.mtime.s && old.mtime.ns === inode.mtime.ns
       if (same || !old) continue
       const path = await after.path(ino)
-      if (path && !added.has(path)) out.modified.push({ path, type: typeName(inode.mode) })
+      if (path && !listed.has(path)) {
+        out.modified.push({ path, type: typeName(inode.mode) })
+        listed.add(path)
+      }
       continue
     }
     // A directory whose entries changed shows up through those entries, and its times change with them:
@@ -157,7 +162,10 @@ export async function diffRoots(pages: PageStore, a: Child | undefined, b: Child
       if (old.mode === inode.mode && old.uid === inode.uid && old.gid === inode.gid) continue
     }
     const path = await after.path(ino)
-    if (path) out.modified.push({ path, type: typeName(inode.mode) })
+    if (path && !listed.has(path)) {
+      out.modified.push({ path, type: typeName(inode.mode) })
+      listed.add(path)
+    }
   }
   for (const list of [out.added, out.removed, out.modified]) list.sort((x, y) => (x.path < y.path ? -1 : x.path > y.path ? 1 : 0))
   return out

@@ -41,8 +41,10 @@ export interface WriteOptions {
   exclusive?: boolean
   /**
    * Replace an existing file with a new one, whole, once the data is
-   * complete (HTTP PUT): a failed write leaves the old content. The default
-   * rewrites it in place, as cp does, keeping its inode, links and owner.
+   * complete (HTTP PUT): a failed write leaves the old content. The new file
+   * keeps the old one's mode, xattrs and (for root) owner. A file with other
+   * hard links is still rewritten in place, so they keep seeing it. The
+   * default rewrites in place, as cp does, keeping inode, links and owner.
    */
   replace?: boolean
 }
@@ -237,7 +239,9 @@ export class VolumeFiles implements FileTree {
     })
     if (existing && options.exclusive) throw new FsError('EEXIST', at)
     if (existing && options.replace && !isReg(existing.mode)) throw new FsError(isDir(existing.mode) ? 'EISDIR' : 'EINVAL', at)
-    if (existing && !options.replace) {
+    // A file with other names is rewritten in place even when asked to replace: a new inode would leave them
+    // on the old content.
+    if (existing && (!options.replace || existing.nlink > 1)) {
       if (isDir(existing.mode)) throw new FsError('EISDIR', at)
       // parentOf followed every symlink it could: one left here points at nothing (cp refuses it too).
       if (isLnk(existing.mode)) throw new FsError('ENOENT', `${at} is a symbolic link to a missing file: not writing through it`)
@@ -255,10 +259,7 @@ export class VolumeFiles implements FileTree {
     })
     try {
       await this.fill(unnamed.ino, data, options.mtime)
-      if (existing && this.cred.uid === 0 && (existing.uid !== unnamed.uid || existing.gid !== unnamed.gid)) {
-        await this.fs.setattr(this.cred, unnamed.ino, { uid: existing.uid, gid: existing.gid })
-        await this.fs.setattr(this.cred, unnamed.ino, { mode }) // chown clears setuid and setgid
-      }
+      if (existing) await this.carryOver(existing, unnamed.ino, mode)
       const naming = existing ? this.fs.linkReplacing(this.cred, unnamed.ino, dir.ino, name) : this.fs.link(this.cred, unnamed.ino, dir.ino, name)
       await naming.catch((err: unknown) => {
         throw withPath(err, at) // EEXIST: the name was created meanwhile
@@ -270,6 +271,25 @@ export class VolumeFiles implements FileTree {
     this.changed({ type: existing ? 'modify' : 'create', path: at, names: [{ parent: dir.ino, name }], inodes })
     await this.options.maintain?.()
     return describe(at, await this.fs.getattr(unnamed.ino))
+  }
+
+  /**
+   * What a replacement keeps of the file it replaces: its extended attributes
+   * (but file capabilities, which a write drops) and, as far as the caller
+   * may give them, its owner and group.
+   */
+  private async carryOver(old: Inode, ino: number, mode: number): Promise<void> {
+    for (const name of await this.fs.listxattr(this.cred, old.ino)) {
+      if (name.toString('latin1') === 'security.capability') continue
+      await this.fs.setxattr(this.cred, ino, name, await this.fs.getxattr(this.cred, old.ino, name)).catch((err: unknown) => {
+        if (!(err instanceof FsError && (err.code === 'EPERM' || err.code === 'EACCES'))) throw err // (trusted.* needs root)
+      })
+    }
+    const created = await this.fs.getattr(ino)
+    if (this.cred.uid === 0 && (old.uid !== created.uid || old.gid !== created.gid)) {
+      await this.fs.setattr(this.cred, ino, { uid: old.uid, gid: old.gid })
+      await this.fs.setattr(this.cred, ino, { mode }) // chown clears setuid and setgid
+    }
   }
 
   /** Writes `data` from offset 0 of a regular file, in pieces the log takes well, then sets its mtime. */

@@ -25,7 +25,7 @@ class VolumeWatcher {
     private readonly repo: Repository,
     private readonly volume: string,
     /** The volume followed: a volume deleted and created again under its name is another one. */
-    private readonly volumeId: string,
+    readonly volumeId: string,
     /** The head the next change events are relative to; a new client's "ready" names it. */
     public generation: number,
     private root: PageRef | null,
@@ -101,8 +101,12 @@ export class ChangeFeed {
     res.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-cache', connection: 'keep-alive' })
     if (headOnly) return void res.end()
     let watcher = this.watchers.get(volume)
-    if (!watcher) {
-      watcher = new VolumeWatcher(this.repo, volume, head.volumeId, head.generation, head.root, () => this.watchers.delete(volume))
+    // A watcher of an earlier volume of this name (its clients are being told 'deleted') is not this one's.
+    if (!watcher || watcher.volumeId !== head.volumeId) {
+      const created: VolumeWatcher = new VolumeWatcher(this.repo, volume, head.volumeId, head.generation, head.root, () => {
+        if (this.watchers.get(volume) === created) this.watchers.delete(volume)
+      })
+      watcher = created
       this.watchers.set(volume, watcher)
       watcher.start()
     }

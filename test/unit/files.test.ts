@@ -134,6 +134,21 @@ describe('VolumeFiles (library file access without a mount)', () => {
     await expect(files.write('/dangling', Buffer.from('x'))).rejects.toThrow(/symbolic link to a missing file/)
     await files.remove('/dangling')
 
+    // A replacement (HTTP PUT) is a new inode with the old one's mode and xattrs…
+    await files.write('/repl.txt', Buffer.from('old'), { mode: 0o600 })
+    const old = await files.stat('/repl.txt')
+    await session.fs.setxattr(ROOT, old.ino, Buffer.from('user.tag'), Buffer.from('kept'))
+    const replaced = await files.write('/repl.txt', Buffer.from('new'), { replace: true })
+    expect(replaced.ino).not.toBe(old.ino)
+    expect(replaced.mode).toBe(0o600)
+    expect((await session.fs.getxattr(ROOT, replaced.ino, Buffer.from('user.tag'))).toString()).toBe('kept')
+    // …unless other names share the file: then it is rewritten in place, and they see the new bytes.
+    await files.link('/repl-link.txt', '/repl.txt')
+    expect((await files.write('/repl.txt', Buffer.from('newer'), { replace: true })).ino).toBe(replaced.ino)
+    expect((await collect(files.read('/repl-link.txt'))).toString()).toBe('newer')
+    await files.remove('/repl.txt')
+    await files.remove('/repl-link.txt')
+
     // Rewriting an existing file truncates it in place: same inode, its hard link sees the new bytes.
     await files.link('/alias.bin', '/new.bin')
     expect(await files.write('/new.bin', Buffer.from('short'))).toMatchObject({ ino, size: 5, nlink: 2 })

@@ -234,6 +234,16 @@ describe('volumes: write, commit, reopen', () => {
       removed: [{ path: '/y/g2', type: 'file' }],
       modified: [{ path: '/y/g', type: 'file' }],
     })
+    // A file written to and moved over another name is that name's one modification, listed once.
+    const u = await t.repo.openVolume('vol', { portalDir: t.portalDir })
+    await writeFile(u, ['a'], b('a'))
+    await writeFile(u, ['b'], b('b'))
+    await u.snapshot('pair')
+    const bIno = (await u.fs.lookup(ROOT, ROOT_INO, b('b'))).ino
+    await u.fs.write(ROOT, bIno, 1, b(' more'))
+    await u.fs.rename(ROOT, ROOT_INO, b('b'), ROOT_INO, b('a'))
+    await u.close()
+    expect(await t.repo.diff('pair', 'vol')).toEqual({ added: [], removed: [{ path: '/b', type: 'file' }], modified: [{ path: '/a', type: 'file' }] })
   })
 
   it('restores a volume to a snapshot', async () => {

@@ -80,10 +80,14 @@ function mtimeOf(stat: Stats): Date {
   return new Date(Math.floor(stat.mtimeMs))
 }
 
-/** A failure on the local side, as a CLI error with the exit status of its kind (a missing local path is "not found"). */
+/**
+ * A failure on the local side (a Node file-system error, which names its
+ * path), as a CLI error with the exit status of its kind (a missing local
+ * path is "not found"). Anything else (the volume, the daemon) passes as is.
+ */
 function localError(what: string, err: unknown): unknown {
-  const code = (err as NodeJS.ErrnoException).code
-  if (!code || err instanceof FsError || err instanceof CliError) return err
+  const { code, path: local } = err as NodeJS.ErrnoException
+  if (!code || local === undefined || err instanceof FsError || err instanceof CliError) return err
   const status = code === 'ENOENT' || code === 'ENOTDIR' ? EXIT.notFound : code === 'EEXIST' ? EXIT.exists : EXIT.error
   return new CliError(`${what}: ${(err as Error).message}`, status)
 }
