@@ -203,7 +203,8 @@ function validName(name: Buffer): void {
   if (name.includes(0x2f) || name.includes(0)) throw fsError('EINVAL', 'name contains / or NUL')
 }
 
-function isDotName(name: Buffer): boolean {
+/** "." or "..": names every directory has and none can be given. */
+export function isDotName(name: Buffer): boolean {
   return (name.length === 1 && name[0] === 0x2e) || (name.length === 2 && name[0] === 0x2e && name[1] === 0x2e)
 }
 

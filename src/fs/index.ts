@@ -1,4 +1,4 @@
-export { FileSystem, nowTimespec, NAME_MAX, PATH_MAX, MAX_FILE_SIZE, RENAME_EXCHANGE, RENAME_NOREPLACE, XATTR_CREATE, XATTR_REPLACE, FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE, type DirEntry, type SetAttr, type StatFs, type FileSystemOptions } from './filesystem.js'
+export { FileSystem, isDotName, nowTimespec, NAME_MAX, PATH_MAX, MAX_FILE_SIZE, RENAME_EXCHANGE, RENAME_NOREPLACE, XATTR_CREATE, XATTR_REPLACE, FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE, FALLOC_FL_ZERO_RANGE, type DirEntry, type SetAttr, type StatFs, type FileSystemOptions } from './filesystem.js'
 export { FsError, Errno, ERRNO_TEXT, fsError, type ErrnoName } from './errors.js'
 export { ROOT, R_OK, W_OK, X_OK, mayAccess, type Cred } from './perms.js'
 export { flushFrozen, flushPending, SMALL_FILE, type FlushResult, type FlushOptions, type FrozenVolume } from './flusher.js'

@@ -1,4 +1,4 @@
-import { FsError, type Cred, type FileSystem, type SetAttr } from '../fs/index.js'
+import { FsError, isDotName, type Cred, type FileSystem, type SetAttr } from '../fs/index.js'
 import type { FuseDevice } from './device.js'
 import {
   ATTR_OUT,
@@ -420,8 +420,7 @@ export class FuseAdapter {
         const need = plus ? ENTRY_OUT + direntSize(e.name.length) : direntSize(e.name.length)
         if (used + need > size) return this.device.reply(unique, 0, out.subarray(0, used))
         if (plus) {
-          const dot = e.name.length <= 2 && e.name.every((c) => c === 0x2e)
-          if (dot) writeEntry(out, used, undefined, 0, 0)
+          if (isDotName(e.name)) writeEntry(out, used, undefined, 0, 0)
           else {
             const inode = await this.fs.getattr(e.ino).catch(() => undefined)
             if (!inode) {

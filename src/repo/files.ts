@@ -1,4 +1,4 @@
-import { FileSystem, FsError, isDir, isLnk, isReg, ROOT, ROOT_INO, S_IFMT, type Cred, type Inode, type SetAttr, type Timespec } from '../fs/index.js'
+import { FileSystem, FsError, isDir, isDotName, isLnk, isReg, ROOT, ROOT_INO, S_IFMT, type Cred, type Inode, type SetAttr, type Timespec } from '../fs/index.js'
 import { joinVolumePath, resolveSymlinks, volumePathComponents } from './paths.js'
 
 /**
@@ -194,8 +194,7 @@ export class VolumeFiles implements FileTree {
       if (batch.length === 0) return out
       for (const e of batch) {
         cookie = e.next
-        const dot = e.name.length <= 2 && e.name.every((c) => c === 0x2e)
-        if (!dot) out.push({ name: e.name, ino: e.ino })
+        if (!isDotName(e.name)) out.push({ name: e.name, ino: e.ino })
       }
     }
   }
