@@ -258,7 +258,7 @@ export class VolumeFiles implements FileTree {
     })
     try {
       await this.fill(unnamed.ino, data, options.mtime)
-      if (existing) await this.carryOver(existing, unnamed.ino, mode)
+      if (existing) await this.carryOver(existing, unnamed, mode)
       const naming = existing ? this.fs.linkReplacing(this.cred, unnamed.ino, dir.ino, name) : this.fs.link(this.cred, unnamed.ino, dir.ino, name)
       await naming.catch((err: unknown) => {
         throw withPath(err, at) // EEXIST: the name was created meanwhile
@@ -277,17 +277,16 @@ export class VolumeFiles implements FileTree {
    * (but file capabilities, which a write drops) and, as far as the caller
    * may give them, its owner and group.
    */
-  private async carryOver(old: Inode, ino: number, mode: number): Promise<void> {
+  private async carryOver(old: Inode, created: Inode, mode: number): Promise<void> {
     for (const name of await this.fs.listxattr(this.cred, old.ino)) {
       if (name.toString('latin1') === 'security.capability') continue
-      await this.fs.setxattr(this.cred, ino, name, await this.fs.getxattr(this.cred, old.ino, name)).catch((err: unknown) => {
+      await this.fs.setxattr(this.cred, created.ino, name, await this.fs.getxattr(this.cred, old.ino, name)).catch((err: unknown) => {
         if (!(err instanceof FsError && (err.code === 'EPERM' || err.code === 'EACCES'))) throw err // (trusted.* needs root)
       })
     }
-    const created = await this.fs.getattr(ino)
     if (this.cred.uid === 0 && (old.uid !== created.uid || old.gid !== created.gid)) {
-      await this.fs.setattr(this.cred, ino, { uid: old.uid, gid: old.gid })
-      await this.fs.setattr(this.cred, ino, { mode }) // chown clears setuid and setgid
+      await this.fs.setattr(this.cred, created.ino, { uid: old.uid, gid: old.gid })
+      await this.fs.setattr(this.cred, created.ino, { mode }) // chown clears setuid and setgid
     }
   }
 
