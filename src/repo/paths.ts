@@ -34,6 +34,11 @@ export function volumePathComponents(path: string): string[] {
   return out
 }
 
+/** Whether the clean volume path `inner` is `outer` or below it. */
+export function volumePathWithin(inner: string, outer: string): boolean {
+  return inner === outer || outer === '/' || inner.startsWith(`${outer}/`)
+}
+
 /** "/a/b" for ["a", "b"]; "/" for the root. */
 export function joinVolumePath(components: readonly string[]): string {
   return '/' + components.join('/')

@@ -6,11 +6,12 @@ import { controlRequest } from '../mount/control.js'
 import { flushKernelCache } from '../mount/kernel-flush.js'
 import { commitIfMounted, findWriterMount } from '../cli/volume-access.js'
 import { FsError } from '../fs/index.js'
-import type { Repository } from '../repo/index.js'
+import { volumePathComponents, type Repository } from '../repo/index.js'
 import type { Logger } from '../util/log.js'
+import { writeBody } from '../util/write-body.js'
 import { VolumeAccess } from './access.js'
 import { ChangeFeed } from './events.js'
-import { errorResponse, field, HttpError, limitBody, octal, parseRange, readJson, refuseDeclaredTooLarge, sendJson, writeBody } from './http.js'
+import { errorResponse, field, HttpError, limitBody, octal, parseRange, readJson, refuseDeclaredTooLarge, sendJson } from './http.js'
 import { exportTar, importTar } from './tar.js'
 
 /**
@@ -284,23 +285,13 @@ function decodeSegment(s: string | undefined): string {
     throw new HttpError(400, 'bad_request', `malformed percent-encoding in ${JSON.stringify(s)}`)
   }
   // Percent-encoded dot segments are refused like plain ones: resolving them lexically would pass through
-  // names that are not there (and symlinks would resolve them differently).
+  // names that are not there (and symlinks would resolve them differently). One that climbs above the root
+  // is reported as that (volumePathComponents says so).
   if (decoded.split('/').some((part) => part === '.' || part === '..')) {
-    const escapes = normalizeEscapes(decoded)
-    throw new HttpError(400, 'bad_request', escapes ? `path ${JSON.stringify(decoded)} escapes the volume root` : `the path ${JSON.stringify(decoded)} contains "." or ".." segments`)
+    volumePathComponents(decoded)
+    throw new HttpError(400, 'bad_request', `the path ${JSON.stringify(decoded)} contains "." or ".." segments`)
   }
   return decoded
-}
-
-/** Whether a path's ".." segments climb above its root. */
-function normalizeEscapes(path: string): boolean {
-  let depth = 0
-  for (const part of path.split('/')) {
-    if (part === '..') depth--
-    else if (part !== '' && part !== '.') depth++
-    if (depth < 0) return true
-  }
-  return false
 }
 
 function numberField(body: Record<string, unknown>, name: string): number | undefined {

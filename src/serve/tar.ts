@@ -3,7 +3,7 @@ import { pipeline } from 'node:stream/promises'
 import type { Writable } from 'node:stream'
 import tar from 'tar-stream'
 import { FsError } from '../fs/index.js'
-import { joinVolumePath, volumePathComponents, type FileStat, type FileTree } from '../repo/index.js'
+import { joinVolumePath, volumePathComponents, volumePathWithin, type FileStat, type FileTree } from '../repo/index.js'
 import { HttpError } from './http.js'
 
 /**
@@ -102,7 +102,7 @@ export async function importTar(files: FileTree, dir: string, body: AsyncIterabl
         throw err
       })
       if (!st) continue
-      if (st.path !== realBase && !st.path.startsWith(realBase === '/' ? '/' : `${realBase}/`)) {
+      if (!volumePathWithin(st.path, realBase)) {
         throw new HttpError(400, 'bad_archive', `archive entry ${JSON.stringify(name)} would be written through a symbolic link out of ${basePath}`)
       }
       return

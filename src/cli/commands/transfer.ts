@@ -2,7 +2,7 @@ import { createReadStream, createWriteStream, promises as fsp, type Stats } from
 import path from 'node:path'
 import { pipeline } from 'node:stream/promises'
 import { FsError } from '../../fs/index.js'
-import type { FileStat, FileTree } from '../../repo/index.js'
+import { volumePathWithin, type FileStat, type FileTree } from '../../repo/index.js'
 import type { Command, Io } from '../command.js'
 import { CliError, EXIT, UsageError } from '../exit-codes.js'
 import { TransferProgress } from '../progress.js'
@@ -71,10 +71,6 @@ async function volumePathOf(view: MountView, local: string): Promise<string | un
   return '/' + rel.split(path.sep).filter(Boolean).join('/')
 }
 
-function within(inner: string, outer: string): boolean {
-  return inner === outer || outer === '/' || inner.startsWith(outer + '/')
-}
-
 /** A local file's modification time to the millisecond, cut rather than rounded (Stats.mtime rounds, and may move into the next second). */
 function mtimeOf(stat: Stats): Date {
   return new Date(Math.floor(stat.mtimeMs))
@@ -128,7 +124,7 @@ export const putCommand: Command = {
       const base = existing?.type === 'dir' || dest.path.endsWith('/') ? path.posix.join(existing?.path ?? dest.path, path.basename(path.resolve(local))) : dest.path
       const view = await mountView(opened.mountpoint)
       const from = view && (await volumePathOf(view, local))
-      if (from && items[0].stat.isDirectory() && within(base, from)) {
+      if (from && items[0].stat.isDirectory() && volumePathWithin(base, from)) {
         throw new CliError(`cannot copy a directory, ${local}, into itself, ${dest.name}:${base}`, EXIT.usage)
       }
       const total = { files: items.filter((i) => !i.stat.isDirectory()).length, bytes: items.reduce((n, i) => n + (i.stat.isFile() ? i.stat.size : 0), 0) }
@@ -212,7 +208,7 @@ async function getInto(files: FileTree, mountpoint: string | undefined, src: Vol
   const base = localIsDir ? path.join(local, top.path === '/' ? src.name : top.name) : local
   const view = await mountView(mountpoint)
   const into = view && (await volumePathOf(view, base))
-  if (into && isDir && within(into, followed.path)) throw new CliError(`cannot copy a directory, ${src.name}:${followed.path}, into itself, ${local}`, EXIT.usage)
+  if (into && isDir && volumePathWithin(into, followed.path)) throw new CliError(`cannot copy a directory, ${src.name}:${followed.path}, into itself, ${local}`, EXIT.usage)
   if (!isDir) {
     await getFile(files, src.name, followed, base, view, new TransferProgress(process.stderr, 'get', { files: 1, bytes: followed.size }))
     return
