@@ -1,4 +1,4 @@
-import { once } from 'node:events'
+import { writeBody } from '../util/write-body.js'
 
 let readerGone = false
 let watching = false
@@ -23,8 +23,5 @@ export function watchStdout(): void {
  */
 export async function writeOut(chunk: Buffer): Promise<boolean> {
   watchStdout()
-  if (readerGone) return false
-  const written = new Promise<void>((resolve) => process.stdout.write(chunk, () => resolve()))
-  if (process.stdout.writableNeedDrain) await Promise.race([once(process.stdout, 'drain').catch(() => undefined), written])
-  return !readerGone
+  return !readerGone && (await writeBody(process.stdout, chunk)) && !readerGone
 }

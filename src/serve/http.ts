@@ -1,5 +1,4 @@
 import type { IncomingMessage, ServerResponse } from 'node:http'
-import type { Writable } from 'node:stream'
 import { BlobReadError } from '../blob/index.js'
 import { ERRNO_TEXT, FsError } from '../fs/index.js'
 import { InvalidNameError, LeaseHeldError, PageCorruptError, RefExistsError, RefNotFoundError } from '../meta/index.js'
@@ -83,25 +82,6 @@ export async function readJson(req: IncomingMessage, limit = 1024 * 1024): Promi
 export function refuseDeclaredTooLarge(req: IncomingMessage, limit: number): void {
   const declared = Number(req.headers['content-length'] ?? NaN)
   if (declared > limit) throw new HttpError(413, 'too_large', `the request body is ${declared} bytes; the limit is ${limit}`)
-}
-
-/**
- * Writes a piece of a response body with backpressure; false once the
- * client has gone away (then the caller stops, and its read ends).
- */
-export async function writeBody(res: Writable, chunk: Buffer): Promise<boolean> {
-  if (res.destroyed || res.writableEnded) return false
-  if (res.write(chunk)) return true
-  await new Promise<void>((resolve) => {
-    const done = () => {
-      res.off('drain', done)
-      res.off('close', done)
-      resolve()
-    }
-    res.on('drain', done)
-    res.on('close', done)
-  })
-  return !res.destroyed
 }
 
 /** The request body, failing with 413 past `limit` bytes (whatever Content-Length claimed). */
