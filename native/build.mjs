@@ -17,7 +17,7 @@ if (process.env.S0FS_NATIVE === '0') {
 }
 // Build against the headers of the Node.js that runs us when they are installed
 // (no download: this machine may have no internet access).
-const args = ['rebuild']
+const args = ['rebuild', '--jobs=max']
 const prefix = path.resolve(path.dirname(process.execPath), '..')
 if (!process.env.npm_config_nodedir && existsSync(path.join(prefix, 'include/node/node_api.h'))) args.push(`--nodedir=${prefix}`)
 const gyp = candidates[0]

@@ -84,6 +84,7 @@ static napi_value Cuts(napi_env env, napi_callback_info info) {
 napi_value s0fs_init_poll(napi_env env, napi_value exports);
 napi_value s0fs_init_memory(napi_env env, napi_value exports);
 napi_value s0fs_init_aead(napi_env env, napi_value exports);
+napi_value s0fs_init_encode(napi_env env, napi_value exports);
 
 NAPI_MODULE_INIT() {
   napi_value fn;
@@ -91,5 +92,6 @@ NAPI_MODULE_INIT() {
   if (napi_set_named_property(env, exports, "cuts", fn) != napi_ok) return NULL;
   s0fs_init_memory(env, exports);
   s0fs_init_aead(env, exports);
+  s0fs_init_encode(env, exports);
   return s0fs_init_poll(env, exports);
 }

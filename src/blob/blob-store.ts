@@ -7,7 +7,7 @@ import { BlobIndex } from './blob-index.js'
 import { Relocations } from './relocations.js'
 import { encodeBlob, isAllZero, openBlob, type OpenedBlob } from './codec.js'
 import type { Chunker } from './chunker.js'
-import type { BlobWorkerPool, EncodedChunk } from './pool.js'
+import type { BlobEncoder, BlobWorkerPool, EncodedChunk } from './pool.js'
 import { readSegmentIndex, SegmentBuilder, segmentKey, TRAILER_BYTES, type BlobRef } from './segment.js'
 
 /** Where sealed blob bytes come from; the portal supplies a caching one. */
@@ -18,6 +18,8 @@ export interface SegmentSource {
 
 export interface BlobStoreOptions {
   pool: BlobWorkerPool
+  /** Encodes instead of the pool's workers (the native encoder, on the libuv thread pool). */
+  encoder?: BlobEncoder
   /**
    * Finds cut points on the calling thread. Worth it only for the native
    * chunker (~1.2 GiB/s): it saves a round trip to a worker that may be busy
@@ -71,9 +73,10 @@ interface SealedSegment {
 
 const ENCODE_BATCH_BYTES = 2 * 1024 * 1024
 /**
- * Work this small is encoded on the calling thread: a worker round trip costs
- * more than hashing, compressing and sealing a few small files, and a process
- * that only ever writes small files never starts the workers (~10 MiB each).
+ * Work this small is encoded on the calling thread: a round trip to another
+ * thread costs more than hashing, compressing and sealing a few small files
+ * (and without the native encoder, a process that only ever writes small
+ * files never starts the worker threads, ~20 MiB each).
  */
 const INLINE_ENCODE_BYTES = 256 * 1024
 
@@ -358,7 +361,7 @@ export class BlobStore {
     await this.relocations.load(this.store, this.keys)
   }
 
-  /** @internal Encodes ranges of a shared buffer on the pool, in batches of a few MiB. */
+  /** @internal Encodes ranges of a shared buffer off this thread (native encoder or worker pool), in batches of a few MiB. */
   async encodeRanges(sab: SharedArrayBuffer, ranges: [number, number][]): Promise<EncodedChunk[]> {
     const total = ranges.reduce((n, [s, e]) => n + e - s, 0)
     if (total <= INLINE_ENCODE_BYTES) return ranges.map(([s, e]) => this.encodeHere(Buffer.from(sab, s, e - s)))
@@ -375,7 +378,8 @@ export class BlobStore {
       }
     }
     if (batch.length) batches.push(batch)
-    const results = await Promise.all(batches.map((b) => this.options.pool.encode(sab, b[0][0], b[b.length - 1][1], b)))
+    const encoder = this.options.encoder ?? this.options.pool
+    const results = await Promise.all(batches.map((b) => encoder.encode(sab, b[0][0], b[b.length - 1][1], b)))
     return results.flat()
   }
 

@@ -1,6 +1,7 @@
 export { createChunker, gearTable, type ChunkParams, type Chunker } from './chunker.js'
 export { encodeBlob, decodeBlob, openBlob, blobAad, BlobCorruptError, BLOB_ID_BYTES, FRAME_BYTES, type EncodedBlob, type EncodeOptions, type OpenedBlob } from './codec.js'
-export { BlobWorkerPool, type BlobWorkerInit, type EncodedChunk } from './pool.js'
+export { BlobWorkerPool, type BlobEncoder, type BlobWorkerInit, type EncodedChunk } from './pool.js'
+export { NativeEncoder } from './native-encoder.js'
 export {
   SegmentBuilder,
   SegmentCorruptError,

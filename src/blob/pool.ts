@@ -10,6 +10,12 @@ export interface EncodedChunk {
   zero: boolean
 }
 
+/** Encodes ranges of a shared buffer as blobs, off the calling thread. */
+export interface BlobEncoder {
+  /** Encodes each range of sab[start, end) as one blob (ranges are absolute offsets into sab). */
+  encode(sab: SharedArrayBuffer, start: number, end: number, ranges: [number, number][]): Promise<EncodedChunk[]>
+}
+
 interface Pending {
   resolve: (reply: WorkerReply) => void
   reject: (err: Error) => void
@@ -49,7 +55,7 @@ export interface BlobWorkerInit {
  * A fixed set of blob worker threads, started on first use. Requests go to
  * the least-busy worker; idle workers do not keep the process alive.
  */
-export class BlobWorkerPool {
+export class BlobWorkerPool implements BlobEncoder {
   private readonly slots: Slot[] = []
   private seq = 0
   private closed = false

@@ -46,6 +46,17 @@ export class Sealer {
     this.key = deriveSessionKey(purposeKey, this.salt)
   }
 
+  /**
+   * Hands out `count` nonces for sealing elsewhere (native/src/encode.c seals
+   * blobs on other threads): counter values [counter, counter + count) under
+   * this sealer's salt and key, which this sealer will not use again.
+   */
+  reserve(count: number): { key: Buffer; salt: Buffer; counter: bigint } {
+    const counter = this.counter
+    this.counter += BigInt(count)
+    return { key: this.key.raw, salt: this.salt, counter }
+  }
+
   /** Seals the parts as one plaintext, into `into` when given (exactly SEAL_OVERHEAD bytes longer than the plaintext). */
   seal(plaintext: Buffer | Buffer[], aad: Buffer | string, into?: Buffer): Buffer {
     const parts = Array.isArray(plaintext) ? plaintext : [plaintext]

@@ -28,9 +28,14 @@ export class RepoKeys {
 
   /** Encrypts under the purpose's key; `aad` names the object (kind + identity). */
   seal(purpose: KeyPurpose, plaintext: Buffer | Buffer[], aad: string | Buffer, into?: Buffer): Buffer {
+    return this.sealer(purpose).seal(plaintext, aad, into)
+  }
+
+  /** The purpose's sealer (one per process and purpose; see Sealer.reserve). */
+  sealer(purpose: KeyPurpose): Sealer {
     let sealer = this.sealers.get(purpose)
     if (!sealer) this.sealers.set(purpose, (sealer = new Sealer(this.key(purpose))))
-    return sealer.seal(plaintext, aad, into)
+    return sealer
   }
 
   /** Decrypts and checks sealed data; see Opener.open for `inPlace`. */

@@ -13,7 +13,7 @@ import {
   type KeySlot,
   type RepoConfig,
 } from '../crypto/index.js'
-import { BlobStore, BlobWorkerPool, createChunker, gearTable, type SegmentSource } from '../blob/index.js'
+import { BlobStore, BlobWorkerPool, createChunker, gearTable, NativeEncoder, type SegmentSource } from '../blob/index.js'
 import { FileSystem, ROOT } from '../fs/index.js'
 import {
   newVolumeId,
@@ -256,6 +256,8 @@ export class Repository {
       const chunker = createChunker(this.config.chunking, gearTable(this.keys.key('chunker')))
       return new BlobStore(this.store, this.keys, {
         pool: this.pool,
+        // With the native addon the workers never start: its encoder runs on the libuv thread pool.
+        encoder: NativeEncoder.create(this.keys, frames),
         frames,
         localChunker: chunker.native ? chunker : undefined,
         source: this.segmentSource,

@@ -21,6 +21,20 @@ export interface NativeAddon {
   gcmSeal(key: Buffer, nonce: Buffer, aad: Buffer, parts: Buffer[], out: Buffer, at: number): number
   /** AES-256-GCM: decrypts `ciphertext` into `out`; false when the tag does not check out. */
   gcmOpen(key: Buffer, nonce: Buffer, aad: Buffer, ciphertext: Buffer, tag: Buffer, out: Buffer): boolean
+  /**
+   * Encodes each [start, end) pair of `ranges` (offsets into `data`) as one blob on the libuv thread
+   * pool, as src/blob/codec.ts's encodeBlob does, blob i sealed under nonce counter + i. Resolves to
+   * [id, sealed, rawLength, zero] per blob, flattened. `data` must not change until it settles.
+   */
+  encodeBlobs?(
+    data: Uint8Array,
+    ranges: Float64Array,
+    contentKey: Buffer,
+    sealKey: Buffer,
+    salt: Buffer,
+    counter: bigint,
+    frames: boolean,
+  ): Promise<(Buffer | number | boolean)[]>
 }
 
 let loaded: NativeAddon | null | undefined

@@ -8,6 +8,7 @@ import {
   BlobReadError,
   BlobStore,
   BlobWorkerPool,
+  NativeEncoder,
   createChunker,
   decodeBlob,
   encodeBlob,
@@ -80,7 +81,7 @@ describe('blob encoding', () => {
   const encodingOf = (keys: RepoKeys, e: { id: Buffer; sealed: Buffer }) => keys.open('data', e.sealed, blobAad(e.id))[0]
 
   for (const frames of [false, true]) {
-    it(`round-trips compressible and incompressible blobs of every size, on the workers and on this thread (frames ${frames ? 'on' : 'off'})`, async () => {
+    it(`round-trips compressible and incompressible blobs of every size, on the workers, natively and on this thread (frames ${frames ? 'on' : 'off'})`, async () => {
       const keys = new RepoKeys(randomBytes(32), 'test-repo')
       const pool = new BlobWorkerPool({ master: keys.master, repoId: keys.repoId, chunking, frames }, 2)
       try {
@@ -97,9 +98,23 @@ describe('blob encoding', () => {
           at += b.length
         }
         const onWorkers = await pool.encode(sab, 0, at, ranges)
+        const native = NativeEncoder.create(keys, frames)
+        expect(native, 'the native addon is built (npm install) and has its encoder').toBeDefined()
+        // Two batches at once, as the blob store sends them: they must not share a nonce.
+        const half = ranges.length / 2
+        const natively = (await Promise.all([native!.encode(sab, 0, ranges[half][0], ranges.slice(0, half)), native!.encode(sab, ranges[half][0], at, ranges.slice(half))])).flat()
         const here = inputs.map((b) => encodeBlob(keys, b, { frames }))
+        const zeros = new SharedArrayBuffer(FRAME_BYTES)
+        expect(await native!.encode(zeros, 0, FRAME_BYTES, [[0, 100], [100, FRAME_BYTES]])).toEqual([
+          { id: Buffer.alloc(0), sealed: Buffer.alloc(0), rawLength: 100, zero: true },
+          { id: Buffer.alloc(0), sealed: Buffer.alloc(0), rawLength: FRAME_BYTES - 100, zero: true },
+        ])
+        const nonces = new Set([...natively, ...here].map((e) => e.sealed.subarray(0, 29).toString('hex')))
+        expect(nonces.size).toBe(natively.length + here.length)
         for (let i = 0; i < inputs.length; i++) {
-          for (const e of [onWorkers[i], here[i]]) {
+          expect(natively[i].id.equals(here[i].id)).toBe(true)
+          expect(natively[i].rawLength).toBe(inputs[i].length)
+          for (const e of [onWorkers[i], natively[i], here[i]]) {
             expect(decodeBlob(keys, e.id, e.sealed, inputs[i].length).equals(inputs[i])).toBe(true)
             // 0 raw, 1 one zstd frame, 2 zstd frames: frames only above one frame's size, and only when asked for.
             // (Text shorter than 4 KiB may not save the 3% compression must save.)
