@@ -8,17 +8,46 @@
 // Node, whose symbols addons link against) is called with one context per
 // thread, reused, writing into a buffer the caller provides. The bytes are
 // the same as node:crypto's; test/unit/crypto.test.ts checks both ways.
+#include "aead.h"
 #include <node_api.h>
-#include <openssl/evp.h>
-#include <stdbool.h>
 
-#define KEY_BYTES 32
-#define NONCE_BYTES 12
-#define TAG_BYTES 16
-
-// Worker threads load the addon too: a context per thread.
+// Worker threads load the addon too, and the blob encoder seals on the libuv
+// pool's threads: a context per thread.
 static __thread EVP_CIPHER_CTX *seal_ctx;
 static __thread EVP_CIPHER_CTX *open_ctx;
+
+EVP_CIPHER_CTX *s0fs_gcm_seal_begin(const unsigned char *key, const unsigned char *nonce, const unsigned char *aad, size_t aad_len) {
+  if (!seal_ctx) {
+    seal_ctx = EVP_CIPHER_CTX_new();
+    if (!seal_ctx) return NULL;
+    if (EVP_EncryptInit_ex(seal_ctx, EVP_aes_256_gcm(), NULL, NULL, NULL) != 1) {
+      EVP_CIPHER_CTX_free(seal_ctx);
+      seal_ctx = NULL;
+      return NULL;
+    }
+  }
+  int n;
+  if (EVP_EncryptInit_ex(seal_ctx, NULL, NULL, key, nonce) != 1) return NULL;
+  if (aad_len && EVP_EncryptUpdate(seal_ctx, NULL, &n, aad, (int)aad_len) != 1) return NULL;
+  return seal_ctx;
+}
+
+bool s0fs_gcm_seal_part(EVP_CIPHER_CTX *ctx, const unsigned char *data, size_t len, unsigned char **out) {
+  if (!len) return true;
+  int n;
+  if (EVP_EncryptUpdate(ctx, *out, &n, data, (int)len) != 1) return false;
+  *out += n;
+  return true;
+}
+
+bool s0fs_gcm_seal_end(EVP_CIPHER_CTX *ctx, unsigned char **out) {
+  int n;
+  if (EVP_EncryptFinal_ex(ctx, *out, &n) != 1) return false;
+  *out += n;
+  if (EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_GET_TAG, TAG_BYTES, *out) != 1) return false;
+  *out += TAG_BYTES;
+  return true;
+}
 
 static bool buffer_arg(napi_env env, napi_value v, unsigned char **data, size_t *len) {
   bool is;
@@ -59,29 +88,18 @@ static napi_value GcmSeal(napi_env env, napi_callback_info info) {
   }
   if ((size_t)at + total + TAG_BYTES > out_len) return number(env, -1);
 
-  if (!seal_ctx) {
-    seal_ctx = EVP_CIPHER_CTX_new();
-    if (!seal_ctx || EVP_EncryptInit_ex(seal_ctx, EVP_aes_256_gcm(), NULL, NULL, NULL) != 1) return number(env, -1);
-  }
-  EVP_CIPHER_CTX *ctx = seal_ctx;
-  int n;
+  EVP_CIPHER_CTX *ctx = s0fs_gcm_seal_begin(key, nonce, aad, aad_len);
+  if (!ctx) return number(env, -1);
   unsigned char *p = out + at;
-  if (EVP_EncryptInit_ex(ctx, NULL, NULL, key, nonce) != 1) return number(env, -1);
-  if (aad_len && EVP_EncryptUpdate(ctx, NULL, &n, aad, (int)aad_len) != 1) return number(env, -1);
   for (uint32_t i = 0; i < parts_count; i++) {
     napi_value part;
     unsigned char *data;
     size_t len;
     napi_get_element(env, argv[3], i, &part);
     buffer_arg(env, part, &data, &len);
-    if (!len) continue;
-    if (EVP_EncryptUpdate(ctx, p, &n, data, (int)len) != 1) return number(env, -1);
-    p += n;
+    if (!s0fs_gcm_seal_part(ctx, data, len, &p)) return number(env, -1);
   }
-  if (EVP_EncryptFinal_ex(ctx, p, &n) != 1) return number(env, -1);
-  p += n;
-  if (EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_GET_TAG, TAG_BYTES, p) != 1) return number(env, -1);
-  p += TAG_BYTES;
+  if (!s0fs_gcm_seal_end(ctx, &p)) return number(env, -1);
   return number(env, (double)(p - (out + at)));
 }
 

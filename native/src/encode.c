@@ -11,8 +11,8 @@
 // caller keeps unchanged until the promise settles). Nonces are not drawn
 // here: the caller reserves a run of its sealer's counter values, and blob i
 // takes counter + i, so batches running at once never share one.
+#include "aead.h"
 #include <node_api.h>
-#include <openssl/evp.h>
 #include <openssl/hmac.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -24,10 +24,7 @@
 #include "zstd.h"
 
 #define ID_BYTES 32
-#define KEY_BYTES 32
 #define SALT_BYTES 16
-#define NONCE_BYTES 12
-#define TAG_BYTES 16
 #define SEAL_OVERHEAD (1 + SALT_BYTES + NONCE_BYTES + TAG_BYTES)
 #define SEAL_VERSION 1
 
@@ -136,10 +133,10 @@ static size_t payload_bound(size_t len, bool framed) {
   return 8 + 4 * count + count * ZSTD_compressBound(FRAME_BYTES);
 }
 
-static bool seal(EVP_CIPHER_CTX *ctx, const job_t *job, uint64_t counter, const unsigned char *id, unsigned char flag,
-                 const unsigned char *payload, size_t payload_len, unsigned char *out) {
+static bool seal(const job_t *job, uint64_t counter, const unsigned char *id, unsigned char flag, const unsigned char *payload,
+                 size_t payload_len, unsigned char *out) {
   static const char hex[] = "0123456789abcdef";
-  char aad[5 + 2 * ID_BYTES];
+  unsigned char aad[5 + 2 * ID_BYTES];
   memcpy(aad, "blob:", 5);
   for (int i = 0; i < ID_BYTES; i++) {
     aad[5 + 2 * i] = hex[id[i] >> 4];
@@ -152,27 +149,18 @@ static bool seal(EVP_CIPHER_CTX *ctx, const job_t *job, uint64_t counter, const 
   memset(nonce, 0, 4);
   for (int i = 0; i < 8; i++) nonce[4 + i] = (unsigned char)(counter >> (56 - 8 * i));
   unsigned char *p = nonce + NONCE_BYTES;
-  int n;
-  if (EVP_EncryptInit_ex(ctx, NULL, NULL, job->seal_key, nonce) != 1) return false;
-  if (EVP_EncryptUpdate(ctx, NULL, &n, (const unsigned char *)aad, sizeof aad) != 1) return false;
-  if (EVP_EncryptUpdate(ctx, p, &n, &flag, 1) != 1) return false;
-  p += n;
-  if (payload_len && EVP_EncryptUpdate(ctx, p, &n, payload, (int)payload_len) != 1) return false;
-  p += n;
-  if (EVP_EncryptFinal_ex(ctx, p, &n) != 1) return false;
-  p += n;
-  return EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_GET_TAG, TAG_BYTES, p) == 1;
+  EVP_CIPHER_CTX *ctx = s0fs_gcm_seal_begin(job->seal_key, nonce, aad, sizeof aad);
+  return ctx && s0fs_gcm_seal_part(ctx, &flag, 1, &p) && s0fs_gcm_seal_part(ctx, payload, payload_len, &p) && s0fs_gcm_seal_end(ctx, &p);
 }
 
 static void execute(napi_env env, void *arg) {
   (void)env;
   job_t *job = arg;
   ZSTD_CCtx *cctx = take_cctx();
-  EVP_CIPHER_CTX *ctx = EVP_CIPHER_CTX_new();
   unsigned char *scratch = NULL;
   size_t scratch_cap = 0;
-  if (!cctx || !ctx || EVP_EncryptInit_ex(ctx, EVP_aes_256_gcm(), NULL, NULL, NULL) != 1) {
-    job->error = "cannot create a compression or cipher context";
+  if (!cctx) {
+    job->error = "cannot create a compression context";
     goto done;
   }
   for (size_t i = 0; i < job->count; i++) {
@@ -220,14 +208,13 @@ static void execute(napi_env env, void *arg) {
       job->error = "out of memory";
       goto done;
     }
-    if (!seal(ctx, job, job->counter + i, b->id, flag, payload, payload_len, b->sealed)) {
+    if (!seal(job, job->counter + i, b->id, flag, payload, payload_len, b->sealed)) {
       job->error = "AES-256-GCM seal failed";
       goto done;
     }
   }
 done:
   free(scratch);
-  if (ctx) EVP_CIPHER_CTX_free(ctx);
   if (cctx) give_cctx(cctx);
 }
 
