@@ -39,9 +39,7 @@
 
 typedef struct {
   size_t start, end;
-  unsigned char id[ID_BYTES];
-  unsigned char *sealed; // malloc'd; handed to JavaScript as an external buffer
-  size_t sealed_len;
+  size_t sealed_off, sealed_len; // where the sealed blob sits in the job's arena
   bool zero;
 } blob_t;
 
@@ -52,6 +50,13 @@ typedef struct {
   const unsigned char *data;
   size_t count;
   blob_t *blobs;
+  // Every sealed blob of the job, back to back in one allocation that JavaScript
+  // then owns: one buffer per batch instead of one per blob. Each segment keeps
+  // its blobs until it is uploaded, and thousands of small allocations living
+  // that long, interleaved with short-lived ones, fragmented the C heap.
+  unsigned char *arena;
+  size_t arena_len;
+  unsigned char *ids; // ID_BYTES per blob
   unsigned char content_key[KEY_BYTES];
   unsigned char seal_key[KEY_BYTES];
   unsigned char salt[SALT_BYTES];
@@ -163,6 +168,16 @@ static void execute(napi_env env, void *arg) {
     job->error = "cannot create a compression context";
     goto done;
   }
+  // A sealed blob is never longer than its plaintext plus the flag and the seal's overhead
+  // (data that does not compress is stored raw); the arena shrinks to what was used below.
+  size_t arena_cap = 0;
+  for (size_t i = 0; i < job->count; i++) arena_cap += SEAL_OVERHEAD + 1 + (job->blobs[i].end - job->blobs[i].start);
+  job->arena = malloc(arena_cap ? arena_cap : 1);
+  job->ids = calloc(job->count ? job->count : 1, ID_BYTES);
+  if (!job->arena || !job->ids) {
+    job->error = "out of memory";
+    goto done;
+  }
   for (size_t i = 0; i < job->count; i++) {
     blob_t *b = &job->blobs[i];
     const unsigned char *data = job->data + b->start;
@@ -171,8 +186,9 @@ static void execute(napi_env env, void *arg) {
       b->zero = true;
       continue;
     }
+    unsigned char *id = job->ids + i * ID_BYTES;
     unsigned int id_len = ID_BYTES;
-    if (!HMAC(EVP_sha256(), job->content_key, KEY_BYTES, data, len, b->id, &id_len)) {
+    if (!HMAC(EVP_sha256(), job->content_key, KEY_BYTES, data, len, id, &id_len)) {
       job->error = "content ID (HMAC-SHA256) failed";
       goto done;
     }
@@ -202,30 +218,32 @@ static void execute(napi_env env, void *arg) {
         payload_len = packed;
       }
     }
+    b->sealed_off = job->arena_len;
     b->sealed_len = SEAL_OVERHEAD + 1 + payload_len;
-    b->sealed = malloc(b->sealed_len);
-    if (!b->sealed) {
-      job->error = "out of memory";
-      goto done;
-    }
-    if (!seal(job, job->counter + i, b->id, flag, payload, payload_len, b->sealed)) {
+    if (!seal(job, job->counter + i, id, flag, payload, payload_len, job->arena + b->sealed_off)) {
       job->error = "AES-256-GCM seal failed";
       goto done;
     }
+    job->arena_len += b->sealed_len;
+  }
+  if (job->arena_len < arena_cap) {
+    unsigned char *shrunk = realloc(job->arena, job->arena_len ? job->arena_len : 1);
+    if (shrunk) job->arena = shrunk;
   }
 done:
   free(scratch);
   if (cctx) give_cctx(cctx);
 }
 
-static void free_sealed(napi_env env, void *data, void *hint) {
+static void free_arena(napi_env env, void *data, void *hint) {
   (void)env;
   (void)hint;
   free(data);
 }
 
 static void free_job(napi_env env, job_t *job) {
-  for (size_t i = 0; i < job->count; i++) free(job->blobs[i].sealed);
+  free(job->arena);
+  free(job->ids);
   free(job->blobs);
   napi_delete_reference(env, job->data_ref);
   napi_delete_async_work(env, job->work);
@@ -242,29 +260,29 @@ static void complete(napi_env env, napi_status status, void *arg) {
     free_job(env, job);
     return;
   }
-  // [id, sealed, rawLength, zero] per blob, flattened: one array, no object shapes to build.
-  napi_create_array_with_length(env, job->count * 4, &result);
+  // [ids, sealed, layout]: every blob's ID (ID_BYTES each) in one buffer, every sealed blob in
+  // another (the arena, handed over without a copy), and per blob (offset, length, raw length)
+  // into the latter, length -1 for an all-zero blob (which has neither).
+  napi_value ids, sealed, layout_buffer, layout;
+  double *table;
+  napi_create_buffer_copy(env, job->count * ID_BYTES, job->ids, NULL, &ids);
+  if (napi_create_external_buffer(env, job->arena_len, job->arena, free_arena, NULL, &sealed) == napi_ok) {
+    job->arena = NULL; // JavaScript owns it now
+  } else {
+    napi_create_buffer_copy(env, job->arena_len, job->arena, NULL, &sealed);
+  }
+  napi_create_arraybuffer(env, job->count * 3 * sizeof(double), (void **)&table, &layout_buffer);
+  napi_create_typedarray(env, napi_float64_array, job->count * 3, layout_buffer, 0, &layout);
   for (size_t i = 0; i < job->count; i++) {
     blob_t *b = &job->blobs[i];
-    napi_value id, sealed, raw, zero;
-    if (b->zero) {
-      napi_create_buffer(env, 0, NULL, &id);
-      napi_create_buffer(env, 0, NULL, &sealed);
-    } else {
-      napi_create_buffer_copy(env, ID_BYTES, b->id, NULL, &id);
-      if (napi_create_external_buffer(env, b->sealed_len, b->sealed, free_sealed, NULL, &sealed) == napi_ok) {
-        b->sealed = NULL; // JavaScript owns it now
-      } else {
-        napi_create_buffer_copy(env, b->sealed_len, b->sealed, NULL, &sealed);
-      }
-    }
-    napi_create_double(env, (double)(b->end - b->start), &raw);
-    napi_get_boolean(env, b->zero, &zero);
-    napi_set_element(env, result, (uint32_t)(4 * i), id);
-    napi_set_element(env, result, (uint32_t)(4 * i + 1), sealed);
-    napi_set_element(env, result, (uint32_t)(4 * i + 2), raw);
-    napi_set_element(env, result, (uint32_t)(4 * i + 3), zero);
+    table[3 * i] = (double)b->sealed_off;
+    table[3 * i + 1] = b->zero ? -1 : (double)b->sealed_len;
+    table[3 * i + 2] = (double)(b->end - b->start);
   }
+  napi_create_array_with_length(env, 3, &result);
+  napi_set_element(env, result, 0, ids);
+  napi_set_element(env, result, 1, sealed);
+  napi_set_element(env, result, 2, layout);
   napi_resolve_deferred(env, job->deferred, result);
   free_job(env, job);
 }

@@ -3,6 +3,7 @@ import { LRUCache } from 'lru-cache'
 import { pack, unpack } from 'msgpackr'
 import type { RepoKeys } from '../crypto/index.js'
 import { bodyLength, listAll, NotFoundError, type ObjectStore } from '../store/index.js'
+import { Arenas } from './arenas.js'
 import { BlobIndex } from './blob-index.js'
 import { Relocations } from './relocations.js'
 import { encodeBlob, isAllZero, openBlob, type OpenedBlob } from './codec.js'
@@ -72,6 +73,8 @@ interface SealedSegment {
 }
 
 const ENCODE_BATCH_BYTES = 2 * 1024 * 1024
+/** putWholeInto's buffer: a flusher's batch of small files (4 MiB, plus the file that crossed that, at most 1 MiB) fits. */
+const BATCH_BUFFER_BYTES = 5 * 1024 * 1024
 /**
  * Work this small is encoded on the calling thread: a round trip to another
  * thread costs more than hashing, compressing and sealing a few small files
@@ -110,6 +113,18 @@ export class BlobStore {
   private readonly decoding = new Map<string, Promise<OpenedBlob>>()
   private readonly segmentSize: number
   private readonly maxUploads: number
+  /**
+   * @internal Shared buffers free for the next batch or piece: putWholeInto's
+   * batches and every ChunkedWriter's pieces take from here and give back,
+   * so a flush reuses a few instead of allocating one per batch, per piece
+   * (and per large file). SharedArrayBuffers cannot be freed explicitly, and
+   * V8 collects them only after 64 MiB more memory outside its heap; a flush
+   * of tens of MiB grew the daemon's resident set by as much. Emptied when a
+   * flush ends (flush()), so an idle daemon holds none.
+   */
+  readonly spares: SharedArrayBuffer[] = []
+  /** The encoder's output buffers, freed once their blobs are stored. */
+  private readonly arenas = new Arenas()
   private readonly source: SegmentSource
 
   constructor(
@@ -230,8 +245,8 @@ export class BlobStore {
   async putWholeInto(lengths: number[], fill: (views: Buffer[]) => Promise<void>): Promise<(BlobRef | undefined)[]> {
     if (lengths.length === 0) return []
     const total = lengths.reduce((n, length) => n + length, 0)
-    const sab = new SharedArrayBuffer(Math.max(1, total))
-    const view = Buffer.from(sab)
+    const sab = this.takeBatchBuffer(total)
+    const view = Buffer.from(sab, 0, total)
     const ranges: [number, number][] = []
     let at = 0
     for (const length of lengths) {
@@ -240,13 +255,37 @@ export class BlobStore {
     }
     await fill(ranges.map(([start, end]) => view.subarray(start, end)))
     const encoded = await this.encodeRanges(sab, ranges)
+    // Encoded without error: no encoder reads the buffer any more (after an error one still might).
+    this.giveSpare(sab)
     const refs = this.place(ranges, encoded).map((c) => c.ref)
     await this.waitForUploadRoom()
     return refs
   }
 
+  /** A zeroed buffer of at least `bytes` for putWholeInto; a batch under 1 MiB (a flush of a few files) gets one of its size. */
+  private takeBatchBuffer(bytes: number): SharedArrayBuffer {
+    const spare = this.takeSpare(bytes)
+    if (spare) {
+      new Uint8Array(spare, 0, bytes).fill(0)
+      return spare
+    }
+    return new SharedArrayBuffer(bytes < 1024 * 1024 ? Math.max(1, bytes) : Math.max(bytes, BATCH_BUFFER_BYTES))
+  }
+
+  /** @internal A spare shared buffer of at least `bytes` (contents unspecified), if there is one. */
+  takeSpare(bytes: number): SharedArrayBuffer | undefined {
+    const i = this.spares.findIndex((b) => b.byteLength >= bytes)
+    return i >= 0 ? this.spares.splice(i, 1)[0] : undefined
+  }
+
+  /** @internal Gives back a shared buffer nothing reads any more. */
+  giveSpare(sab: SharedArrayBuffer): void {
+    if (this.spares.length < MAX_SPARES) this.spares.push(sab)
+  }
+
   /** Seals the open segment, waits for every upload, and records new blobs in an index object. */
   async flush(): Promise<void> {
+    this.spares.length = 0
     this.sealOpen()
     for (const [seg, s] of this.sealed) {
       if (s.error !== undefined) this.startUpload(seg, s)
@@ -293,9 +332,14 @@ export class BlobStore {
     }
   }
 
-  /** readRange() into `into` at `at`, without a buffer of its own in between. */
-  async readRangeInto(ref: BlobRef, from: number, to: number, into: Buffer, at: number): Promise<void> {
-    const blob = await this.opened(ref)
+  /**
+   * readRange() into `into` at `at`, without a buffer of its own in between.
+   * `keep: false` leaves the blob out of the decoded cache: a flush reads the
+   * chunks around changed bytes to store them again, and those old blobs are
+   * not read afterwards (under random writes they had filled the cache).
+   */
+  async readRangeInto(ref: BlobRef, from: number, to: number, into: Buffer, at: number, keep = true): Promise<void> {
+    const blob = await this.opened(ref, keep)
     try {
       blob.copyInto(from, to, into, at)
     } catch (err) {
@@ -308,20 +352,20 @@ export class BlobStore {
     this.opened(ref).catch(() => undefined)
   }
 
-  private opened(ref: BlobRef): Promise<OpenedBlob> {
+  private opened(ref: BlobRef, keep = true): Promise<OpenedBlob> {
     const cacheKey = ref.id.toString('latin1')
     const hit = this.decoded.get(cacheKey)
     if (hit) return Promise.resolve(hit)
     // A reader and the read-ahead (or two neighbouring READs) often want the same blob at once: open it once.
     let pending = this.decoding.get(cacheKey)
     if (!pending) {
-      pending = this.readUncached(ref, cacheKey).finally(() => this.decoding.delete(cacheKey))
+      pending = this.readUncached(ref, cacheKey, keep).finally(() => this.decoding.delete(cacheKey))
       this.decoding.set(cacheKey, pending)
     }
     return pending
   }
 
-  private async readUncached(ref: BlobRef, cacheKey: string): Promise<OpenedBlob> {
+  private async readUncached(ref: BlobRef, cacheKey: string, keep: boolean): Promise<OpenedBlob> {
     let sealed = this.pendingBytes(ref)
     // Bytes still waiting for upload are read as they are; bytes read from the source are ours to decrypt over.
     const inPlace = !sealed
@@ -344,7 +388,7 @@ export class BlobStore {
       if (sealed.length !== at.len) throw new Error(`read ${sealed.length} of ${at.len} bytes`)
       const blob = openBlob(this.keys, ref.id, sealed, ref.raw, inPlace)
       this.stats.blobsDecoded++
-      this.decoded.set(cacheKey, blob)
+      if (keep) this.decoded.set(cacheKey, blob)
       return blob
     } catch (err) {
       throw new BlobReadError(at, err)
@@ -398,8 +442,10 @@ export class BlobStore {
   /** @internal Adds encoded chunks to segments (or finds them already stored), in input order. */
   place(ranges: [number, number][], encoded: EncodedChunk[]): PlacedChunk[] {
     const chunks: PlacedChunk[] = []
+    const arenas = new Set<Buffer>()
     for (let i = 0; i < ranges.length; i++) {
       const e = encoded[i]
+      if (e.arena) arenas.add(e.arena)
       const [start, end] = ranges[i]
       if (e.zero) {
         chunks.push({ start, end })
@@ -412,6 +458,7 @@ export class BlobStore {
         if (this.open && this.open.byteLength + e.sealed.length > this.segmentSize && this.open.blobCount > 0) this.sealOpen()
         this.open ??= new SegmentBuilder()
         ref = this.open.add(e.id, e.sealed, e.rawLength)
+        if (e.arena) this.arenas.hold(this.open.id, e.arena)
         this.known.set(ref)
         this.stats.blobsStored++
         this.stats.rawBytes += e.rawLength
@@ -419,6 +466,7 @@ export class BlobStore {
       }
       chunks.push({ start, end, ref })
     }
+    this.arenas.releaseUnheld(arenas)
     return chunks
   }
 
@@ -449,6 +497,7 @@ export class BlobStore {
     s.upload = this.store.put(segmentKey(seg), s.parts).then(
       () => {
         this.sealed.delete(seg)
+        this.arenas.stored(seg)
         this.unindexed.push(...s.builder.blobs)
         this.stats.segmentsUploaded++
       },
@@ -468,10 +517,17 @@ export class BlobStore {
 
 /** Encodes pieces concurrently (at most this many in flight) while cut points advance. */
 const WRITER_MAX_IN_FLIGHT = 4
-/** Piece buffers are allocated in steps of this size, so that a spare fits the next piece whatever its carried tail. */
+/** Piece buffers are allocated in steps of this size... */
 const PIECE_STEP = 512 * 1024
-/** Free piece buffers kept for reuse: a stream frees about one as it needs the next. */
-const WRITER_SPARE_PIECES = 2
+/**
+ * ...and at least this large: a 2 MiB piece plus the tail carried from the
+ * last (under 2 MiB unless a chunk is longer), so that a spare fits the next
+ * piece. Sized to the piece alone, most spares were a step too small for the
+ * next one, which then took a new buffer, and the old ones became garbage.
+ */
+const PIECE_BYTES = 4 * 1024 * 1024
+/** Free shared buffers kept for reuse (BlobStore.spares): a stream frees about one as it needs the next. */
+const MAX_SPARES = 3
 
 export class ChunkedWriter {
   private carry: Buffer = Buffer.alloc(0)
@@ -479,14 +535,14 @@ export class ChunkedWriter {
   private readonly inFlight: Promise<PlacedChunk[]>[] = []
   private readonly done: PlacedChunk[] = []
   /**
-   * The stream's piece buffers, reused once free: a 512 MiB file is ~250
+   * The stream's piece buffers, reused once free (through BlobStore.spares,
+   * shared with the next file's writer and small-file batches): a 512 MiB file is ~250
    * pieces, and a fresh 2 MiB buffer each (zeroed by the allocator, freed
    * whenever the garbage collector gets to it) left the C heap a patchwork
    * of them. A piece is free when its encoding has settled and the tail it
    * carried has been copied into the next piece: `holds` counts those two.
    */
   private readonly holds = new Map<SharedArrayBuffer, number>()
-  private readonly spare: SharedArrayBuffer[] = []
   private carrySab?: SharedArrayBuffer
 
   constructor(private readonly blobs: BlobStore) {}
@@ -521,11 +577,11 @@ export class ChunkedWriter {
   /** A piece buffer holding the carried tail, then `room` zeroed bytes (at `at`). */
   private nextPiece(room: number): { sab: SharedArrayBuffer; at: number } {
     const need = this.carry.length + room
-    const i = this.spare.findIndex((b) => b.byteLength >= need)
-    const sab = i >= 0 ? this.spare.splice(i, 1)[0] : new SharedArrayBuffer(Math.max(PIECE_STEP, Math.ceil(need / PIECE_STEP) * PIECE_STEP))
+    const spare = this.blobs.takeSpare(need)
+    const sab = spare ?? new SharedArrayBuffer(Math.max(PIECE_BYTES, Math.ceil(need / PIECE_STEP) * PIECE_STEP))
     const view = Buffer.from(sab, 0, need)
     view.set(this.carry, 0)
-    if (i >= 0) view.fill(0, this.carry.length)
+    if (spare) view.fill(0, this.carry.length)
     const at = this.carry.length
     this.carry = Buffer.alloc(0)
     if (this.carrySab) this.release(this.carrySab)
@@ -537,7 +593,7 @@ export class ChunkedWriter {
     const left = (this.holds.get(sab) ?? 1) - 1
     if (left > 0) return void this.holds.set(sab, left)
     this.holds.delete(sab)
-    if (this.spare.length < WRITER_SPARE_PIECES) this.spare.push(sab)
+    this.blobs.giveSpare(sab)
   }
 
   private async submit(sab: SharedArrayBuffer, length: number, final: boolean): Promise<void> {

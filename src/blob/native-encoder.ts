@@ -13,6 +13,9 @@ import type { BlobEncoder, EncodedChunk } from './pool.js'
  * At most `concurrency` batches run at once: the thread pool also serves the
  * portal's file I/O, which must not queue behind a backlog of encoding.
  */
+const ID_BYTES = 32
+const EMPTY = Buffer.alloc(0)
+
 export class NativeEncoder implements BlobEncoder {
   private running = 0
   private readonly waiting: (() => void)[] = []
@@ -40,10 +43,18 @@ export class NativeEncoder implements BlobEncoder {
         pairs[2 * i + 1] = e - start
       })
       const { key, salt, counter } = this.keys.sealer('data').reserve(ranges.length)
-      const flat = await this.addon.encodeBlobs(new Uint8Array(sab, start, end - start), pairs, this.keys.key('content-id'), key, salt, counter, this.frames)
+      const [ids, sealed, layout] = await this.addon.encodeBlobs(new Uint8Array(sab, start, end - start), pairs, this.keys.key('content-id'), key, salt, counter, this.frames)
+      // Views into one buffer per batch (see native/src/encode.c: why not one per blob).
       const out: EncodedChunk[] = []
-      for (let i = 0; i < flat.length; i += 4) {
-        out.push({ id: flat[i] as Buffer, sealed: flat[i + 1] as Buffer, rawLength: flat[i + 2] as number, zero: flat[i + 3] as boolean })
+      for (let i = 0; i < ranges.length; i++) {
+        const off = layout[3 * i]
+        const len = layout[3 * i + 1]
+        const rawLength = layout[3 * i + 2]
+        out.push(
+          len < 0
+            ? { id: EMPTY, sealed: EMPTY, rawLength, zero: true }
+            : { id: ids.subarray(ID_BYTES * i, ID_BYTES * (i + 1)), sealed: sealed.subarray(off, off + len), rawLength, zero: false, arena: sealed },
+        )
       }
       return out
     } finally {

@@ -8,6 +8,12 @@ export interface EncodedChunk {
   sealed: Buffer
   rawLength: number
   zero: boolean
+  /**
+   * The buffer `sealed` is a view of when it holds a whole batch's blobs (the
+   * native encoder): the blob store frees it once every segment holding one
+   * of them is stored.
+   */
+  arena?: Buffer
 }
 
 /** Encodes ranges of a shared buffer as blobs, off the calling thread. */

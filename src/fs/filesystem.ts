@@ -913,16 +913,17 @@ export class FileSystem {
    * assembles pieces straight into the memory its chunker and workers read.
    * Their pending pieces are read back from the log in one pass
    * (Wal.readEach coalesces nearby records), which is what a flush batch of
-   * many small regions needs.
+   * many small regions needs. `keep: false`: blobs read are not kept in the
+   * decoded cache (see BlobStore.readRangeInto).
    */
-  async assembleInto(ranges: { start: number; end: number; extents: Extent[]; pieces: Piece[] }[], out: Buffer[]): Promise<void> {
+  async assembleInto(ranges: { start: number; end: number; extents: Extent[]; pieces: Piece[] }[], out: Buffer[], keep = true): Promise<void> {
     await Promise.all(
       ranges.flatMap(({ start, end, extents }, k) =>
         extents.map(async (e) => {
           const from = Math.max(start, e.off)
           const to = Math.min(end, e.off + e.len)
           if (to <= from) return
-          await this.blobs.readRangeInto(e.blob, e.blobOff + (from - e.off), e.blobOff + (to - e.off), out[k], from - start)
+          await this.blobs.readRangeInto(e.blob, e.blobOff + (from - e.off), e.blobOff + (to - e.off), out[k], from - start, keep)
         }),
       ),
     )

@@ -299,7 +299,7 @@ async function storeSmall(fs: FileSystem, regions: Region[]): Promise<void> {
     const contents = batch.filter((region) => region.end > region.start)
     const refs = await fs.blobs.putWholeInto(
       contents.map((region) => region.end - region.start),
-      (views) => fs.assembleInto(contents, views),
+      (views) => fs.assembleInto(contents, views, false),
     )
     const byRegion = new Map<Region, BlobRef>()
     contents.forEach((region, k) => refs[k] && byRegion.set(region, refs[k]))
@@ -316,7 +316,7 @@ async function storeLarge(fs: FileSystem, region: Region): Promise<void> {
     const to = Math.min(region.end, at + STREAM_PIECE)
     const extents = region.extents.filter((e) => e.off < to && e.off + e.len > at)
     const pieces = region.pieces.filter((p) => p.start < to && p.end > at).map((p) => clipPiece(p, at, to))
-    await writer.writeInto(to - at, (into) => fs.assembleInto([{ start: at, end: to, extents, pieces }], [into]))
+    await writer.writeInto(to - at, (into) => fs.assembleInto([{ start: at, end: to, extents, pieces }], [into], false))
   }
   const chunks = await writer.end()
   region.result = []

@@ -419,7 +419,7 @@ export class MountDaemon {
       this.metrics?.server.close()
       await removeRecord(this.options.runDir, this.canonical).catch(() => undefined)
       await this.options.repo.close().catch((err) => log.warn('closing the repository failed', { error: err.message }))
-      log.info('stopped', { reason, generation: this.session.generation })
+      log.info('stopped', { reason, generation: this.session.generation, peakRssMiB: Math.round(peakRssBytes() / 1048576) })
     })().finally(() => this.resolveDone())
     return this.stopping
   }

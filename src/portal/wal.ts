@@ -154,6 +154,7 @@ export class Wal {
   private stall?: Error
   private closed = false
   private frameScratch?: Buffer
+  private runScratch?: Buffer
   seq = 0
 
   private constructor(
@@ -267,7 +268,7 @@ export class Wal {
   /** The payload of a record. */
   async read(loc: WalLocation): Promise<Buffer> {
     let payload!: Buffer
-    await this.readEach([loc], (_, found) => (payload = found))
+    await this.readEach([loc], (_, found) => (payload = Buffer.from(found)))
     return payload
   }
 
@@ -301,7 +302,7 @@ export class Wal {
         if (at.file !== first.file || at.pos > end + RUN_GAP || at.pos + 4 + at.len - first.pos > RUN_BYTES) break
         end = Math.max(end, at.pos + 4 + at.len)
       }
-      const run = Buffer.allocUnsafe(end - first.pos)
+      const run = this.runBuffer(end - first.pos)
       readFully(this.reader(first.file), run, first.pos)
       this.stats.preads++
       let frame: Map<number, Buffer> | undefined
@@ -504,6 +505,21 @@ export class Wal {
     this.stats.frames += placed.length
     this.stats.bytes += pos - (placed[0].at.pos)
     if (file.size >= ROTATE_BYTES) this.rotate()
+  }
+
+  /**
+   * Where readEach reads a run of frames (and decrypts them in place). A
+   * flush reads back everything it stores, tens of MiB at a time; with a new
+   * buffer per run, that much garbage piled up before V8 collected it (it
+   * counts memory outside its heap only every 64 MiB), and the daemon's
+   * resident set grew by as much during every large flush. One buffer is
+   * enough: readEach does not await between reading a run and visiting its
+   * records, and visitors keep nothing.
+   */
+  private runBuffer(bytes: number): Buffer {
+    if (bytes > RUN_BYTES) return Buffer.allocUnsafe(bytes)
+    this.runScratch ??= Buffer.allocUnsafeSlow(RUN_BYTES)
+    return this.runScratch.subarray(0, bytes)
   }
 
   /**

@@ -17,6 +17,7 @@ import { assertValidKey, newCounters } from './counters.js'
 import { backoffDelay, DEFAULT_RETRY, sleep, type RetryPolicy } from './retry.js'
 import type { Body, ListOptions, ListPage, ObjectInfo, ObjectStore, PutResult, StoreCapabilities } from './types.js'
 import { joinBody } from './types.js'
+import { freeBuffer } from '../util/native.js'
 
 type S3Module = typeof import('@aws-sdk/client-s3')
 
@@ -98,8 +99,10 @@ export class S3Store implements ObjectStore {
 
   async put(key: string, body: Body): Promise<PutResult> {
     const data = joinBody(body)
-    if (data.length > (this.options.multipartThreshold ?? DEFAULT_MULTIPART_THRESHOLD)) return this.putMultipart(key, data)
-    return this.putObject(key, data, {})
+    const result = data.length > (this.options.multipartThreshold ?? DEFAULT_MULTIPART_THRESHOLD) ? await this.putMultipart(key, data) : await this.putObject(key, data, {})
+    // A segment's parts were joined into a copy of our own (8 MiB): free it now rather than at V8's next collection.
+    if (data !== body) freeBuffer(data)
+    return result
   }
 
   async putIfAbsent(key: string, data: Buffer): Promise<PutResult> {

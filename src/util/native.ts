@@ -24,8 +24,12 @@ export interface NativeAddon {
   /**
    * Encodes each [start, end) pair of `ranges` (offsets into `data`) as one blob on the libuv thread
    * pool, as src/blob/codec.ts's encodeBlob does, blob i sealed under nonce counter + i. Resolves to
-   * [id, sealed, rawLength, zero] per blob, flattened. `data` must not change until it settles.
+   * [ids, sealed, layout]: the blobs' IDs (32 bytes each) back to back, their sealed bytes back to
+   * back, and per blob (offset, length, raw length) into the latter, length -1 for an all-zero blob.
+   * `data` must not change until it settles.
    */
+  /** Frees a buffer's memory now by detaching its ArrayBuffer (views then read as empty); false if it cannot be. */
+  detachBuffer?(buffer: Uint8Array): boolean
   encodeBlobs?(
     data: Uint8Array,
     ranges: Float64Array,
@@ -34,7 +38,7 @@ export interface NativeAddon {
     salt: Buffer,
     counter: bigint,
     frames: boolean,
-  ): Promise<(Buffer | number | boolean)[]>
+  ): Promise<[Buffer, Buffer, Float64Array]>
 }
 
 let loaded: NativeAddon | null | undefined
@@ -57,4 +61,16 @@ export function nativeAddon(): NativeAddon | undefined {
     }
   }
   return loaded ?? undefined
+}
+
+/**
+ * Frees a buffer's memory now instead of when V8 next collects (with the
+ * native addon; without it, nothing happens and V8 frees it later). Only a
+ * buffer that is the whole of its ArrayBuffer: small Buffers share a pooled
+ * one with others. The caller must hold the only use of it: views of a freed
+ * buffer read as empty.
+ */
+export function freeBuffer(buffer: Uint8Array): void {
+  if (buffer.byteOffset !== 0 || buffer.byteLength !== buffer.buffer.byteLength || buffer.buffer instanceof SharedArrayBuffer) return
+  nativeAddon()?.detachBuffer?.(buffer)
 }

@@ -19,6 +19,9 @@ import {
   type BlobRef,
 } from '../../src/blob/index.js'
 import { BlobIndex } from '../../src/blob/blob-index.js'
+import { Arenas } from '../../src/blob/arenas.js'
+import { freeBuffer } from '../../src/util/native.js'
+import type { EncodedChunk } from '../../src/blob/index.js'
 import { RepoKeys, SEAL_OVERHEAD } from '../../src/crypto/index.js'
 import { listAll, MemoryStore, type ObjectStore } from '../../src/store/index.js'
 
@@ -278,6 +281,84 @@ describe('blob store', () => {
     await reader.loadIndex()
     expect(reader.lookup(ref.id)).toEqual(ref)
     expect((await reader.read(ref)).equals(data)).toBe(true)
+  })
+})
+
+describe('freeing the encoder\'s buffers', () => {
+  it('puts a native batch\'s sealed blobs in one buffer, which freeing empties', async () => {
+    const keys = new RepoKeys(randomBytes(32), 'test-repo')
+    const native = NativeEncoder.create(keys, false)!
+    expect(native, 'the native addon is built (npm install) and has its encoder').toBeDefined()
+    const sab = new SharedArrayBuffer(3 * 4096)
+    Buffer.from(sab).set(randomBytes(3 * 4096))
+    const out = await native.encode(sab, 0, 3 * 4096, [[0, 4096], [4096, 8192], [8192, 12288]])
+    const arena = out[0].arena!
+    expect(out.every((e) => e.arena === arena && e.sealed.buffer === arena.buffer)).toBe(true)
+    const input = Buffer.from(sab)
+    out.forEach((e, i) => expect(decodeBlob(keys, e.id, e.sealed, 4096).equals(input.subarray(i * 4096, (i + 1) * 4096))).toBe(true))
+    freeBuffer(arena)
+    expect(arena.length).toBe(0)
+    expect(out.map((e) => e.sealed.length)).toEqual([0, 0, 0])
+    // IDs live in a buffer of their own, which freeing the blobs leaves alone.
+    expect(out.map((e) => e.id.length)).toEqual([32, 32, 32])
+  })
+
+  it('Arenas frees a buffer when the last segment holding it is stored, or at once when none holds it', () => {
+    const freed: string[] = []
+    const names = new Map<Buffer, string>()
+    const arena = (name: string) => {
+      const b = Buffer.alloc(1)
+      names.set(b, name)
+      return b
+    }
+    const arenas = new Arenas((b) => freed.push(names.get(b)!))
+    const [a, b, c] = [arena('a'), arena('b'), arena('c')]
+    arenas.hold('seg1', a)
+    arenas.hold('seg1', a)
+    arenas.hold('seg2', a) // a batch split over two segments
+    arenas.hold('seg2', b)
+    arenas.releaseUnheld([a, b, c]) // c: every blob of it was a duplicate
+    expect(freed).toEqual(['c'])
+    arenas.stored('seg1')
+    expect(freed).toEqual(['c'])
+    arenas.stored('seg2')
+    expect(freed.sort()).toEqual(['a', 'b', 'c'])
+    expect(arenas.size).toBe(0)
+  })
+
+  it('a blob store frees each batch once its segments are stored, and every blob reads back before and after', async () => {
+    const keys = new RepoKeys(randomBytes(32), 'test-repo')
+    const native = NativeEncoder.create(keys, false)!
+    expect(native).toBeDefined()
+    const seen: EncodedChunk[] = []
+    const encoder = {
+      encode: async (sab: SharedArrayBuffer, start: number, end: number, ranges: [number, number][]) => {
+        const out = await native.encode(sab, start, end, ranges)
+        seen.push(...out)
+        return out
+      },
+    }
+    const pool = new BlobWorkerPool({ master: keys.master, repoId: keys.repoId, chunking }, 1)
+    try {
+      // Small segments, so batches straddle segments and segments upload while others fill.
+      const blobs = new BlobStore(new MemoryStore(`arenas-${randomBytes(4).toString('hex')}`), keys, { pool, encoder, segmentSize: 256 * 1024 })
+      const files = Array.from({ length: 600 }, () => randomBytes(4096))
+      const refs = (await blobs.putWhole(files)) as BlobRef[]
+      const arenas = new Set(seen.map((e) => e.arena!))
+      expect(arenas.size).toBeGreaterThan(1)
+      // Still in memory (the last segment is open): read from there.
+      for (const i of [0, 299, 599]) expect((await blobs.read(refs[i])).equals(files[i])).toBe(true)
+      await blobs.flush()
+      expect([...arenas].map((a) => a.length)).toEqual([...arenas].map(() => 0))
+      // The same files again: every blob is a duplicate, so their batches' buffers go at once.
+      seen.length = 0
+      await blobs.putWhole(files)
+      expect(seen.length).toBe(600)
+      expect(seen.every((e) => e.sealed.length === 0)).toBe(true)
+      for (const i of [0, 299, 599]) expect((await blobs.read(refs[i])).equals(files[i])).toBe(true)
+    } finally {
+      await pool.close()
+    }
   })
 })
 
