@@ -3,6 +3,7 @@ import { LRUCache } from 'lru-cache'
 import { pack, unpack } from 'msgpackr'
 import type { RepoKeys } from '../crypto/index.js'
 import { bodyLength, listAll, NotFoundError, type ObjectStore } from '../store/index.js'
+import { freeBuffer } from '../util/native.js'
 import { Arenas } from './arenas.js'
 import { BlobIndex } from './blob-index.js'
 import { Relocations } from './relocations.js'
@@ -113,16 +114,8 @@ export class BlobStore {
   private readonly decoding = new Map<string, Promise<OpenedBlob>>()
   private readonly segmentSize: number
   private readonly maxUploads: number
-  /**
-   * @internal Shared buffers free for the next batch or piece: putWholeInto's
-   * batches and every ChunkedWriter's pieces take from here and give back,
-   * so a flush reuses a few instead of allocating one per batch, per piece
-   * (and per large file). SharedArrayBuffers cannot be freed explicitly, and
-   * V8 collects them only after 64 MiB more memory outside its heap; a flush
-   * of tens of MiB grew the daemon's resident set by as much. Emptied when a
-   * flush ends (flush()), so an idle daemon holds none.
-   */
-  readonly spares: SharedArrayBuffer[] = []
+  /** Shared work buffers free for the next batch or piece (see workBuffer). */
+  private readonly spares: SharedArrayBuffer[] = []
   /** The encoder's output buffers, freed once their blobs are stored. */
   private readonly arenas = new Arenas()
   private readonly source: SegmentSource
@@ -245,7 +238,8 @@ export class BlobStore {
   async putWholeInto(lengths: number[], fill: (views: Buffer[]) => Promise<void>): Promise<(BlobRef | undefined)[]> {
     if (lengths.length === 0) return []
     const total = lengths.reduce((n, length) => n + length, 0)
-    const sab = this.takeBatchBuffer(total)
+    // A buffer of its size for a batch under 1 MiB (a flush of a few files), else one the next batch fits too.
+    const sab = this.workBuffer(total, total < 1024 * 1024 ? total : Math.max(total, BATCH_BUFFER_BYTES))
     const view = Buffer.from(sab, 0, total)
     const ranges: [number, number][] = []
     let at = 0
@@ -256,31 +250,45 @@ export class BlobStore {
     await fill(ranges.map(([start, end]) => view.subarray(start, end)))
     const encoded = await this.encodeRanges(sab, ranges)
     // Encoded without error: no encoder reads the buffer any more (after an error one still might).
-    this.giveSpare(sab)
+    this.doneWith(sab)
     const refs = this.place(ranges, encoded).map((c) => c.ref)
     await this.waitForUploadRoom()
     return refs
   }
 
-  /** A zeroed buffer of at least `bytes` for putWholeInto; a batch under 1 MiB (a flush of a few files) gets one of its size. */
-  private takeBatchBuffer(bytes: number): SharedArrayBuffer {
-    const spare = this.takeSpare(bytes)
-    if (spare) {
-      new Uint8Array(spare, 0, bytes).fill(0)
-      return spare
-    }
-    return new SharedArrayBuffer(bytes < 1024 * 1024 ? Math.max(1, bytes) : Math.max(bytes, BATCH_BUFFER_BYTES))
-  }
-
-  /** @internal A spare shared buffer of at least `bytes` (contents unspecified), if there is one. */
-  takeSpare(bytes: number): SharedArrayBuffer | undefined {
+  /**
+   * @internal Memory for bytes on their way to the encoder — a batch of small
+   * files, a piece of a stream — with its first `bytes` zeroed; `size` is
+   * how large to make a shared one, so that it fits the next batch or piece
+   * too. Handed back with doneWith() once nothing reads it.
+   *
+   * A flush passes tens of MiB through such buffers, and V8 frees memory
+   * outside its heap only when it next collects, which it does after 64 MiB
+   * more of it: with a new buffer per batch and per piece, the daemon's
+   * resident set grew by as much during every large flush. When only this
+   * thread and the native addon read them (native encoder and chunker), they
+   * are ordinary buffers, freed the moment they are done with. Worker
+   * threads need shared memory, which cannot be freed explicitly: a few
+   * shared buffers are kept for reuse instead, until the flush ends.
+   */
+  workBuffer(bytes: number, size = bytes): ArrayBufferLike {
+    if (this.nativeOnly) return new ArrayBuffer(Math.max(1, bytes))
     const i = this.spares.findIndex((b) => b.byteLength >= bytes)
-    return i >= 0 ? this.spares.splice(i, 1)[0] : undefined
+    if (i < 0) return new SharedArrayBuffer(Math.max(1, bytes, size))
+    const spare = this.spares.splice(i, 1)[0]
+    new Uint8Array(spare, 0, bytes).fill(0)
+    return spare
   }
 
-  /** @internal Gives back a shared buffer nothing reads any more. */
-  giveSpare(sab: SharedArrayBuffer): void {
-    if (this.spares.length < MAX_SPARES) this.spares.push(sab)
+  /** @internal A work buffer nothing reads any more (never one an encoder may still be reading after an error). */
+  doneWith(buffer: ArrayBufferLike): void {
+    if (!(buffer instanceof SharedArrayBuffer)) freeBuffer(new Uint8Array(buffer))
+    else if (this.spares.length < MAX_SPARES) this.spares.push(buffer)
+  }
+
+  /** Whether only this thread and the native addon read work buffers (no worker threads). */
+  private get nativeOnly(): boolean {
+    return this.options.encoder !== undefined && this.options.localChunker !== undefined
   }
 
   /** Seals the open segment, waits for every upload, and records new blobs in an index object. */
@@ -406,7 +414,7 @@ export class BlobStore {
   }
 
   /** @internal Encodes ranges of a shared buffer off this thread (native encoder or worker pool), in batches of a few MiB. */
-  async encodeRanges(sab: SharedArrayBuffer, ranges: [number, number][]): Promise<EncodedChunk[]> {
+  async encodeRanges(sab: ArrayBufferLike, ranges: [number, number][]): Promise<EncodedChunk[]> {
     const total = ranges.reduce((n, [s, e]) => n + e - s, 0)
     if (total <= INLINE_ENCODE_BYTES) return ranges.map(([s, e]) => this.encodeHere(Buffer.from(sab, s, e - s)))
     const batches: [number, number][][] = []
@@ -423,7 +431,7 @@ export class BlobStore {
     }
     if (batch.length) batches.push(batch)
     const encoder = this.options.encoder ?? this.options.pool
-    const results = await Promise.all(batches.map((b) => encoder.encode(sab, b[0][0], b[b.length - 1][1], b)))
+    const results = await Promise.all(batches.map((b) => encoder.encode(this.options.encoder ? sab : shared(sab), b[0][0], b[b.length - 1][1], b)))
     return results.flat()
   }
 
@@ -433,10 +441,10 @@ export class BlobStore {
   }
 
   /** @internal Finds cut points of sab[start, end) (here with a native chunker, else on the pool). */
-  async cuts(sab: SharedArrayBuffer, start: number, end: number): Promise<number[]> {
+  async cuts(sab: ArrayBufferLike, start: number, end: number): Promise<number[]> {
     const local = this.options.localChunker
     if (local) return local.cuts(new Uint8Array(sab, start, end - start)).map((c) => c + start)
-    return this.options.pool.cuts(sab, start, end)
+    return this.options.pool.cuts(shared(sab), start, end)
   }
 
   /** @internal Adds encoded chunks to segments (or finds them already stored), in input order. */
@@ -542,8 +550,8 @@ export class ChunkedWriter {
    * of them. A piece is free when its encoding has settled and the tail it
    * carried has been copied into the next piece: `holds` counts those two.
    */
-  private readonly holds = new Map<SharedArrayBuffer, number>()
-  private carrySab?: SharedArrayBuffer
+  private readonly holds = new Map<ArrayBufferLike, number>()
+  private carrySab?: ArrayBufferLike
 
   constructor(private readonly blobs: BlobStore) {}
 
@@ -575,13 +583,10 @@ export class ChunkedWriter {
   }
 
   /** A piece buffer holding the carried tail, then `room` zeroed bytes (at `at`). */
-  private nextPiece(room: number): { sab: SharedArrayBuffer; at: number } {
+  private nextPiece(room: number): { sab: ArrayBufferLike; at: number } {
     const need = this.carry.length + room
-    const spare = this.blobs.takeSpare(need)
-    const sab = spare ?? new SharedArrayBuffer(Math.max(PIECE_BYTES, Math.ceil(need / PIECE_STEP) * PIECE_STEP))
-    const view = Buffer.from(sab, 0, need)
-    view.set(this.carry, 0)
-    if (spare) view.fill(0, this.carry.length)
+    const sab = this.blobs.workBuffer(need, Math.max(PIECE_BYTES, Math.ceil(need / PIECE_STEP) * PIECE_STEP))
+    Buffer.from(sab, 0, need).set(this.carry, 0)
     const at = this.carry.length
     this.carry = Buffer.alloc(0)
     if (this.carrySab) this.release(this.carrySab)
@@ -589,14 +594,14 @@ export class ChunkedWriter {
     return { sab, at }
   }
 
-  private release(sab: SharedArrayBuffer): void {
+  private release(sab: ArrayBufferLike): void {
     const left = (this.holds.get(sab) ?? 1) - 1
     if (left > 0) return void this.holds.set(sab, left)
     this.holds.delete(sab)
-    this.blobs.giveSpare(sab)
+    this.blobs.doneWith(sab)
   }
 
-  private async submit(sab: SharedArrayBuffer, length: number, final: boolean): Promise<void> {
+  private async submit(sab: ArrayBufferLike, length: number, final: boolean): Promise<void> {
     const data = Buffer.from(sab, 0, length)
     let cuts = await this.blobs.cuts(sab, 0, length)
     if (!final) cuts = cuts.slice(0, -1)
@@ -610,9 +615,12 @@ export class ChunkedWriter {
         let encoded: EncodedChunk[]
         try {
           encoded = await this.blobs.encodeRanges(sab, ranges)
-        } finally {
-          this.release(sab)
+        } catch (err) {
+          // Another batch of this piece may still be encoding from it: never hand it back.
+          this.holds.set(sab, Infinity)
+          throw err
         }
+        this.release(sab)
         // Place strictly in stream order: wait for the piece before this one.
         if (previous) await previous.catch(() => undefined)
         return this.blobs.place(ranges, encoded).map((c) => ({ start: c.start + base, end: c.end + base, ref: c.ref }))
@@ -624,6 +632,12 @@ export class ChunkedWriter {
     while (this.inFlight.length >= WRITER_MAX_IN_FLIGHT) this.done.push(...(await this.inFlight.shift()!))
     await this.blobs.waitForUploadRoom()
   }
+}
+
+/** The worker pool reads shared memory only (work buffers are shared whenever workers may read them). */
+function shared(buffer: ArrayBufferLike): SharedArrayBuffer {
+  if (!(buffer instanceof SharedArrayBuffer)) throw new TypeError('the blob worker pool reads shared memory only')
+  return buffer
 }
 
 /** A copy of `bytes` the workers can read without another. */

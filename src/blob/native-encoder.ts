@@ -34,7 +34,7 @@ export class NativeEncoder implements BlobEncoder {
     return new NativeEncoder(addon as Required<Pick<NativeAddon, 'encodeBlobs'>>, keys, frames, concurrency)
   }
 
-  async encode(sab: SharedArrayBuffer, start: number, end: number, ranges: [number, number][]): Promise<EncodedChunk[]> {
+  async encode(sab: ArrayBufferLike, start: number, end: number, ranges: [number, number][]): Promise<EncodedChunk[]> {
     await this.slot()
     try {
       const pairs = new Float64Array(ranges.length * 2)

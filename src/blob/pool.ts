@@ -19,7 +19,7 @@ export interface EncodedChunk {
 /** Encodes ranges of a shared buffer as blobs, off the calling thread. */
 export interface BlobEncoder {
   /** Encodes each range of sab[start, end) as one blob (ranges are absolute offsets into sab). */
-  encode(sab: SharedArrayBuffer, start: number, end: number, ranges: [number, number][]): Promise<EncodedChunk[]>
+  encode(sab: ArrayBufferLike, start: number, end: number, ranges: [number, number][]): Promise<EncodedChunk[]>
 }
 
 interface Pending {

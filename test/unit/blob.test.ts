@@ -362,6 +362,42 @@ describe('freeing the encoder\'s buffers', () => {
   })
 })
 
+describe('work buffers with the native encoder and chunker', () => {
+  it('are ordinary memory freed once encoded, and streams and batches read back', async () => {
+    const keys = new RepoKeys(randomBytes(32), 'test-repo')
+    const chunker = createChunker(chunking, gearTable(keys.key('chunker')))
+    expect(chunker.native, 'the native addon is built (npm install)').toBe(true)
+    const pool = new BlobWorkerPool({ master: keys.master, repoId: keys.repoId, chunking }, 1)
+    try {
+      const blobs = new BlobStore(new MemoryStore(`work-${randomBytes(4).toString('hex')}`), keys, {
+        pool,
+        encoder: NativeEncoder.create(keys, false),
+        localChunker: chunker,
+        segmentSize: 1024 * 1024,
+      })
+      const probe = blobs.workBuffer(4096)
+      expect(probe instanceof SharedArrayBuffer).toBe(false)
+      blobs.doneWith(probe)
+      expect(probe.byteLength).toBe(0) // freed (detached), not left to the garbage collector
+      // A 20 MiB stream written in 1 MiB pieces, and 300 small files, all through freed work buffers.
+      const stream = randomBytes(20 * 1024 * 1024)
+      const writer = blobs.chunkedWriter()
+      for (let at = 0; at < stream.length; at += 1024 * 1024) await writer.write(stream.subarray(at, at + 1024 * 1024))
+      const chunks = await writer.end()
+      const files = Array.from({ length: 300 }, (_, i) => randomBytes(1000 + i * 37))
+      const refs = (await blobs.putWhole(files)) as BlobRef[]
+      await blobs.flush()
+      const back = await Promise.all(chunks.map((c) => blobs.read(c.ref!)))
+      expect(Buffer.concat(back).equals(stream)).toBe(true)
+      expect(chunks[0].start).toBe(0)
+      expect(chunks[chunks.length - 1].end).toBe(stream.length)
+      for (const i of [0, 150, 299]) expect((await blobs.read(refs[i])).equals(files[i])).toBe(true)
+    } finally {
+      await pool.close()
+    }
+  }, 60_000)
+})
+
 describe('damage is detected, never returned as data', () => {
   let env: ReturnType<typeof setup>
   let refs: BlobRef[]
