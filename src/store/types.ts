@@ -86,7 +86,11 @@ export interface ObjectStore {
   get(key: string, range?: ByteRange): Promise<Buffer>
   /** Object with its version tag, for read-modify-write. Throws NotFoundError when absent. */
   getVersioned(key: string): Promise<{ data: Buffer; etag: string }>
-  /** Unconditional write (create or replace). */
+  /**
+   * Unconditional write (create or replace). The store keeps no reference to
+   * `data` once the promise settles: the caller may free or reuse its memory
+   * (the blob store frees a segment's buffers then, src/blob/arenas.ts).
+   */
   put(key: string, data: Body): Promise<PutResult>
   /** Create only if absent; throws PreconditionFailedError when the key exists. */
   putIfAbsent(key: string, data: Buffer): Promise<PutResult>

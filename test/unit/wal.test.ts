@@ -14,7 +14,7 @@ describe('write-ahead log read-back', () => {
       const payloads = Array.from({ length: 2048 }, () => randomBytes(4096))
       const locs = payloads.map((p) => {
         wal.append(2, randomBytes(100))
-        return wal.append(1, p, true)
+        return wal.append(1, Buffer.from(p), true) // the log frees what it is given
       })
       await wal.sync()
       const before = { ...wal.stats }
@@ -46,6 +46,28 @@ describe('write-ahead log read-back', () => {
     }
   })
 
+  it('frees a read-back payload once it is written and out of the read-back cache, and reads it back from disk', async () => {
+    const keys = new RepoKeys(randomBytes(32), 'test-repo')
+    const tmp = tempDir('s0fs-wal-')
+    const wal = await Wal.create(tmp.dir, keys, { volumeId: 'v', session: 's', baseGeneration: 0 })
+    try {
+      // 8 MiB of 4 KiB records: twice what the read-back cache holds.
+      const originals = Array.from({ length: 2048 }, () => randomBytes(4096))
+      const given = originals.map((p) => Buffer.from(p))
+      const locs = [wal.append(1, given[0], true)]
+      expect(given[0].length).toBe(4096) // not written yet: still held
+      for (const p of given.slice(1)) locs.push(wal.append(1, p, true))
+      await wal.sync()
+      // The oldest left the cache and were written: freed. The newest are still cached.
+      expect(given.slice(0, 100).every((p) => p.length === 0)).toBe(true)
+      expect(given.slice(-100).every((p) => p.length === 4096)).toBe(true)
+      for (const i of [0, 1000, 2047]) expect((await wal.read(locs[i])).equals(originals[i])).toBe(true)
+    } finally {
+      await wal.close()
+      tmp.cleanup()
+    }
+  })
+
   it('writes a queue of 1 MiB or more at the end of the turn (after the replies), and one of 8 MiB at once', async () => {
     const keys = new RepoKeys(randomBytes(32), 'test-repo')
     const tmp = tempDir('s0fs-wal-')
@@ -54,7 +76,7 @@ describe('write-ahead log read-back', () => {
       const frames = () => wal.stats.frames
       const start = frames()
       const first = randomBytes(1024 * 1024)
-      const loc = wal.append(1, first, true)
+      const loc = wal.append(1, Buffer.from(first), true)
       expect(frames()).toBe(start) // queued, not written yet...
       expect((await wal.read(loc)).equals(first)).toBe(true) // ...yet readable
       await new Promise((resolve) => setImmediate(resolve))
