@@ -3,6 +3,7 @@ import { LRUCache } from 'lru-cache'
 import { pack, unpack } from 'msgpackr'
 import type { RepoKeys } from '../crypto/index.js'
 import { bodyLength, listAll, NotFoundError, type ObjectStore } from '../store/index.js'
+import { garbageMade } from '../util/gc-pacer.js'
 import { freeBuffer } from '../util/native.js'
 import { Arenas } from './arenas.js'
 import { BlobIndex } from './blob-index.js'
@@ -28,7 +29,12 @@ export interface BlobStoreOptions {
    * encoding, which otherwise stalls the stream's sequential stage.
    */
   localChunker?: Chunker
-  /** Seal a segment once it reaches this many bytes. */
+  /**
+   * Seal a segment once it reaches this many bytes (default 4 MiB). The open
+   * segment and those uploading are held in memory: with 8 MiB, tar's final
+   * flush peaked 10 MiB higher (154-162 against 144-149 MiB), for half the
+   * PUTs of a large file.
+   */
   segmentSize?: number
   /** Sealed segments allowed in memory while they upload; writers wait beyond this. */
   maxUploads?: number
@@ -125,7 +131,7 @@ export class BlobStore {
     private readonly keys: RepoKeys,
     private readonly options: BlobStoreOptions,
   ) {
-    this.segmentSize = options.segmentSize ?? 8 * 1024 * 1024
+    this.segmentSize = options.segmentSize ?? 4 * 1024 * 1024
     this.maxUploads = options.maxUploads ?? 2
     this.source = options.source ?? {
       read: (seg, off, len) => store.get(segmentKey(seg), { start: off, end: off + len }),
@@ -397,6 +403,8 @@ export class BlobStore {
       const blob = openBlob(this.keys, ref.id, sealed, ref.raw, inPlace)
       this.stats.blobsDecoded++
       if (keep) this.decoded.set(cacheKey, blob)
+      // Read from the source: a buffer of its own that is garbage once the cache lets go of the blob.
+      if (inPlace) garbageMade(sealed.length)
       return blob
     } catch (err) {
       throw new BlobReadError(at, err)

@@ -100,7 +100,7 @@ export class S3Store implements ObjectStore {
   async put(key: string, body: Body): Promise<PutResult> {
     const data = joinBody(body)
     const result = data.length > (this.options.multipartThreshold ?? DEFAULT_MULTIPART_THRESHOLD) ? await this.putMultipart(key, data) : await this.putObject(key, data, {})
-    // A segment's parts were joined into a copy of our own (8 MiB): free it now rather than at V8's next collection.
+    // A segment's parts were joined into a copy of our own (a few MiB): free it now rather than at V8's next collection.
     if (data !== body) freeBuffer(data)
     return result
   }

@@ -62,7 +62,7 @@ export interface StoreCounters {
 /**
  * An object's bytes for `put`: one buffer, or parts written back to back. A
  * segment is a few hundred sealed blobs; handing them over as parts spares
- * joining 8 MiB into a fresh buffer for every segment (a file store writes
+ * joining several MiB into a fresh buffer for every segment (a file store writes
  * them with writev).
  */
 export type Body = Buffer | readonly Buffer[]

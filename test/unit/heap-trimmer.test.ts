@@ -1,5 +1,6 @@
 import { afterEach, describe, expect, it, vi } from 'vitest'
 import { startHeapTrimmer } from '../../src/mount/runtime.js'
+import { garbageMade } from '../../src/util/gc-pacer.js'
 import { nativeAddon } from '../../src/util/native.js'
 
 describe('heap trimmer', () => {
@@ -37,5 +38,27 @@ describe('heap trimmer', () => {
     if (process.env.S0FS_NATIVE === '0') return expect(addon).toBeUndefined()
     expect(addon).toBeDefined()
     expect(typeof addon!.trimHeap()).toBe('boolean')
+  })
+})
+
+describe('garbage pacer', () => {
+  it('asks for an asynchronous full collection after every 16 MiB noted, and does nothing without an exposed gc', () => {
+    const g = globalThis as { gc?: unknown }
+    const saved = g.gc
+    try {
+      delete g.gc
+      expect(() => garbageMade(64 * 1024 * 1024)).not.toThrow()
+      const gc = vi.fn()
+      g.gc = gc
+      for (let i = 0; i < 15; i++) garbageMade(1024 * 1024)
+      expect(gc).not.toHaveBeenCalled()
+      garbageMade(1024 * 1024)
+      expect(gc).toHaveBeenCalledTimes(1)
+      expect(gc).toHaveBeenCalledWith({ type: 'major', execution: 'async' })
+      for (let i = 0; i < 16; i++) garbageMade(1024 * 1024)
+      expect(gc).toHaveBeenCalledTimes(2)
+    } finally {
+      g.gc = saved
+    }
   })
 })
