@@ -18,7 +18,8 @@ import { nativeAddon } from '../util/native.js'
  *   and a munmap.
  * - `--expose-gc`: blob worker threads collect their young generation after
  *   each encode batch (src/blob/worker.ts), which their isolates otherwise did
- *   too rarely: ~50 MiB off the peak of tar's commit and of a 512 MiB dd.
+ *   too rarely: ~50 MiB off the peak of tar's commit and of a 512 MiB dd; and
+ *   the daemon paces full collections by bytes read (src/util/gc-pacer.ts).
  * - 16 libuv threads: /dev/fuse reads block a thread each.
  */
 export const DAEMON_NODE_FLAGS = ['--max-semi-space-size=2', '--heap-growing-percent=10', '--expose-gc']
