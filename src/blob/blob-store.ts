@@ -551,12 +551,13 @@ export class ChunkedWriter {
   private readonly inFlight: Promise<PlacedChunk[]>[] = []
   private readonly done: PlacedChunk[] = []
   /**
-   * The stream's piece buffers, reused once free (through BlobStore.spares,
-   * shared with the next file's writer and small-file batches): a 512 MiB file is ~250
-   * pieces, and a fresh 2 MiB buffer each (zeroed by the allocator, freed
-   * whenever the garbage collector gets to it) left the C heap a patchwork
-   * of them. A piece is free when its encoding has settled and the tail it
-   * carried has been copied into the next piece: `holds` counts those two.
+   * The stream's piece buffers, handed back once free (BlobStore.doneWith:
+   * freed at once, or kept as a spare shared with the next writer and with
+   * small-file batches): a 512 MiB file is ~250 pieces, and a fresh buffer
+   * each, freed whenever the garbage collector got to it, left the C heap a
+   * patchwork of them. A piece is free when its encoding has settled and the
+   * tail it carried has been copied into the next piece (or the stream has
+   * ended): `holds` counts those two.
    */
   private readonly holds = new Map<ArrayBufferLike, number>()
   private carrySab?: ArrayBufferLike
@@ -586,6 +587,8 @@ export class ChunkedWriter {
       await this.submit(sab, at, true)
     }
     while (this.inFlight.length) this.done.push(...(await this.inFlight.shift()!))
+    if (this.carrySab) this.release(this.carrySab) // no next piece will copy from it
+    this.carrySab = undefined
     await this.blobs.waitForUploadRoom()
     return this.done
   }

@@ -3,6 +3,9 @@ import type { RepoKeys } from '../crypto/index.js'
 import { nativeAddon, type NativeAddon } from '../util/native.js'
 import type { BlobEncoder, EncodedChunk } from './pool.js'
 
+const ID_BYTES = 32
+const EMPTY = Buffer.alloc(0)
+
 /**
  * Encodes blobs on the libuv thread pool with the native addon
  * (native/src/encode.c): the same bytes as the blob worker threads make, and
@@ -13,9 +16,6 @@ import type { BlobEncoder, EncodedChunk } from './pool.js'
  * At most `concurrency` batches run at once: the thread pool also serves the
  * portal's file I/O, which must not queue behind a backlog of encoding.
  */
-const ID_BYTES = 32
-const EMPTY = Buffer.alloc(0)
-
 export class NativeEncoder implements BlobEncoder {
   private running = 0
   private readonly waiting: (() => void)[] = []

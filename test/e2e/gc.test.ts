@@ -75,8 +75,9 @@ for (const [label, make] of backends) {
     }, 300_000)
 
     it('repacks a mostly dead segment; a running mount and later reads follow the moved blobs', async () => {
-      const dead = randomBytes(3 * 1024 * 1024)
-      const live = randomBytes(1024 * 1024)
+      // Together under one segment's 4 MiB, the live part under half of it.
+      const dead = randomBytes(2.5 * 1024 * 1024)
+      const live = randomBytes(512 * 1024)
       const dir = path.join(ctx.backend.home, 'pair')
       mkdirSync(dir)
       writeFileSync(path.join(dir, 'dead.bin'), dead)
