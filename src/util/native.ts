@@ -21,6 +21,8 @@ export interface NativeAddon {
   gcmSeal(key: Buffer, nonce: Buffer, aad: Buffer, parts: Buffer[], out: Buffer, at: number): number
   /** AES-256-GCM: decrypts `ciphertext` into `out`; false when the tag does not check out. */
   gcmOpen(key: Buffer, nonce: Buffer, aad: Buffer, ciphertext: Buffer, tag: Buffer, out: Buffer): boolean
+  /** Frees a buffer's memory now by detaching its ArrayBuffer (views then read as empty); false if it cannot be. */
+  detachBuffer?(buffer: Uint8Array): boolean
   /**
    * Encodes each [start, end) pair of `ranges` (offsets into `data`) as one blob on the libuv thread
    * pool, as src/blob/codec.ts's encodeBlob does, blob i sealed under nonce counter + i. Resolves to
@@ -28,8 +30,6 @@ export interface NativeAddon {
    * back, and per blob (offset, length, raw length) into the latter, length -1 for an all-zero blob.
    * `data` must not change until it settles.
    */
-  /** Frees a buffer's memory now by detaching its ArrayBuffer (views then read as empty); false if it cannot be. */
-  detachBuffer?(buffer: Uint8Array): boolean
   encodeBlobs?(
     data: Uint8Array,
     ranges: Float64Array,

@@ -4,12 +4,22 @@ import { RepoKeys } from '../../src/crypto/index.js'
 import { Wal } from '../../src/portal/index.js'
 import { tempDir } from '../helpers/stores.js'
 
+/** A fresh log in a temporary directory for `body`, closed and removed afterwards. */
+async function withWal(body: (wal: Wal) => Promise<void>): Promise<void> {
+  const keys = new RepoKeys(randomBytes(32), 'test-repo')
+  const tmp = tempDir('s0fs-wal-')
+  const wal = await Wal.create(tmp.dir, keys, { volumeId: 'v', session: 's', baseGeneration: 0 })
+  try {
+    await body(wal)
+  } finally {
+    await wal.close()
+    tmp.cleanup()
+  }
+}
+
 describe('write-ahead log read-back', () => {
   it('reads a written-data record back by decrypting only that record, whatever shared its turn', async () => {
-    const keys = new RepoKeys(randomBytes(32), 'test-repo')
-    const tmp = tempDir('s0fs-wal-')
-    const wal = await Wal.create(tmp.dir, keys, { volumeId: 'v', session: 's', baseGeneration: 0 })
-    try {
+    await withWal(async (wal) => {
       // 8 MiB of 4 KiB records (more than the in-memory read-back cache holds), each next to a metadata record.
       const payloads = Array.from({ length: 2048 }, () => randomBytes(4096))
       const locs = payloads.map((p) => {
@@ -40,17 +50,11 @@ describe('write-ahead log read-back', () => {
       expect(seen.every(Boolean)).toBe(true)
       // ~8.6 MiB of log (records and the metadata between them) in reads of at most 1 MiB.
       expect(wal.stats.preads - preads).toBeLessThan(20)
-    } finally {
-      await wal.close()
-      tmp.cleanup()
-    }
+    })
   })
 
   it('frees a read-back payload once it is written and out of the read-back cache, and reads it back from disk', async () => {
-    const keys = new RepoKeys(randomBytes(32), 'test-repo')
-    const tmp = tempDir('s0fs-wal-')
-    const wal = await Wal.create(tmp.dir, keys, { volumeId: 'v', session: 's', baseGeneration: 0 })
-    try {
+    await withWal(async (wal) => {
       // 8 MiB of 4 KiB records: twice what the read-back cache holds.
       const originals = Array.from({ length: 2048 }, () => randomBytes(4096))
       const given = originals.map((p) => Buffer.from(p))
@@ -62,17 +66,11 @@ describe('write-ahead log read-back', () => {
       expect(given.slice(0, 100).every((p) => p.length === 0)).toBe(true)
       expect(given.slice(-100).every((p) => p.length === 4096)).toBe(true)
       for (const i of [0, 1000, 2047]) expect((await wal.read(locs[i])).equals(originals[i])).toBe(true)
-    } finally {
-      await wal.close()
-      tmp.cleanup()
-    }
+    })
   })
 
   it('writes a queue of 1 MiB or more at the end of the turn (after the replies), and one of 8 MiB at once', async () => {
-    const keys = new RepoKeys(randomBytes(32), 'test-repo')
-    const tmp = tempDir('s0fs-wal-')
-    const wal = await Wal.create(tmp.dir, keys, { volumeId: 'v', session: 's', baseGeneration: 0 })
-    try {
+    await withWal(async (wal) => {
       const frames = () => wal.stats.frames
       const start = frames()
       const first = randomBytes(1024 * 1024)
@@ -86,10 +84,7 @@ describe('write-ahead log read-back', () => {
       wal.append(1, randomBytes(1024 * 1024), true)
       expect(frames()).toBe(start + 9) // the eighth MiB writes all eight at once
       await wal.sync()
-    } finally {
-      await wal.close()
-      tmp.cleanup()
-    }
+    })
   })
 
   it('recovers interleaved metadata and data records of every size in the order they were appended', async () => {
@@ -122,10 +117,7 @@ describe('write-ahead log read-back', () => {
   })
 
   it('finishes syncs that were waiting on a file when a rotation closes it, and syncs that file before later ones return', async () => {
-    const keys = new RepoKeys(randomBytes(32), 'test-repo')
-    const tmp = tempDir('s0fs-wal-')
-    const wal = await Wal.create(tmp.dir, keys, { volumeId: 'v', session: 's', baseGeneration: 0 })
-    try {
+    await withWal(async (wal) => {
       // A commit rotates the log while writers' fsyncs queue up behind one another (a load soak hit EBADF here).
       for (let i = 0; i < 30; i++) {
         wal.append(1, randomBytes(100), true)
@@ -138,9 +130,6 @@ describe('write-ahead log read-back', () => {
         await Promise.all([first, second, third])
       }
       expect(wal.stats.syncs).toBe(90)
-    } finally {
-      await wal.close()
-      tmp.cleanup()
-    }
+    })
   })
 })
