@@ -355,7 +355,7 @@ export class BlobStore {
   async readRangeInto(ref: BlobRef, from: number, to: number, into: Buffer, at: number, keep = true): Promise<void> {
     const blob = await this.opened(ref, keep)
     try {
-      blob.copyInto(from, to, into, at)
+      blob.copyInto(from, to, into, at, keep)
     } catch (err) {
       throw new BlobReadError(ref, err)
     }
