@@ -50,6 +50,8 @@ const BATCH_DELAY_MS = 2
 const RUN_GAP = 16 * 1024
 /** ...up to this many bytes per pread. */
 const RUN_BYTES = 1024 * 1024
+/** readEach's reused buffer: a run, or one frame a little over RUN_BYTES (a 1 MiB WRITE's record and its overheads). */
+const RUN_SCRATCH = RUN_BYTES + 64 * 1024
 
 export interface WalHeader {
   volumeId: string
@@ -326,6 +328,7 @@ export class Wal {
         if (!payload) throw new WalCorruptError(`log record ${seq} is missing from its frame`)
         visit(i, payload)
       }
+      if (run.buffer !== this.runScratch?.buffer) freeBuffer(run)
     }
   }
 
@@ -497,6 +500,7 @@ export class Wal {
     try {
       writeFully(file.fd, out.subarray(0, used), file.size)
     } catch (err) {
+      this.doneWithFrames(out)
       if ((err as NodeJS.ErrnoException).code === 'ENOSPC') {
         // Disk full: keep the records (already acknowledged) in memory and try again later.
         // The partial frames at the end of the file are overwritten by the retry.
@@ -510,6 +514,7 @@ export class Wal {
       this.failed = err as Error
       throw err
     }
+    this.doneWithFrames(out)
     this.stall = undefined
     file.size = pos
     file.maxSeq = batch[batch.length - 1].seq
@@ -528,11 +533,12 @@ export class Wal {
    * counts memory outside its heap only every 64 MiB), and the daemon's
    * resident set grew by as much during every large flush. One buffer is
    * enough: readEach does not await between reading a run and visiting its
-   * records, and visitors keep nothing.
+   * records, and visitors keep nothing. A larger frame gets a buffer of its
+   * own, freed once visited.
    */
   private runBuffer(bytes: number): Buffer {
-    if (bytes > RUN_BYTES) return Buffer.allocUnsafe(bytes)
-    this.runScratch ??= Buffer.allocUnsafeSlow(RUN_BYTES)
+    if (bytes > RUN_SCRATCH) return Buffer.allocUnsafe(bytes)
+    this.runScratch ??= Buffer.allocUnsafeSlow(RUN_SCRATCH)
     return this.runScratch.subarray(0, bytes)
   }
 
@@ -545,6 +551,16 @@ export class Wal {
     if (bytes > FRAME_SCRATCH) return Buffer.allocUnsafe(bytes)
     this.frameScratch ??= Buffer.allocUnsafeSlow(FRAME_SCRATCH)
     return this.frameScratch
+  }
+
+  /**
+   * A batch's frames are written (or will be sealed again): a larger batch's
+   * buffer of its own is freed now. Large writes queue up to MAX_QUEUED_BYTES
+   * at a time, and fio's random writes through the kernel's writeback cache
+   * left one such buffer per batch to V8 — over 2 GiB in 20 s.
+   */
+  private doneWithFrames(out: Buffer): void {
+    if (out !== this.frameScratch) freeBuffer(out)
   }
 
   /**

@@ -69,6 +69,23 @@ describe('write-ahead log read-back', () => {
     })
   })
 
+  it('reads back records larger than its reused buffers, and a batch of them, after they left the read-back cache', async () => {
+    await withWal(async (wal) => {
+      // A 1 MiB WRITE's frame fits the reused read buffer; 1.5 and 3 MiB ones get buffers of their own, freed once visited.
+      const sizes = [1024 * 1024, 1536 * 1024, 3 * 1024 * 1024, 1024 * 1024 + 100]
+      const originals = sizes.map((n) => randomBytes(n))
+      const locs = originals.map((p) => wal.append(1, Buffer.from(p), true))
+      // 8 MiB more pushes them out of the read-back cache, in a batch larger than the write buffer.
+      for (let i = 0; i < 8; i++) wal.append(1, randomBytes(1024 * 1024), true)
+      await wal.sync()
+      const seen = new Map<number, Buffer>()
+      await wal.readEach(locs, (i, payload) => seen.set(i, Buffer.from(payload)))
+      expect(originals.every((p, i) => seen.get(i)?.equals(p))).toBe(true)
+      // Twice: nothing the first pass freed is read again.
+      for (const [i, loc] of locs.entries()) expect((await wal.read(loc)).equals(originals[i])).toBe(true)
+    })
+  })
+
   it('writes a queue of 1 MiB or more at the end of the turn (after the replies), and one of 8 MiB at once', async () => {
     await withWal(async (wal) => {
       const frames = () => wal.stats.frames
