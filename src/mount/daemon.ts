@@ -34,6 +34,8 @@ export interface DaemonOptions {
   allowOther?: boolean
   /** Let the kernel buffer writes (FUSE_WRITEBACK_CACHE; see AdapterOptions.writebackCache). */
   writebackCache?: boolean
+  /** false: extended attributes off (see AdapterOptions.xattrs). */
+  xattrs?: boolean
   /** Microseconds to keep reading /dev/fuse after each request (see MountOptions.busyPollUs). */
   busyPollUs?: number
   /** Create the volume if it does not exist. */
@@ -184,7 +186,7 @@ export class MountDaemon {
       fsync: () => this.fsync(),
       onError: (op, err) => log.error('operation failed', { op, error: (err as Error).message }),
       onInit: () => void this.tuneKernelCache(),
-    }, { writebackCache: o.writebackCache })
+    }, { writebackCache: o.writebackCache, xattrs: o.xattrs })
     // Changes made through the control socket bypass the kernel: make it forget what they touched.
     this.files = new VolumeFiles(this.session.fs, {
       onChange: (change) => {

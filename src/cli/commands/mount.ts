@@ -45,6 +45,10 @@ export const mountCommand: Command = {
       type: 'boolean',
       description: "let the kernel buffer writes until close or fsync (much faster small random writes; a daemon crash loses what was written to still-open files since their last fsync)",
     },
+    'no-xattrs': {
+      type: 'boolean',
+      description: 'switch extended attributes off (programs get EOPNOTSUPP): spares the kernel a getxattr round trip before each new file\'s first write and each chown (tar -x ~13% faster)',
+    },
     'busy-poll': {
       type: 'string',
       value: 'MICROSECONDS',
@@ -115,6 +119,7 @@ export const mountCommand: Command = {
         cacheBytes,
         allowOther: !!ctx.values['allow-other'],
         writebackCache: !!ctx.values['writeback-cache'],
+        xattrs: !ctx.values['no-xattrs'],
         busyPollUs: busyPoll,
         create: !!ctx.values.create || (isDefault && volume === 'default'),
         commitIntervalMs: interval * 1000,
