@@ -30,6 +30,8 @@ export interface BenchContext {
   quick: boolean
   /** Whether `echo 3 > /proc/sys/vm/drop_caches` works here (needs root). */
   canDropCaches: boolean
+  /** Added to every `s0fs mount` of the run (`--mount-options`). */
+  mountOptions: string[]
 }
 
 /** Request counts and bytes the daemon's object store saw. */
@@ -76,7 +78,7 @@ export interface Target {
   finish(): Promise<FinishInfo>
 }
 
-export function prepareContext(options: { repo?: string; quick: boolean }): BenchContext {
+export function prepareContext(options: { repo?: string; quick: boolean; mountOptions?: string[] }): BenchContext {
   const work = mkdtempSync(path.join(process.env.S0FS_BENCH_DIR ?? tmpdir(), 's0fs-bench-'))
   const runDir = path.join(work, 'run')
   mkdirSync(runDir, { recursive: true })
@@ -89,7 +91,7 @@ export function prepareContext(options: { repo?: string; quick: boolean }): Benc
     delete env.S0FS_PASSPHRASE
     s0fs(env, ['init', '--repo', repo])
   }
-  return { work, repo, env, runDir: path.join(runDir, 's0fs'), quick: options.quick, canDropCaches: tryDropCaches() }
+  return { work, repo, env, runDir: path.join(runDir, 's0fs'), quick: options.quick, canDropCaches: tryDropCaches(), mountOptions: options.mountOptions ?? [] }
 }
 
 export function s0fs(env: NodeJS.ProcessEnv, args: string[]): string {
@@ -163,7 +165,7 @@ export class S0fsTarget implements Target {
   }
 
   private mountNow(extra: string[]): void {
-    s0fs(this.ctx.env, ['mount', '--repo', this.ctx.repo, this.volume, this.dir, '--cache-dir', this.portal, ...extra])
+    s0fs(this.ctx.env, ['mount', '--repo', this.ctx.repo, this.volume, this.dir, '--cache-dir', this.portal, ...this.ctx.mountOptions, ...extra])
   }
 
   /** Commits, records the daemon's counters and peak RSS, and unmounts (the final commit's requests are counted too). */

@@ -47,6 +47,8 @@ export interface Report {
   date: string
   machine: { cpus: number; memory_gib: number; kernel: string; node: string }
   repository: string
+  /** Options given to every s0fs mount of the run (`--mount-options`), when any. */
+  mount_options?: string[]
   page_cache_dropped: boolean
   workloads: Record<string, WorkloadReport>
   targets: TargetCheck[]
@@ -159,7 +161,8 @@ export function markdown(report: Report): string {
   lines.push(`# s0fs benchmark — ${report.date}`, '')
   lines.push(
     `Machine: ${report.machine.cpus} CPUs, ${report.machine.memory_gib} GiB, Linux ${report.machine.kernel}, Node ${report.machine.node}. ` +
-      `Repository: \`${report.repository}\`. Page cache dropped before cold steps: ${report.page_cache_dropped ? 'yes' : 'no (needs root)'}.`,
+      `Repository: \`${report.repository}\`. Page cache dropped before cold steps: ${report.page_cache_dropped ? 'yes' : 'no (needs root)'}.` +
+      (report.mount_options?.length ? ` Every s0fs mount had \`${report.mount_options.join(' ')}\`.` : ''),
     '',
   )
   const rclone = report.compared?.rclone

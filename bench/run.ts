@@ -40,7 +40,7 @@ const RCLONE_NOTE =
   "s0fs's write figures stop the clock when fsync returns, i.e. when the data is in its local log (default `--sync local`); its commit to the bucket is likewise untimed (the harness commits before each cold step). " +
   "rclone's cold steps remount it (and drop the page cache); reads from the bucket (`read_cold_bucket`) also empty rclone's VFS cache first, as s0fs's portal is emptied."
 
-const USAGE = `Usage: s0fs bench [--repo URL] [--workload NAMES] [--compare TOOLS] [--out DIR] [--json] [--quick]
+const USAGE = `Usage: s0fs bench [--repo URL] [--workload NAMES] [--compare TOOLS] [--mount-options OPTS] [--out DIR] [--json] [--quick]
 
 Runs each workload on a fresh s0fs volume and on a local directory in the same
 run, and prints s0fs's figures next to local disk's.
@@ -50,6 +50,9 @@ run, and prints s0fs's figures next to local disk's.
   --compare TOOLS   also run each workload that has a local-disk counterpart on these, comma-separated, from:
                     rclone (rclone mount of a directory on the local disk, --vfs-cache-mode full;
                     needs the rclone command: apt-get install rclone)
+  --mount-options OPTS
+                    add these options to every s0fs mount, space-separated
+                    (e.g. --mount-options=--no-xattrs); the report records them
   --out DIR         where report.json, report.md and ratios.svg go (default: ./bench-results)
   --json            print the report as JSON instead of the table
   --quick           small sizes and short runs: checks the harness, measures nothing meaningful
@@ -64,7 +67,7 @@ tool cannot run is reported as such, not as a failure. Exit status: 0 done,
 `
 
 export async function runBench(argv: string[]): Promise<number> {
-  let values: { repo?: string; workload?: string; compare?: string; out?: string; json?: boolean; quick?: boolean; help?: boolean }
+  let values: { repo?: string; workload?: string; compare?: string; 'mount-options'?: string; out?: string; json?: boolean; quick?: boolean; help?: boolean }
   try {
     values = parseArgs({
       args: argv,
@@ -72,6 +75,7 @@ export async function runBench(argv: string[]): Promise<number> {
         repo: { type: 'string' },
         workload: { type: 'string' },
         compare: { type: 'string' },
+        'mount-options': { type: 'string' },
         out: { type: 'string' },
         json: { type: 'boolean', default: false },
         quick: { type: 'boolean', default: false },
@@ -102,6 +106,11 @@ export async function runBench(argv: string[]): Promise<number> {
     process.stderr.write(`s0fs bench: unknown --compare tool ${unknownTools.map((n) => JSON.stringify(n)).join(', ')} (known: ${COMPARE_TOOLS.join(', ')})\n`)
     return 2
   }
+  const mountOptions = (values['mount-options'] ?? '').split(/\s+/).filter(Boolean)
+  if (mountOptions.length && !mountOptions[0].startsWith('--')) {
+    process.stderr.write(`s0fs bench: --mount-options takes s0fs mount options such as --no-xattrs, not ${JSON.stringify(mountOptions[0])}\n`)
+    return 2
+  }
   const compared: Report['compared'] = {}
   if (compare.includes('rclone')) {
     const version = RcloneTarget.version()
@@ -113,11 +122,12 @@ export async function runBench(argv: string[]): Promise<number> {
   }
   const out = path.resolve(values.out ?? 'bench-results')
   const progress = new ProgressLine(process.stderr)
-  const ctx = prepareContext({ repo: values.repo, quick: values.quick ?? false })
+  const ctx = prepareContext({ repo: values.repo, quick: values.quick ?? false, mountOptions })
   const report: Report = {
     date: new Date().toISOString(),
     machine: { cpus: os.availableParallelism(), memory_gib: Math.round(os.totalmem() / 2 ** 30), kernel: os.release(), node: process.version },
     repository: values.repo ?? 'file:// (temporary)',
+    ...(mountOptions.length ? { mount_options: mountOptions } : {}),
     page_cache_dropped: ctx.canDropCaches,
     workloads: {},
     targets: [],

@@ -74,6 +74,20 @@ describe('s0fs bench', () => {
     }
   }, 300_000)
 
+  it('adds --mount-options to every s0fs mount and records them in the report', async () => {
+    const dir = mkdtempSync(path.join(tmpdir(), 's0fs-bench-opts-'))
+    try {
+      const r = await runCli(['bench', '--quick', '--workload', 'tar', '--mount-options=--no-xattrs --busy-poll 0', '--out', dir, '--json'], { timeoutMs: 240_000 })
+      expect(r.code, r.stderr).toBe(0)
+      const report = JSON.parse(readFileSync(path.join(dir, 'report.json'), 'utf8'))
+      expect(report.mount_options).toEqual(['--no-xattrs', '--busy-poll', '0'])
+      expect(report.workloads.tar.s0fs.tree_matches).toBe(true)
+      expect(readFileSync(path.join(dir, 'report.md'), 'utf8')).toContain('Every s0fs mount had `--no-xattrs --busy-poll 0`.')
+    } finally {
+      rmSync(dir, { recursive: true, force: true })
+    }
+  }, 300_000)
+
   it('rejects an unknown --compare tool, and a missing rclone, with exit status 2', async () => {
     const r = await runCli(['bench', '--workload', 'small', '--compare', 'rclone,nosuch', '--out', out])
     expect(r.code).toBe(2)
@@ -81,6 +95,12 @@ describe('s0fs bench', () => {
     const missing = await runCli(['bench', '--workload', 'small', '--compare', 'rclone', '--out', out], { env: { PATH: '/nonexistent' } })
     expect(missing.code).toBe(2)
     expect(missing.stderr).toMatch(/rclone .*not installed.*apt-get install rclone/)
+  })
+
+  it('rejects --mount-options that do not start with --, with exit status 2', async () => {
+    const r = await runCli(['bench', '--workload', 'small', '--mount-options=no-xattrs', '--out', out])
+    expect(r.code).toBe(2)
+    expect(r.stderr).toMatch(/--mount-options takes s0fs mount options such as --no-xattrs, not "no-xattrs"/)
   })
 
   it('rejects an unknown workload with exit status 2, naming it and the known ones', async () => {
