@@ -47,7 +47,7 @@ export const mountCommand: Command = {
     },
     'no-xattrs': {
       type: 'boolean',
-      description: 'switch extended attributes off (programs get EOPNOTSUPP): spares the kernel a getxattr round trip before each new file\'s first write and each chown (tar -x ~13% faster)',
+      description: 'switch extended attributes off (programs get EOPNOTSUPP): spares the kernel a getxattr round trip before each new file\'s first write and each chown (tar -x 15-20% faster here)',
     },
     'busy-poll': {
       type: 'string',
