@@ -500,7 +500,6 @@ export class Wal {
     try {
       writeFully(file.fd, out.subarray(0, used), file.size)
     } catch (err) {
-      this.doneWithFrames(out)
       if ((err as NodeJS.ErrnoException).code === 'ENOSPC') {
         // Disk full: keep the records (already acknowledged) in memory and try again later.
         // The partial frames at the end of the file are overwritten by the retry.
@@ -513,8 +512,12 @@ export class Wal {
       // Any other write error poisons the log: nothing later may be acknowledged.
       this.failed = err as Error
       throw err
+    } finally {
+      // Written, or to be sealed again from the records: a batch larger than the scratch had a buffer of
+      // its own (large writes queue up to MAX_QUEUED_BYTES), freed now. Left to V8, fio's random writes
+      // through the kernel's writeback cache piled up over 2 GiB of them in 20 s.
+      if (out !== this.frameScratch) freeBuffer(out)
     }
-    this.doneWithFrames(out)
     this.stall = undefined
     file.size = pos
     file.maxSeq = batch[batch.length - 1].seq
@@ -551,16 +554,6 @@ export class Wal {
     if (bytes > FRAME_SCRATCH) return Buffer.allocUnsafe(bytes)
     this.frameScratch ??= Buffer.allocUnsafeSlow(FRAME_SCRATCH)
     return this.frameScratch
-  }
-
-  /**
-   * A batch's frames are written (or will be sealed again): a larger batch's
-   * buffer of its own is freed now. Large writes queue up to MAX_QUEUED_BYTES
-   * at a time, and fio's random writes through the kernel's writeback cache
-   * left one such buffer per batch to V8 — over 2 GiB in 20 s.
-   */
-  private doneWithFrames(out: Buffer): void {
-    if (out !== this.frameScratch) freeBuffer(out)
   }
 
   /**
