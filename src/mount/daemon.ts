@@ -106,6 +106,9 @@ export class MountDaemon {
   private timer?: NodeJS.Timeout
   private stopTrimmer?: () => void
   private stopping?: Promise<void>
+  /** A signal that arrived while start() was still running: acted on once it is done. */
+  private stopAsked?: string
+  private running = false
   private resolveDone!: () => void
   /** Resolves once the daemon has stopped (unmounted, committed, released). */
   readonly done = new Promise<void>((resolve) => (this.resolveDone = resolve))
@@ -131,6 +134,14 @@ export class MountDaemon {
   async start(): Promise<void> {
     const o = this.options
     const log = o.log
+    // Listening from the first moment: a supervisor may send SIGTERM as soon as the mount appears, and
+    // before start() is done, and the default action would kill the daemon and leave a dead mount behind.
+    for (const signal of ['SIGTERM', 'SIGINT', 'SIGHUP'] as const) {
+      process.on(signal, () => {
+        if (this.running) void this.stop(signal)
+        else this.stopAsked ??= signal
+      })
+    }
     await fsp.mkdir(o.mountpoint, { recursive: true }).catch(() => undefined)
     this.canonical = canonicalMountpoint(o.mountpoint)
     const state = await mountState(this.canonical)
@@ -232,8 +243,9 @@ export class MountDaemon {
     }
     if (!this.session.readOnly) this.timer = setInterval(() => void this.tick(), TICK_MS)
     this.stopTrimmer = startHeapTrimmer(() => Date.now() - this.lastRequest)
-    for (const signal of ['SIGTERM', 'SIGINT', 'SIGHUP'] as const) process.on(signal, () => void this.stop(signal))
+    this.running = true
     log.info('mounted', { volume: o.snapshot ? `${o.volume}@${o.snapshot}` : o.volume, mountpoint: o.mountpoint, readOnly: this.session.readOnly })
+    if (this.stopAsked) void this.stop(this.stopAsked)
   }
 
   /**

@@ -134,6 +134,28 @@ describe('mount life cycle', () => {
     }
   }, 120_000)
 
+  it('a SIGTERM the moment the mount appears still unmounts cleanly', async () => {
+    // Supervisors signal as soon as they see the mount; the daemon may still be finishing its start.
+    const mountpoint = path.join(files.backend.home, 'mnt-early-term')
+    mkdirSync(mountpoint)
+    const daemon = spawn(process.execPath, [BIN, ...mountArgs('early-term', mountpoint, '--create', '--foreground')], {
+      env: { ...process.env, S0FS_KEY_FILE: undefined, ...files.backend.env },
+      stdio: ['ignore', 'ignore', 'pipe'],
+    })
+    let log = ''
+    daemon.stderr.on('data', (d) => (log += d))
+    const exited = new Promise<number | null>((resolve) => daemon.on('close', resolve))
+    try {
+      for (let i = 0; i < 2000 && (await mountState(canonicalMountpoint(mountpoint))) !== 'mounted'; i++) await sleep(5)
+      daemon.kill('SIGTERM')
+      expect(await exited, log).toBe(0)
+      expect(await mountState(canonicalMountpoint(mountpoint))).toBe('none')
+    } finally {
+      daemon.kill('SIGKILL')
+      forceUnmount(mountpoint)
+    }
+  }, 120_000)
+
   it('cleans up a mount left dead by a killed daemon and replays its log', async () => {
     const m = track(await mountVolume(files.backend, { volume: 'dead' }))
     await mustSh(`printf 'fsynced' > ${m.mountpoint}/f && sync ${m.mountpoint}/f`)
