@@ -6,7 +6,7 @@
  */
 import { spawnSync } from 'node:child_process'
 import { randomFillSync } from 'node:crypto'
-import { closeSync, existsSync, mkdirSync, openSync, readdirSync, statSync, writeFileSync, writeSync } from 'node:fs'
+import { closeSync, existsSync, fsyncSync, mkdirSync, openSync, readdirSync, statSync, writeFileSync, writeSync } from 'node:fs'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { python, s0fs, timed, type BenchContext, type Target } from './harness.js'
@@ -47,6 +47,9 @@ function randomSource(ctx: BenchContext, name: string, bytes: number): string {
   const block = Buffer.alloc(MiB)
   try {
     for (let done = 0; done < bytes; done += block.length) writeSync(fd, randomFillSync(block), 0, Math.min(block.length, bytes - done))
+    // On disk before anything is timed: it is made inside the first measurement (s0fs's), and its 512 MiB
+    // of writeback would otherwise compete with that side's writes alone.
+    fsyncSync(fd)
   } finally {
     closeSync(fd)
   }
