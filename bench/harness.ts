@@ -422,6 +422,8 @@ export function timed(file: string, args: string[], options: { cwd?: string; env
   const t0 = performance.now()
   const r = spawnSync(file, args, { cwd: options.cwd, env: options.env ?? process.env, encoding: 'utf8', maxBuffer: 64 * 1024 * 1024, timeout: 900_000 })
   const seconds = (performance.now() - t0) / 1000
+  if ((r.error as NodeJS.ErrnoException | undefined)?.code === 'ENOENT') throw new Error(`${file} is not installed (the benchmark runs it; on Debian: apt-get install ${file})`)
+  if (r.error) throw new Error(`${file} could not run: ${r.error.message}`)
   if (r.status !== 0) throw new Error(`${file} ${args.join(' ')} failed (exit ${r.status ?? r.signal}): ${(r.stderr || r.stdout).trim().slice(-2000)}`)
   return { seconds, stdout: r.stdout }
 }
