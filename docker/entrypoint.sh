@@ -50,6 +50,9 @@ case "${1:-mount}" in
   mount)
     init
     mkdir -p "$MOUNTPOINT"
+    # The daemon sets its other runtime parameters itself (src/mount/runtime.ts); V8's young
+    # generation is sized when node starts, so it comes from here: 2 MiB, for a small resident set.
+    export NODE_OPTIONS="--max-semi-space-size=2${NODE_OPTIONS:+ $NODE_OPTIONS}"
     # shellcheck disable=SC2086 # S0FS_MOUNT_ARGS is a list of options
     exec "${S0FS[@]}" mount -f ${S0FS_MOUNT_ARGS:-} "$VOLUME" "$MOUNTPOINT"
     ;;

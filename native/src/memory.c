@@ -9,6 +9,7 @@
 // (madvise), which the daemon asks for on its 1 s tick when the gap between
 // the resident set and what it uses is large.
 #include <node_api.h>
+#include <stdint.h>
 #ifdef __GLIBC__
 #include <malloc.h>
 #endif
@@ -20,6 +21,33 @@ static napi_value TrimHeap(napi_env env, napi_callback_info info) {
 #endif
   napi_value result;
   napi_get_boolean(env, released != 0, &result);
+  return result;
+}
+
+// Sets glibc's malloc parameters from inside the process: arenas, the size
+// from which an allocation gets a mapping of its own, and how much free
+// memory at the top of the heap is kept (see src/mount/runtime.ts). The
+// daemon started by `s0fs mount` gets them from its environment before its
+// first allocation; a daemon run in the foreground by a container or a
+// service manager gets them here. Arguments: arena_max, mmap_threshold,
+// trim_threshold (0 leaves one unchanged). Returns whether all were set.
+static napi_value TuneMalloc(napi_env env, napi_callback_info info) {
+  size_t argc = 3;
+  napi_value argv[3], result;
+  bool ok = false;
+#ifdef __GLIBC__
+  int64_t v[3] = {0, 0, 0};
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) == napi_ok && argc == 3) {
+    ok = true;
+    for (int i = 0; i < 3; i++) ok = ok && napi_get_value_int64(env, argv[i], &v[i]) == napi_ok && v[i] >= 0 && v[i] <= INT32_MAX;
+    if (ok && v[0]) ok = mallopt(M_ARENA_MAX, (int)v[0]) == 1;
+    if (ok && v[1]) ok = mallopt(M_MMAP_THRESHOLD, (int)v[1]) == 1;
+    if (ok && v[2]) ok = mallopt(M_TRIM_THRESHOLD, (int)v[2]) == 1;
+  }
+#else
+  (void)info;
+#endif
+  napi_get_boolean(env, ok, &result);
   return result;
 }
 
@@ -53,6 +81,8 @@ napi_value s0fs_init_memory(napi_env env, napi_value exports) {
   napi_value fn;
   napi_create_function(env, "trimHeap", NAPI_AUTO_LENGTH, TrimHeap, NULL, &fn);
   napi_set_named_property(env, exports, "trimHeap", fn);
+  napi_create_function(env, "tuneMalloc", NAPI_AUTO_LENGTH, TuneMalloc, NULL, &fn);
+  napi_set_named_property(env, exports, "tuneMalloc", fn);
   napi_create_function(env, "detachBuffer", NAPI_AUTO_LENGTH, DetachBuffer, NULL, &fn);
   napi_set_named_property(env, exports, "detachBuffer", fn);
   return exports;

@@ -1,3 +1,5 @@
+import v8 from 'node:v8'
+import { runInNewContext } from 'node:vm'
 import { nativeAddon } from '../util/native.js'
 
 /**
@@ -11,11 +13,18 @@ import { nativeAddon } from '../util/native.js'
  *   what survived before the next one (V8's default lets it double or more,
  *   which is where most of a busy daemon's RSS went).
  * - glibc: one arena (the worker threads allocate few, large buffers),
- *   free memory at the top of the heap returned above 128 KiB, buffers
- *   under 32 MiB kept on the heap. Mapping them individually instead (a
- *   128 KiB or 1 MiB threshold) cut sequential writes from ~150 to ~25
- *   MiB/s: every 1 MiB request buffer then costs an mmap, 256 page faults
- *   and a munmap.
+ *   buffers under 32 MiB kept on the heap, and up to 64 MiB of free memory
+ *   at its top kept for reuse. Mapping buffers individually (a 128 KiB or
+ *   1 MiB threshold) cut sequential writes from ~150 to ~25 MiB/s: every
+ *   1 MiB request buffer then costs an mmap, 256 page faults and a munmap.
+ *   Returning the top of the heap above 128 KiB (as until 2026-12-02) did
+ *   the same more quietly: every buffer freed at the top went back to the
+ *   kernel and the next one faulted its pages in again (page faults were a
+ *   fifth of a cold read's CPU on this VM). Keeping 64 MiB, in alternating
+ *   `npm run bench -- --workload seq,tar,jfsbench` runs: sequential writes
+ *   263-315 -> 612-841 MiB/s, cold reads from the portal 326-404 -> 510-521,
+ *   at about the same peaks. The heap trimmer below gives the memory back
+ *   when the daemon idles or nears its budget.
  * - `--expose-gc`: blob worker threads collect their young generation after
  *   each encode batch (src/blob/worker.ts), which their isolates otherwise did
  *   too rarely: ~50 MiB off the peak of tar's commit and of a 512 MiB dd; and
@@ -24,39 +33,79 @@ import { nativeAddon } from '../util/native.js'
  */
 export const DAEMON_NODE_FLAGS = ['--max-semi-space-size=2', '--heap-growing-percent=10', '--expose-gc']
 
+const MALLOC = { arenaMax: 1, mmapThreshold: 32 * 1024 * 1024, trimThreshold: 64 * 1024 * 1024 }
+
 export const DAEMON_ENV: Record<string, string> = {
-  MALLOC_ARENA_MAX: '1',
-  MALLOC_MMAP_THRESHOLD_: String(32 * 1024 * 1024),
-  MALLOC_TRIM_THRESHOLD_: String(128 * 1024),
+  MALLOC_ARENA_MAX: String(MALLOC.arenaMax),
+  MALLOC_MMAP_THRESHOLD_: String(MALLOC.mmapThreshold),
+  MALLOC_TRIM_THRESHOLD_: String(MALLOC.trimThreshold),
   UV_THREADPOOL_SIZE: '16',
+}
+
+/**
+ * Gives a daemon started some other way — `s0fs mount -f` run by a container
+ * or a service manager — what of DAEMON_NODE_FLAGS and DAEMON_ENV can be set
+ * from inside a running process: glibc's malloc parameters, an exposed `gc`,
+ * and the heap growing factor. (The thread pool size is set by bin/s0fs.js
+ * before its first use. The young generation's size is fixed when V8 starts:
+ * `NODE_OPTIONS=--max-semi-space-size=2`, as docker/entrypoint.sh sets.)
+ */
+export function applyDaemonRuntime(): void {
+  nativeAddon()?.tuneMalloc?.(MALLOC.arenaMax, MALLOC.mmapThreshold, MALLOC.trimThreshold)
+  const g = globalThis as { gc?: unknown }
+  if (typeof g.gc !== 'function') {
+    v8.setFlagsFromString('--expose-gc')
+    g.gc = runInNewContext('gc')
+  }
+  v8.setFlagsFromString('--heap-growing-percent=10')
 }
 
 const HEAP_TRIM_IDLE_MS = 2000
 /** What the process holds besides V8's heap and Buffers when idle (code, the addon, libuv, OpenSSL): ~60 MiB. */
 const HEAP_TRIM_SLACK_BYTES = 96 * 1024 * 1024
+/** Above this resident set the heap is trimmed even while busy (the daemon's target is < 150 MiB)... */
+const HEAP_TRIM_BUDGET_BYTES = 128 * 1024 * 1024
+/** ...at most this often, and checked this often. */
+const HEAP_TRIM_BUDGET_EVERY_MS = 500
+const HEAP_TRIM_CHECK_MS = 100
 
 /**
- * Returns the C heap's free pages to the kernel once the daemon is idle (see
- * native/src/memory.c): checked every second; trims when `idleMs()` (time
- * since the last request) reaches `minIdleMs` and the resident set exceeds
- * what V8 and Buffers hold by more than `slackBytes`. Not while busy:
- * trimming every second during a 512 MiB `dd` cost a fifth of its throughput
- * (the freed pages fault back in) and barely moved its peak. Without the
- * native addon it does nothing. Returns a stop function.
+ * Returns the C heap's free pages to the kernel (see native/src/memory.c)
+ * when the daemon idles or nears its memory budget:
+ *
+ * - once `idleMs()` (time since the last request) reaches `minIdleMs` and the
+ *   resident set exceeds what V8 and Buffers hold by more than `slackBytes`
+ *   (checked every second);
+ * - while busy, only once the resident set passes `budgetBytes` (checked
+ *   every 100 ms, at most every 500 ms). Trimming every second regardless
+ *   cost a 512 MiB `dd` a fifth of its throughput (the freed pages fault
+ *   back in); below the budget the free memory is worth keeping for reuse.
+ *
+ * Without the native addon it does nothing. Returns a stop function.
  */
 export function startHeapTrimmer(
   idleMs: () => number,
-  options: { minIdleMs?: number; slackBytes?: number; trim?: () => boolean } = {},
+  options: { minIdleMs?: number; slackBytes?: number; budgetBytes?: number; rss?: () => number; trim?: () => boolean } = {},
 ): () => void {
   const trim = options.trim ?? nativeAddon()?.trimHeap
   if (!trim) return () => undefined
   const minIdle = options.minIdleMs ?? HEAP_TRIM_IDLE_MS
   const slack = options.slackBytes ?? HEAP_TRIM_SLACK_BYTES
+  const budget = options.budgetBytes ?? HEAP_TRIM_BUDGET_BYTES
+  const rss = options.rss ?? process.memoryUsage.rss
+  let checks = 0
+  let lastBudgetTrim = -Infinity
   const timer = setInterval(() => {
-    if (idleMs() < minIdle) return
+    const now = Date.now()
+    if (now - lastBudgetTrim >= HEAP_TRIM_BUDGET_EVERY_MS && rss() > budget) {
+      lastBudgetTrim = now
+      trim()
+      return
+    }
+    if (++checks % (1000 / HEAP_TRIM_CHECK_MS) !== 0 || idleMs() < minIdle) return
     const m = process.memoryUsage()
     if (m.rss - m.heapTotal - m.external > slack) trim()
-  }, 1000)
+  }, HEAP_TRIM_CHECK_MS)
   timer.unref()
   return () => clearInterval(timer)
 }

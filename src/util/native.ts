@@ -17,6 +17,8 @@ export interface NativeAddon {
   polled(handle: object): number
   /** malloc_trim(0): returns the C heap's free pages to the kernel; true if any were released. */
   trimHeap(): boolean
+  /** mallopt(): M_ARENA_MAX, M_MMAP_THRESHOLD, M_TRIM_THRESHOLD (0 leaves one as it is); false if any could not be set (not glibc). */
+  tuneMalloc?(arenaMax: number, mmapThreshold: number, trimThreshold: number): boolean
   /** AES-256-GCM: writes the ciphertext of the parts, then the tag, into `out` from `at`; returns the bytes written (-1: bad arguments). */
   gcmSeal(key: Buffer, nonce: Buffer, aad: Buffer, parts: Buffer[], out: Buffer, at: number): number
   /** AES-256-GCM: decrypts `ciphertext` into `out`; false when the tag does not check out. */

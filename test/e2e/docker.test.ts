@@ -1,5 +1,5 @@
 import { spawn } from 'node:child_process'
-import { mkdtempSync, rmSync } from 'node:fs'
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
 import { afterAll, describe, expect, it } from 'vitest'
@@ -62,6 +62,8 @@ describe('docker/', () => {
     const canonical = canonicalMountpoint(env.S0FS_MOUNTPOINT)
     for (let i = 0; i < 150 && (await mountState(canonical)) !== 'mounted'; i++) await new Promise((r) => setTimeout(r, 200))
     expect(await mountState(canonical), log).toBe('mounted')
+    // The entrypoint execs the daemon itself, with the young generation the daemon's runtime wants.
+    expect(readFileSync(`/proc/${daemon.pid}/environ`, 'utf8').split('\0')).toContain('NODE_OPTIONS=--max-semi-space-size=2')
     await mustSh(`echo from the sandbox > ${env.S0FS_MOUNTPOINT}/hello.txt`)
     daemon.kill('SIGTERM')
     expect(await exited).toBe(0)

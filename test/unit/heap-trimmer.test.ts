@@ -12,7 +12,7 @@ describe('heap trimmer', () => {
     vi.useFakeTimers()
     let idle = 0
     const trim = vi.fn(() => true)
-    const stop = startHeapTrimmer(() => idle, { minIdleMs: 2000, slackBytes: 0, trim })
+    const stop = startHeapTrimmer(() => idle, { minIdleMs: 2000, slackBytes: 0, rss: () => 0, trim })
     vi.advanceTimersByTime(5000)
     expect(trim).not.toHaveBeenCalled() // busy
     idle = 2500
@@ -26,10 +26,47 @@ describe('heap trimmer', () => {
   it('leaves a process alone that holds little beyond its heap and Buffers', () => {
     vi.useFakeTimers()
     const trim = vi.fn(() => true)
-    const stop = startHeapTrimmer(() => 60_000, { slackBytes: 64 * 1024 ** 3, trim })
+    const stop = startHeapTrimmer(() => 60_000, { slackBytes: 64 * 1024 ** 3, rss: () => 0, trim })
     vi.advanceTimersByTime(5000)
     expect(trim).not.toHaveBeenCalled()
     stop()
+  })
+
+  it('while busy, trims only above the memory budget, and at most every 500 ms', () => {
+    vi.useFakeTimers()
+    let rss = 100
+    const trim = vi.fn(() => true)
+    const stop = startHeapTrimmer(() => 0, { budgetBytes: 128, rss: () => rss, trim })
+    vi.advanceTimersByTime(5000)
+    expect(trim).not.toHaveBeenCalled() // busy, under the budget: the free memory is kept for reuse
+    rss = 140
+    vi.advanceTimersByTime(100)
+    expect(trim).toHaveBeenCalledTimes(1)
+    vi.advanceTimersByTime(400)
+    expect(trim).toHaveBeenCalledTimes(1)
+    vi.advanceTimersByTime(100)
+    expect(trim).toHaveBeenCalledTimes(2)
+    rss = 100
+    vi.advanceTimersByTime(5000)
+    expect(trim).toHaveBeenCalledTimes(2)
+    stop()
+  })
+
+  it('the native addon sets malloc parameters, and refuses bad ones', () => {
+    const addon = nativeAddon()
+    if (process.env.S0FS_NATIVE === '0') return expect(addon).toBeUndefined()
+    expect(addon!.tuneMalloc!(0, 32 * 1024 * 1024, 64 * 1024 * 1024)).toBe(true)
+    expect(addon!.tuneMalloc!(0, -1, 0)).toBe(false)
+    expect(addon!.tuneMalloc!(0, 0, 2 ** 40)).toBe(false)
+  })
+
+  it('a daemon started without the daemon flags gets an exposed gc', async () => {
+    const { spawnSync } = await import('node:child_process')
+    const runtime = new URL('../../src/mount/runtime.ts', import.meta.url).pathname
+    const script = `const { applyDaemonRuntime } = await import(${JSON.stringify(runtime)}); const before = typeof gc; applyDaemonRuntime(); gc({ type: 'major', execution: 'async' }); console.log(before, typeof gc)`
+    const r = spawnSync(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', script], { encoding: 'utf8' })
+    expect(r.stderr).toBe('')
+    expect(r.stdout.trim()).toBe('undefined function')
   })
 
   it('the native addon releases the C heap (malloc_trim)', () => {

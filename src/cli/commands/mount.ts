@@ -6,7 +6,7 @@ import { run } from '../../fuse/device.js'
 import { controlRequest } from '../../mount/control.js'
 import { flushKernelCache } from '../../mount/kernel-flush.js'
 import { MountDaemon } from '../../mount/daemon.js'
-import { DAEMON_ENV, DAEMON_NODE_FLAGS } from '../../mount/runtime.js'
+import { applyDaemonRuntime, DAEMON_ENV, DAEMON_NODE_FLAGS } from '../../mount/runtime.js'
 import { canonicalMountpoint, mountState, readRecord, recordPaths } from '../../mount/registry.js'
 import { NoRepositoryError, Repository } from '../../repo/index.js'
 import { createLogger, type Level } from '../../util/log.js'
@@ -98,6 +98,7 @@ export const mountCommand: Command = {
     if (!ctx.values.foreground) return startBackground(ctx, mountpoint)
 
     const readyFd = ctx.values['ready-fd'] === undefined ? undefined : Number(ctx.values['ready-fd'])
+    applyDaemonRuntime()
     const log = createLogger({ format, level: level as Level })
     try {
       const { url, isDefault } = repoUrl(ctx.values)
