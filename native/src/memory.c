@@ -1,13 +1,14 @@
-// Returning the C heap's free memory to the kernel.
+// The C heap: how glibc keeps it, and returning its free memory to the kernel.
 //
 // The daemon's large buffers (1 MiB requests, log frames, 8 MiB chunker
 // pieces and segments) live on glibc's heap: mapping each one separately
 // costs an mmap, page faults and a munmap per request and cut sequential
-// writes from ~150 to ~25 MiB/s. But glibc only gives back free memory at
-// the top of the heap, so after a burst the freed buffers in the middle
-// stay resident. malloc_trim(0) releases every free page of the heap
-// (madvise), which the daemon asks for on its 1 s tick when the gap between
-// the resident set and what it uses is large.
+// writes from ~150 to ~25 MiB/s. The daemon also keeps up to 64 MiB free at
+// the top of the heap for reuse (src/mount/runtime.ts), and glibc gives back
+// only free memory at the top anyway, so after a burst freed buffers stay
+// resident. malloc_trim(0) releases every free page of the heap (madvise),
+// which the daemon asks for when it idles with a large gap between its
+// resident set and what it uses, or when it passes its memory budget.
 #include <node_api.h>
 #include <stdint.h>
 #ifdef __GLIBC__
