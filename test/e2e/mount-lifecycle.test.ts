@@ -32,6 +32,18 @@ describe('mount life cycle', () => {
     return mountState(canonicalMountpoint(mountpoint))
   }
 
+  /** `s0fs mount --create --foreground` as a child: its stderr collected, its exit code awaited. */
+  const foregroundDaemon = (volume: string, mountpoint: string, env: NodeJS.ProcessEnv) => {
+    const daemon = spawn(process.execPath, [BIN, ...mountArgs(volume, mountpoint, '--create', '--foreground')], {
+      env: { ...process.env, S0FS_KEY_FILE: undefined, ...env },
+      stdio: ['ignore', 'ignore', 'pipe'],
+    })
+    let log = ''
+    daemon.stderr!.on('data', (d) => (log += d))
+    const exited = new Promise<number | null>((resolve) => daemon.on('close', resolve))
+    return { daemon, exited, log: () => log }
+  }
+
   it('refuses a missing volume without --create, naming it', async () => {
     const mountpoint = path.join(files.backend.home, 'mnt-missing')
     mkdirSync(mountpoint)
@@ -113,21 +125,15 @@ describe('mount life cycle', () => {
     const env = { ...files.backend.env, XDG_RUNTIME_DIR: runtime }
     const mountpoint = path.join(files.backend.home, 'mnt-foreground')
     mkdirSync(mountpoint)
-    const daemon = spawn(process.execPath, [BIN, ...mountArgs('fg', mountpoint, '--create', '--foreground')], {
-      env: { ...process.env, S0FS_KEY_FILE: undefined, ...env },
-      stdio: ['ignore', 'ignore', 'pipe'],
-    })
-    let log = ''
-    daemon.stderr.on('data', (d) => (log += d))
-    const exited = new Promise<number | null>((resolve) => daemon.on('close', resolve))
+    const { daemon, exited, log } = foregroundDaemon('fg', mountpoint, env)
     try {
       for (let i = 0; i < 200 && (await mountState(canonicalMountpoint(mountpoint))) !== 'mounted'; i++) await sleep(100)
-      expect(await mountState(canonicalMountpoint(mountpoint)), log).toBe('mounted')
+      expect(await mountState(canonicalMountpoint(mountpoint)), log()).toBe('mounted')
       writeFileSync(path.join(mountpoint, 'f'), 'foreground')
       const r = await runCli(['umount', mountpoint], { env })
-      expect(r.code, r.stderr + log).toBe(0)
+      expect(r.code, r.stderr + log()).toBe(0)
       expect(await exited).toBe(0)
-      expect(log).not.toMatch(/EACCES|ENOENT|failed/)
+      expect(log()).not.toMatch(/EACCES|ENOENT|failed/)
     } finally {
       daemon.kill('SIGKILL')
       forceUnmount(mountpoint)
@@ -138,17 +144,11 @@ describe('mount life cycle', () => {
     // Supervisors signal as soon as they see the mount; the daemon may still be finishing its start.
     const mountpoint = path.join(files.backend.home, 'mnt-early-term')
     mkdirSync(mountpoint)
-    const daemon = spawn(process.execPath, [BIN, ...mountArgs('early-term', mountpoint, '--create', '--foreground')], {
-      env: { ...process.env, S0FS_KEY_FILE: undefined, ...files.backend.env },
-      stdio: ['ignore', 'ignore', 'pipe'],
-    })
-    let log = ''
-    daemon.stderr.on('data', (d) => (log += d))
-    const exited = new Promise<number | null>((resolve) => daemon.on('close', resolve))
+    const { daemon, exited, log } = foregroundDaemon('early-term', mountpoint, files.backend.env)
     try {
       for (let i = 0; i < 2000 && (await mountState(canonicalMountpoint(mountpoint))) !== 'mounted'; i++) await sleep(5)
       daemon.kill('SIGTERM')
-      expect(await exited, log).toBe(0)
+      expect(await exited, log()).toBe(0)
       expect(await mountState(canonicalMountpoint(mountpoint))).toBe('none')
     } finally {
       daemon.kill('SIGKILL')
