@@ -89,6 +89,8 @@ const BATCH_BUFFER_BYTES = 5 * 1024 * 1024
  * files never starts the worker threads, ~20 MiB each).
  */
 const INLINE_ENCODE_BYTES = 256 * 1024
+/** Less than this is cut on the event loop: a thread-pool round trip would cost more than the scan (~1 ms per MiB). */
+const ASYNC_CUTS_BYTES = 256 * 1024
 
 export function indexKey(id: string): string {
   return `index/${id}`
@@ -448,10 +450,18 @@ export class BlobStore {
     return { ...encodeBlob(this.keys, data, { frames: this.options.frames }), zero: false }
   }
 
-  /** @internal Finds cut points of sab[start, end) (here with a native chunker, else on the pool). */
+  /**
+   * @internal Finds cut points of sab[start, end): with the native chunker on
+   * the libuv thread pool (so FUSE requests are answered meanwhile), else on
+   * the worker pool. The caller keeps those bytes unchanged until it settles.
+   */
   async cuts(sab: ArrayBufferLike, start: number, end: number): Promise<number[]> {
     const local = this.options.localChunker
-    if (local) return local.cuts(new Uint8Array(sab, start, end - start)).map((c) => c + start)
+    if (local) {
+      const data = new Uint8Array(sab, start, end - start)
+      const cuts = local.cutsAsync && data.length >= ASYNC_CUTS_BYTES ? await local.cutsAsync(data) : local.cuts(data)
+      return start === 0 ? cuts : cuts.map((c) => c + start)
+    }
     return this.options.pool.cuts(shared(sab), start, end)
   }
 

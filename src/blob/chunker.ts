@@ -28,6 +28,11 @@ export interface Chunker {
    * continues) and callers may carry that tail over to the next call.
    */
   cuts(data: Uint8Array): number[]
+  /**
+   * cuts() on the libuv thread pool, off the event loop (native only): for
+   * data that stays unchanged until the promise settles.
+   */
+  cutsAsync?(data: Uint8Array): Promise<number[]>
 }
 
 export function gearTable(chunkerKey: Buffer): Uint32Array {
@@ -50,6 +55,9 @@ export function createChunker(params: ChunkParams, gear: Uint32Array, implementa
     params,
     native: true,
     cuts: (data) => Array.from(native.cuts(data, gear, params.min, params.avg, params.max, strict, loose)),
+    cutsAsync: native.cutsAsync
+      ? async (data) => Array.from(await native.cutsAsync!(data, gear, params.min, params.avg, params.max, strict, loose))
+      : undefined,
   }
 }
 

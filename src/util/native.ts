@@ -4,6 +4,8 @@ import { createRequire } from 'node:module'
 /** The optional native addon (native/, built at `npm install`); undefined means: use the JS fallback. */
 export interface NativeAddon {
   cuts(data: Uint8Array, gear: Uint32Array, min: number, avg: number, max: number, maskStrict: number, maskLoose: number): Float64Array
+  /** cuts() on the libuv thread pool; `data` must not change until it settles. */
+  cutsAsync?(data: Uint8Array, gear: Uint32Array, min: number, avg: number, max: number, maskStrict: number, maskLoose: number): Promise<Float64Array>
   /**
    * Watches non-blocking `fd` on the event loop (uv_poll) and reads it when
    * readable: `callback(n)` for each message of n bytes read into `buffer`

@@ -51,14 +51,17 @@ function corpus(maxBytes: number): { name: string; data: Buffer }[] {
 }
 
 describe('content-defined chunking', () => {
-  it('native and JavaScript chunkers cut at exactly the same places', () => {
+  it('native and JavaScript chunkers cut at exactly the same places, the native one on the thread pool too', async () => {
     // The addon is built by `npm install`; CI has a compiler, so it must be there.
     const gear = gearTable(randomBytes(32))
     const native = createChunker(chunking, gear)
     expect(native.native).toBe(process.env.S0FS_NATIVE !== '0')
+    expect(native.cutsAsync !== undefined).toBe(native.native)
     const js = createChunker(chunking, gear, 'js')
     for (const data of [randomBytes(9 * 1024 * 1024), Buffer.alloc(5 * 1024 * 1024), Buffer.from('abc'), Buffer.alloc(0), Buffer.from(readFileSync(path.join(import.meta.dirname, '../../package-lock.json')))]) {
-      expect(native.cuts(data)).toEqual(js.cuts(data))
+      const expected = js.cuts(data)
+      expect(native.cuts(data)).toEqual(expected)
+      if (native.cutsAsync) expect(await native.cutsAsync(data)).toEqual(expected)
     }
   })
 
