@@ -949,6 +949,8 @@ export class FileSystem {
     if (offset + data.length > MAX_FILE_SIZE) throw fsError('EFBIG')
     this.requireWritable()
     const record = dataRecord(data)
+    // Behind a slow disk the log's queue fills up: wait for it instead of holding ever more in memory.
+    await this.wal!.room()
     const admitted = this.admit ? await this.admit(data.length) : undefined
     try {
       return await this.writeAdmitted(cred, ino, offset, record, options)

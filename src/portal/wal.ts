@@ -11,7 +11,11 @@ import { freeBuffer } from '../util/native.js'
  * waiting (group commit).
  *
  * Records appended in the same turn of the event loop are written with one
- * syscall, and records that are never read back (metadata) are sealed
+ * syscall, on the libuv thread pool: a write into the page cache may block
+ * for tens of milliseconds while the kernel throttles a disk busy with
+ * writeback, and on the event loop every FUSE request waited meanwhile. One
+ * write is in flight at a time, so frames land in sequence order; what
+ * queues behind it is bounded (see `room`). Records that are never read back (metadata) are sealed
  * together as one frame: small records would otherwise pay more for
  * encryption set-up than for their bytes. A record that may be read back
  * (written file data) is a frame of its own, so reading it decrypts only its
@@ -36,8 +40,10 @@ const ROTATE_BYTES = 64 * 1024 * 1024
  * the requests that wrote them: a crash loses only what was never synced)...
  */
 const FRAME_BYTES = 1024 * 1024
-/** ...or at once, when this much is queued. */
+/** ...or at once, when this much is queued (or as soon as the write in flight is done). */
 const MAX_QUEUED_BYTES = 8 * 1024 * 1024
+/** Writers wait (`room`) while this much is queued or being written. */
+const MAX_UNWRITTEN_BYTES = 2 * MAX_QUEUED_BYTES
 const RECORD_HEADER = 13
 /** Batches of frames up to this size are sealed into one reused buffer (see frameBuffer). */
 const FRAME_SCRATCH = 2 * 1024 * 1024
@@ -108,8 +114,20 @@ export class WalCorruptError extends Error {
 interface OpenFile {
   no: number
   fd: number
+  /** Bytes written (a write in flight is counted when it is done). */
   size: number
+  /** The last record written or being written into this file. */
   maxSeq: number
+}
+
+/** The one write in flight: a batch sealed into frames at the end of its file. */
+interface InFlight {
+  file: OpenFile
+  batch: Pending[]
+  /** The batch's record bytes (as counted in batchBytes). */
+  bytes: number
+  /** Settles when the write is done, well or not (an error is left in Wal.failed or Wal.stall). */
+  done: Promise<void>
 }
 
 interface Pending {
@@ -135,9 +153,15 @@ function headerAad(volumeId: string, file: number): string {
 export class Wal {
   readonly stats: WalStats = { files: 0, bytes: 0, frames: 0, syncs: 0, records: 0, framesRead: 0, frameBytesRead: 0, preads: 0 }
   private current!: OpenFile
+  /** Files rotated away from (the same objects, so a write in flight when one was closed still updates it). */
   private readonly closedFiles = new Map<number, { size: number; maxSeq: number }>()
   private batch: Pending[] = []
   private batchBytes = 0
+  private writing?: InFlight
+  /** Every record up to this one is written (in the page cache). */
+  private writtenSeq = 0
+  /** Writers waiting in room() for the queue to shrink. */
+  private roomWaiters: Array<() => void> = []
   private flushScheduled = false
   private writeImmediate = false
   /** Where each record that may be read back (written bytes) sits: seq → frame offset. */
@@ -174,7 +198,7 @@ export class Wal {
   static async create(dir: string, keys: RepoKeys, header: Omit<WalHeader, 'fileNo' | 'created'>, startSeq = 0): Promise<Wal> {
     await fsp.mkdir(dir, { recursive: true, mode: 0o700 })
     const wal = new Wal(dir, keys, header)
-    wal.seq = startSeq
+    wal.seq = wal.writtenSeq = startSeq
     wal.openFile(1)
     return wal
   }
@@ -197,6 +221,7 @@ export class Wal {
     }
     // Files already dropped after a commit held records up to the committed position.
     if (minSeq > wal.seq) wal.seq = minSeq
+    wal.writtenSeq = wal.seq
     wal.openFile(lastFile + 1)
     return wal
   }
@@ -252,7 +277,7 @@ export class Wal {
 
   /** Total bytes of log files on disk (for the portal's cap). */
   get diskBytes(): number {
-    let n = this.current.size + this.batchBytes
+    let n = this.current.size + this.batchBytes + (this.writing?.bytes ?? 0)
     for (const f of this.closedFiles.values()) n += f.size
     return n
   }
@@ -273,10 +298,25 @@ export class Wal {
     this.stats.records++
     if (readBack) this.recent.set(seq, payload)
     const loc = { file: this.current.no, seq }
-    if (this.batchBytes >= MAX_QUEUED_BYTES) this.writeBatch()
+    if (this.batchBytes >= MAX_QUEUED_BYTES) this.startWrite()
     else if (this.batchBytes >= FRAME_BYTES) this.writeSoon()
     else this.scheduleWrite(BATCH_DELAY_MS)
     return loc
+  }
+
+  /**
+   * Resolves once the log has room for more records: at once unless
+   * MAX_UNWRITTEN_BYTES wait in memory behind a slow disk. Writers of file
+   * data await it before they append, so a fast writer is held back to the
+   * disk's pace instead of filling the daemon's memory.
+   */
+  room(): Promise<void> | undefined {
+    if (this.unwrittenBytes < MAX_UNWRITTEN_BYTES || this.failed || this.closed) return undefined
+    return new Promise((resolve) => this.roomWaiters.push(resolve))
+  }
+
+  private get unwrittenBytes(): number {
+    return this.batchBytes + (this.writing?.bytes ?? 0)
   }
 
   /** The payload of a record. */
@@ -300,7 +340,7 @@ export class Wal {
       const seq = locs[i].seq
       const at = this.frameOf.get(seq)
       // Recent records are in memory; records not yet written are still in the queue.
-      const inMemory = this.recent.get(seq) ?? (at ? undefined : this.batch.find((p) => p.seq === seq)?.payload)
+      const inMemory = this.recent.get(seq) ?? (at ? undefined : this.unwritten(seq)?.payload)
       if (inMemory) visit(i, inMemory)
       else if (at) wanted.push({ i, seq, at })
       else throw new WalCorruptError(`log record ${seq} is not in the log`)
@@ -339,10 +379,7 @@ export class Wal {
 
   /** Makes every record appended so far durable (one fdatasync for all concurrent callers). */
   async sync(): Promise<void> {
-    if (this.failed) throw this.failed
-    this.writeBatch()
-    if (this.failed) throw this.failed
-    if (this.stall) throw this.stall
+    await this.writeThrough(this.seq)
     const target = this.current
     // A sync already running may have started before our records were written: chain another.
     // (A rotation is in the chain too, so `target` is still open when our turn comes.)
@@ -373,12 +410,15 @@ export class Wal {
    * old file's records must be durable before anything depends on the new one.
    */
   rotate(): void {
-    this.writeBatch()
+    this.startWrite()
     const old = this.current
-    this.closedFiles.set(old.no, { size: old.size, maxSeq: old.maxSeq })
+    // A write in flight into the old file finishes there (and updates this same object).
+    const inFlight = this.writing?.file === old ? this.writing.done : undefined
+    this.closedFiles.set(old.no, old)
     this.openFile(old.no + 1)
     this.chainSync(async () => {
       try {
+        await inFlight
         await fdatasync(old.fd)
       } catch (err) {
         // Records in it may not be durable: nothing later may be acknowledged.
@@ -394,7 +434,7 @@ export class Wal {
     let freed = 0
     const dropped = new Set<number>()
     for (const [no, info] of [...this.closedFiles]) {
-      if (info.maxSeq > seq || inUse(no)) continue
+      if (info.maxSeq > seq || inUse(no) || this.writing?.file.no === no) continue
       this.closedFiles.delete(no)
       this.closeReader(no)
       await fsp.rm(path.join(this.dir, fileName(no)), { force: true })
@@ -413,9 +453,11 @@ export class Wal {
 
   async close(): Promise<void> {
     if (this.closed) return
-    this.writeBatch()
+    await this.writeThrough(this.seq)
     await this.syncing?.catch(() => undefined)
     this.closed = true
+    await this.writing?.done // one started meanwhile
+    this.releaseRoom()
     this.closeReaders()
     try {
       fs.fdatasyncSync(this.current.fd)
@@ -430,6 +472,8 @@ export class Wal {
     this.batch = []
     this.batchBytes = 0
     this.closed = true
+    this.releaseRoom()
+    await this.writing?.done
     await this.syncing?.catch(() => undefined)
     this.closeReaders()
     fs.closeSync(this.current.fd)
@@ -453,14 +497,38 @@ export class Wal {
     this.stats.files++
   }
 
+  /** A record that is queued or being written (not yet in the page cache). */
+  private unwritten(seq: number): Pending | undefined {
+    if (seq <= this.writtenSeq) return undefined
+    return this.batch.find((p) => p.seq === seq) ?? this.writing?.batch.find((p) => p.seq === seq)
+  }
+
+  /**
+   * Writes everything appended up to `seq` (waiting for the write in flight
+   * and starting the next), or throws why it cannot: the log failed, or the
+   * disk is full (the records then wait in memory for space).
+   */
+  private async writeThrough(seq: number): Promise<void> {
+    while (this.writtenSeq < seq) {
+      if (this.failed) throw this.failed
+      this.startWrite() // (after a full disk, a retry)
+      if (!this.writing) break // closed
+      await this.writing.done
+      if (this.stall) throw this.stall
+    }
+    if (this.failed) throw this.failed
+  }
+
   /**
    * Seals the queued records into frames (a run of metadata records shares
-   * one; a read-back record has its own) and writes them with one syscall:
-   * a page-cache write, so synchronous.
+   * one; a read-back record has its own) and starts writing them at the end
+   * of the current file with one syscall on the thread pool, unless a write
+   * is in flight already: when that one is done, it starts the next.
    */
-  private writeBatch(): void {
-    if (this.batch.length === 0 || this.closed) return
+  private startWrite(): void {
+    if (this.batch.length === 0 || this.closed || this.writing) return
     const batch = this.batch
+    const bytes = this.batchBytes
     this.batch = []
     this.batchBytes = 0
     const file = this.current
@@ -497,36 +565,60 @@ export class Wal {
       pos += 4 + sizes[k]
       used += 4 + sizes[k]
     }
-    try {
-      writeFully(file.fd, out.subarray(0, used), file.size)
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code === 'ENOSPC') {
-        // Disk full: keep the records (already acknowledged) in memory and try again later.
-        // The partial frames at the end of the file are overwritten by the retry.
-        this.batch = batch.concat(this.batch)
-        for (const r of batch) this.batchBytes += RECORD_HEADER + r.payload.length
-        this.stall = err as Error
-        this.scheduleWrite(1000)
-        return
-      }
-      // Any other write error poisons the log: nothing later may be acknowledged.
-      this.failed = err as Error
-      throw err
-    } finally {
-      // Written, or to be sealed again from the records: a batch larger than the scratch had a buffer of
-      // its own (large writes queue up to MAX_QUEUED_BYTES), freed now. Left to V8, fio's random writes
-      // through the kernel's writeback cache piled up over 2 GiB of them in 20 s.
-      if (out !== this.frameScratch) freeBuffer(out)
-    }
-    this.stall = undefined
-    file.size = pos
     file.maxSeq = batch[batch.length - 1].seq
+    const done = writeFully(file.fd, out.subarray(0, used), file.size).then(
+      () => this.written(file, batch, placed, pos),
+      (err: NodeJS.ErrnoException) => this.writeFailed(batch, bytes, err),
+    )
+    this.writing = {
+      file,
+      batch,
+      bytes,
+      done: done.finally(() => {
+        // Written, or to be sealed again from the records: a batch larger than the scratch had a buffer of
+        // its own (large writes queue up to MAX_QUEUED_BYTES), freed now. Left to V8, fio's random writes
+        // through the kernel's writeback cache piled up over 2 GiB of them in 20 s.
+        if (out !== this.frameScratch) freeBuffer(out)
+        this.writing = undefined
+        if (this.stall === undefined) this.startWrite()
+        if (this.unwrittenBytes < MAX_UNWRITTEN_BYTES) this.releaseRoom()
+      }),
+    }
+  }
+
+  /** A write is done: its records are in the page cache, where readEach finds them from now on. */
+  private written(file: OpenFile, batch: Pending[], placed: Array<{ records: Pending[]; at: FrameAt }>, end: number): void {
+    this.stall = undefined
+    const start = file.size
+    file.size = end
+    this.writtenSeq = batch[batch.length - 1].seq
     for (const { records, at } of placed) for (const r of records) this.frameOf.set(r.seq, at)
     // Written, and already out of the read-back cache (a large write passes it by): nothing reads them again.
     for (const r of batch) if (r.alone && !this.recent.has(r.seq)) freeBuffer(r.payload)
     this.stats.frames += placed.length
-    this.stats.bytes += pos - (placed[0].at.pos)
-    if (file.size >= ROTATE_BYTES) this.rotate()
+    this.stats.bytes += end - start
+    if (file === this.current && file.size >= ROTATE_BYTES && !this.closed) this.rotate()
+  }
+
+  private writeFailed(batch: Pending[], bytes: number, err: NodeJS.ErrnoException): void {
+    if (err.code === 'ENOSPC' && !this.closed) {
+      // Disk full: keep the records (already acknowledged) in memory, ahead of those queued since, and
+      // try again later. The partial frames at the end of the file are overwritten by the retry.
+      this.batch = batch.concat(this.batch)
+      this.batchBytes += bytes
+      this.stall = err
+      this.scheduleWrite(1000)
+      return
+    }
+    // Any other write error poisons the log: nothing later may be acknowledged.
+    this.failed ??= err
+    this.releaseRoom()
+  }
+
+  private releaseRoom(): void {
+    const waiters = this.roomWaiters
+    this.roomWaiters = []
+    for (const wake of waiters) wake()
   }
 
   /**
@@ -546,9 +638,10 @@ export class Wal {
   }
 
   /**
-   * Where writeBatch seals its frames: written synchronously and then no
-   * longer needed, so one buffer serves every batch up to FRAME_SCRATCH
-   * bytes (a 1 MiB WRITE's batch included) instead of a new one per batch.
+   * Where startWrite seals its frames: needed only until that write is done,
+   * and one write is in flight at a time, so one buffer serves every batch up
+   * to FRAME_SCRATCH bytes (a 1 MiB WRITE's batch included) instead of a new
+   * one per batch.
    */
   private frameBuffer(bytes: number): Buffer {
     if (bytes > FRAME_SCRATCH) return Buffer.allocUnsafe(bytes)
@@ -559,14 +652,14 @@ export class Wal {
   /**
    * Writes the queue once this turn's replies are out (setImmediate runs after
    * the microtasks that answer the requests): a 1 MiB WRITE is answered before
-   * its seal and write, and the writer prepares its next request meanwhile.
+   * its seal, and the writer prepares its next request meanwhile.
    */
   private writeSoon(): void {
     if (this.writeImmediate) return
     this.writeImmediate = true
     setImmediate(() => {
       this.writeImmediate = false
-      this.writeInBackground()
+      this.startWrite()
     })
   }
 
@@ -576,27 +669,17 @@ export class Wal {
     this.flushScheduled = true
     const run = () => {
       this.flushScheduled = false
-      this.writeInBackground()
+      this.startWrite()
     }
     setTimeout(run, delayMs).unref()
   }
 
-  /** writeBatch() where no caller waits: an error is recorded in this.failed, and the next append or sync reports it. */
-  private writeInBackground(): void {
-    try {
-      this.writeBatch()
-    } catch {
-      // (recorded in this.failed)
-    }
-  }
-
   /**
    * Opens one frame read back from disk, decrypting over `sealed` (the
-   * caller's own buffer, from its pread). Frames are read synchronously, like
-   * the writes: the log was written moments ago and is in the page cache,
-   * where a pread costs a few microseconds — through the thread pool, each
-   * read cost a thread wake-up on the main thread (17% of it under fio's
-   * random writes, this VM).
+   * caller's own buffer, from its pread). Frames are read synchronously: the
+   * log was written moments ago and is in the page cache, where a pread costs
+   * a few microseconds — through the thread pool, each read cost a thread
+   * wake-up on the main thread (17% of it under fio's random writes, this VM).
    */
   private openFrame(at: FrameAt, sealed: Buffer): Map<number, Buffer> {
     this.stats.framesRead++
@@ -630,10 +713,13 @@ function fdatasync(fd: number): Promise<void> {
   return new Promise((resolve, reject) => fs.fdatasync(fd, (err) => (err ? reject(err) : resolve())))
 }
 
-/** Writes all of `buf` at `pos` (a write may write less than asked). */
-function writeFully(fd: number, buf: Buffer, pos: number): void {
+/** Writes all of `buf` at `pos` on the thread pool (a write may write less than asked). */
+async function writeFully(fd: number, buf: Buffer, pos: number): Promise<void> {
   let done = 0
-  while (done < buf.length) done += fs.writeSync(fd, buf, done, buf.length - done, pos + done)
+  while (done < buf.length) {
+    const n = await new Promise<number>((resolve, reject) => fs.write(fd, buf, done, buf.length - done, pos + done, (err, written) => (err ? reject(err) : resolve(written))))
+    done += n
+  }
 }
 
 function readFully(fd: number, buf: Buffer, pos: number): void {

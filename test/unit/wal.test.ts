@@ -1,4 +1,7 @@
+import { execFileSync } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
+import { rmSync, writeFileSync } from 'node:fs'
+import path from 'node:path'
 import { describe, expect, it } from 'vitest'
 import { RepoKeys } from '../../src/crypto/index.js'
 import { Wal } from '../../src/portal/index.js'
@@ -86,7 +89,7 @@ describe('write-ahead log read-back', () => {
     })
   })
 
-  it('writes a queue of 1 MiB or more at the end of the turn (after the replies), and one of 8 MiB at once', async () => {
+  it('writes on the thread pool, one batch at a time; records read back while queued or being written; writers wait for room', async () => {
     await withWal(async (wal) => {
       const frames = () => wal.stats.frames
       const start = frames()
@@ -94,14 +97,56 @@ describe('write-ahead log read-back', () => {
       const loc = wal.append(1, Buffer.from(first), true)
       expect(frames()).toBe(start) // queued, not written yet...
       expect((await wal.read(loc)).equals(first)).toBe(true) // ...yet readable
-      await new Promise((resolve) => setImmediate(resolve))
-      expect(frames()).toBe(start + 1) // written when the turn ended
-      for (let i = 0; i < 7; i++) wal.append(1, randomBytes(1024 * 1024), true)
-      expect(frames()).toBe(start + 1)
-      wal.append(1, randomBytes(1024 * 1024), true)
-      expect(frames()).toBe(start + 9) // the eighth MiB writes all eight at once
       await wal.sync()
+      expect(frames()).toBe(start + 1)
+      // 16 MiB in one turn: the eighth MiB starts a write of the first eight, and the next eight queue behind it.
+      const payloads = Array.from({ length: 16 }, () => randomBytes(1024 * 1024))
+      const locs = payloads.map((p) => wal.append(1, Buffer.from(p), true))
+      expect(frames()).toBe(start + 1)
+      const wait = wal.room()
+      expect(wait).toBeInstanceOf(Promise) // 16 MiB unwritten: a writer waits
+      // Being written (most are out of the read-back cache by now) or queued, every record reads back.
+      for (const [i, l] of locs.entries()) expect((await wal.read(l)).equals(payloads[i])).toBe(true)
+      await wait
+      expect(frames()).toBeGreaterThan(start + 1) // room came when a write was done
+      await wal.sync()
+      expect(frames()).toBe(start + 17)
+      expect(wal.room()).toBeUndefined()
+      for (const i of [0, 7, 8, 15]) expect((await wal.read(locs[i])).equals(payloads[i])).toBe(true)
     })
+  })
+
+  it('keeps records in memory while the disk is full, says so at sync, and writes them once there is room', async () => {
+    // A 2 MiB tmpfs (needs root, as the FUSE tests do), nearly filled before the log starts.
+    const tmp = tempDir('s0fs-wal-full-')
+    execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=2m', 's0fs-test-wal', tmp.dir])
+    const keys = new RepoKeys(randomBytes(32), 'test-repo')
+    try {
+      const filler = path.join(tmp.dir, 'filler')
+      writeFileSync(filler, Buffer.alloc(1536 * 1024))
+      const wal = await Wal.create(path.join(tmp.dir, 'log'), keys, { volumeId: 'v', session: 's', baseGeneration: 0 })
+      const payloads = Array.from({ length: 8 }, () => randomBytes(128 * 1024))
+      const locs = payloads.map((p) => wal.append(1, Buffer.from(p), true))
+      const error = await wal.sync().then(() => undefined, (err: NodeJS.ErrnoException) => err)
+      expect(error?.code).toBe('ENOSPC')
+      expect(wal.stalled).toBe(true)
+      // Acknowledged records stay readable meanwhile, and more may be appended.
+      for (const [i, loc] of locs.entries()) expect((await wal.read(loc)).equals(payloads[i])).toBe(true)
+      const more = randomBytes(100)
+      wal.append(2, Buffer.from(more))
+      rmSync(filler)
+      await wal.sync()
+      expect(wal.stalled).toBe(false)
+      await wal.close()
+      const recovered = await Wal.recover(path.join(tmp.dir, 'log'), keys, 'v')
+      expect(recovered!.records.map((r) => r.seq)).toEqual([1, 2, 3, 4, 5, 6, 7, 8, 9])
+      recovered!.records.slice(0, 8).forEach((r, i) => expect(r.payload.equals(payloads[i])).toBe(true))
+      expect(recovered!.records[8].payload.equals(more)).toBe(true)
+      expect(recovered!.tornBytes).toBe(0)
+    } finally {
+      execFileSync('umount', ['-l', tmp.dir])
+      tmp.cleanup()
+    }
   })
 
   it('recovers interleaved metadata and data records of every size in the order they were appended', async () => {
