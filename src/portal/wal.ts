@@ -15,9 +15,9 @@ import { freeBuffer } from '../util/native.js'
  * for tens of milliseconds while the kernel throttles a disk busy with
  * writeback, and on the event loop every FUSE request waited meanwhile. One
  * write is in flight at a time, so frames land in sequence order; what
- * queues behind it is bounded (see `room`). Records that are never read back (metadata) are sealed
- * together as one frame: small records would otherwise pay more for
- * encryption set-up than for their bytes. A record that may be read back
+ * queues behind it is bounded (see `room`). Records that are never read back
+ * (metadata) are sealed together as one frame: small records would otherwise
+ * pay more for encryption set-up than for their bytes. A record that may be read back
  * (written file data) is a frame of its own, so reading it decrypts only its
  * bytes: the pieces of a file written at random sit all over the log, and
  * when they shared frames a flush decrypted a whole frame per 4 KiB piece
@@ -308,10 +308,11 @@ export class Wal {
    * Resolves once the log has room for more records: at once unless
    * MAX_UNWRITTEN_BYTES wait in memory behind a slow disk. Writers of file
    * data await it before they append, so a fast writer is held back to the
-   * disk's pace instead of filling the daemon's memory.
+   * disk's pace instead of filling the daemon's memory. (Not while the disk
+   * is full: the portal's admission answers those writers ENOSPC.)
    */
   room(): Promise<void> | undefined {
-    if (this.unwrittenBytes < MAX_UNWRITTEN_BYTES || this.failed || this.closed) return undefined
+    if (this.unwrittenBytes < MAX_UNWRITTEN_BYTES || this.failed || this.stall || this.closed) return undefined
     return new Promise((resolve) => this.roomWaiters.push(resolve))
   }
 
@@ -566,10 +567,15 @@ export class Wal {
       used += 4 + sizes[k]
     }
     file.maxSeq = batch[batch.length - 1].seq
-    const done = writeFully(file.fd, out.subarray(0, used), file.size).then(
-      () => this.written(file, batch, placed, pos),
-      (err: NodeJS.ErrnoException) => this.writeFailed(batch, bytes, err),
-    )
+    const done = writeFully(file.fd, out.subarray(0, used), file.size)
+      .then(
+        () => this.written(file, batch, placed, pos),
+        (err: NodeJS.ErrnoException) => this.writeFailed(batch, bytes, err),
+      )
+      .catch((err: Error) => {
+        // The rotation after it could not start the next file: nothing later may be acknowledged.
+        this.failed ??= err
+      })
     this.writing = {
       file,
       batch,
@@ -608,6 +614,7 @@ export class Wal {
       this.batchBytes += bytes
       this.stall = err
       this.scheduleWrite(1000)
+      this.releaseRoom()
       return
     }
     // Any other write error poisons the log: nothing later may be acknowledged.
