@@ -9,7 +9,7 @@ import { VolumeFiles, type Repository, type VolumeSession } from '../repo/index.
 import { sleep } from '../store/index.js'
 import type { Logger } from '../util/log.js'
 import { peakRssBytes } from '../util/process.js'
-import { startHeapTrimmer } from './runtime.js'
+import { raiseServingPriority, startHeapTrimmer } from './runtime.js'
 import { EXIT } from '../cli/exit-codes.js'
 import { ControlError, serveControl, type ControlRequest, type ControlResult, type ControlSession } from './control.js'
 import { serveFileOp } from './file-service.js'
@@ -209,6 +209,7 @@ export class MountDaemon {
         for (const ino of new Set([...parents, ...change.inodes])) this.adapter.invalidateInode(ino)
       },
     })
+    await raiseServingPriority()
     this.device.start((h, body) => {
       this.lastRequest = Date.now()
       if (h.opcode === 16 /* WRITE */) this.lastWrite = this.lastRequest

@@ -1,5 +1,5 @@
 import { afterEach, describe, expect, it, vi } from 'vitest'
-import { startHeapTrimmer } from '../../src/mount/runtime.js'
+import { SERVING_NICE, startHeapTrimmer } from '../../src/mount/runtime.js'
 import { garbageMade } from '../../src/util/gc-pacer.js'
 import { nativeAddon } from '../../src/util/native.js'
 
@@ -67,6 +67,26 @@ describe('heap trimmer', () => {
     const r = spawnSync(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', script], { encoding: 'utf8' })
     expect(r.stderr).toBe('')
     expect(r.stdout.trim()).toBe('undefined function')
+  })
+
+  it('raises the priority of the thread that answers requests, and of no other', async () => {
+    const { spawnSync } = await import('node:child_process')
+    const runtime = new URL('../../src/mount/runtime.ts', import.meta.url).pathname
+    // Each thread's nice value is field 19 of /proc/self/task/TID/stat (after the parenthesised name).
+    const script = `const fs = await import('node:fs'); const { raiseServingPriority } = await import(${JSON.stringify(runtime)});
+      const raised = await raiseServingPriority()
+      const nice = (tid) => Number(fs.readFileSync('/proc/self/task/' + tid + '/stat', 'utf8').split(') ')[1].split(' ')[16])
+      const others = fs.readdirSync('/proc/self/task').filter((t) => Number(t) !== process.pid).map(nice)
+      console.log(JSON.stringify({ raised, main: nice(process.pid), others }))`
+    const r = spawnSync(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', script], { encoding: 'utf8', env: { ...process.env, UV_THREADPOOL_SIZE: '4' } })
+    expect(r.stderr).toBe('')
+    const out = JSON.parse(r.stdout) as { raised: boolean; main: number; others: number[] }
+    // The tests run as root, as the mount daemon does.
+    expect(out.raised).toBe(true)
+    expect(out.main).toBe(SERVING_NICE)
+    // V8's platform threads and libuv's four pool threads keep the default.
+    expect(out.others.length).toBeGreaterThanOrEqual(4)
+    expect(out.others.every((n) => n === 0)).toBe(true)
   })
 
   it('the native addon releases the C heap (malloc_trim)', () => {
