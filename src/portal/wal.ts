@@ -42,11 +42,20 @@ const ROTATE_BYTES = 64 * 1024 * 1024
 const FRAME_BYTES = 1024 * 1024
 /** ...or at once, when this much is queued (or as soon as the write in flight is done). */
 const MAX_QUEUED_BYTES = 8 * 1024 * 1024
-/** Writers wait (`room`) while this much is queued or being written. */
-const MAX_UNWRITTEN_BYTES = 2 * MAX_QUEUED_BYTES
+/**
+ * Writers wait (`room`) while this much is queued or being written. (At
+ * twice this, fio's random writes through the writeback cache peaked at 170
+ * MiB against 130.)
+ */
+const MAX_UNWRITTEN_BYTES = MAX_QUEUED_BYTES
 const RECORD_HEADER = 13
-/** Batches of frames up to this size are sealed into one reused buffer (see frameBuffer). */
-const FRAME_SCRATCH = 2 * 1024 * 1024
+/**
+ * One write takes queued records up to this many sealed bytes, so that it
+ * is sealed into one reused buffer (see frameBuffer): two 1 MiB WRITEs'
+ * records with their overheads fit. Only a larger single record gets a
+ * buffer of its own.
+ */
+const FRAME_SCRATCH = 2 * 1024 * 1024 + 64 * 1024
 /**
  * Records wait this long to share a frame. Durability is unaffected (fsync
  * writes at once); a crash loses at most what was never synced anyway.
@@ -528,10 +537,9 @@ export class Wal {
    */
   private startWrite(): void {
     if (this.batch.length === 0 || this.closed || this.writing) return
-    const batch = this.batch
-    const bytes = this.batchBytes
-    this.batch = []
-    this.batchBytes = 0
+    const { count, bytes } = this.nextWrite()
+    const batch = this.batch.splice(0, count)
+    this.batchBytes -= bytes
     const file = this.current
     // Runs of records that share a frame (a read-back record has its own).
     const runs: Pending[][] = []
@@ -581,9 +589,9 @@ export class Wal {
       batch,
       bytes,
       done: done.finally(() => {
-        // Written, or to be sealed again from the records: a batch larger than the scratch had a buffer of
-        // its own (large writes queue up to MAX_QUEUED_BYTES), freed now. Left to V8, fio's random writes
-        // through the kernel's writeback cache piled up over 2 GiB of them in 20 s.
+        // Written, or to be sealed again from the records: a record larger than the scratch had a buffer
+        // of its own, freed now. (Left to V8, such buffers piled up over 2 GiB in 20 s of fio's random
+        // writes through the kernel's writeback cache, when batches of up to 8 MiB each had one.)
         if (out !== this.frameScratch) freeBuffer(out)
         this.writing = undefined
         if (this.stall === undefined) this.startWrite()
@@ -593,6 +601,24 @@ export class Wal {
   }
 
   /** A write is done: its records are in the page cache, where readEach finds them from now on. */
+  /** How many queued records the next write takes (at least one; up to FRAME_SCRATCH sealed), and their record bytes. */
+  private nextWrite(): { count: number; bytes: number } {
+    let count = 0
+    let bytes = 0
+    let sealed = 0
+    for (const r of this.batch) {
+      const size = RECORD_HEADER + r.payload.length
+      // A read-back record is a frame of its own; a metadata record joins the frame of the one before it.
+      const opensFrame = r.alone || count === 0 || this.batch[count - 1].alone
+      const more = size + (opensFrame ? 4 + SEAL_OVERHEAD : 0)
+      if (count > 0 && sealed + more > FRAME_SCRATCH) break
+      count++
+      bytes += size
+      sealed += more
+    }
+    return { count, bytes }
+  }
+
   private written(file: OpenFile, batch: Pending[], placed: Array<{ records: Pending[]; at: FrameAt }>, end: number): void {
     this.stall = undefined
     const start = file.size
@@ -646,9 +672,8 @@ export class Wal {
 
   /**
    * Where startWrite seals its frames: needed only until that write is done,
-   * and one write is in flight at a time, so one buffer serves every batch up
-   * to FRAME_SCRATCH bytes (a 1 MiB WRITE's batch included) instead of a new
-   * one per batch.
+   * and one write is in flight at a time, so one buffer serves every write
+   * (see FRAME_SCRATCH) instead of a new one per write.
    */
   private frameBuffer(bytes: number): Buffer {
     if (bytes > FRAME_SCRATCH) return Buffer.allocUnsafe(bytes)

@@ -99,12 +99,12 @@ describe('write-ahead log read-back', () => {
       expect((await wal.read(loc)).equals(first)).toBe(true) // ...yet readable
       await wal.sync()
       expect(frames()).toBe(start + 1)
-      // 16 MiB in one turn: the eighth MiB starts a write of the first eight, and the next eight queue behind it.
+      // 16 MiB in one turn: the eighth MiB starts a write of the first two, and the rest queue behind it.
       const payloads = Array.from({ length: 16 }, () => randomBytes(1024 * 1024))
       const locs = payloads.map((p) => wal.append(1, Buffer.from(p), true))
       expect(frames()).toBe(start + 1)
       const wait = wal.room()
-      expect(wait).toBeInstanceOf(Promise) // 16 MiB unwritten: a writer waits
+      expect(wait).toBeInstanceOf(Promise) // 16 MiB unwritten: a writer waits (from 8)
       // Being written (most are out of the read-back cache by now) or queued, every record reads back.
       for (const [i, l] of locs.entries()) expect((await wal.read(l)).equals(payloads[i])).toBe(true)
       await wait
