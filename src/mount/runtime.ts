@@ -72,8 +72,10 @@ export const SERVING_NICE = -5
  * large flush keeps both busy, and a request waited for the CPU behind it.
  * Linux keeps a nice value per thread, and setpriority(PRIO_PROCESS, 0) sets
  * the caller's alone; threads inherit it when they are created, so the pool
- * is started first. Needs CAP_SYS_NICE (root has it); without, nothing
- * changes. Returns whether it was raised.
+ * is started first. (Without the addon, blob worker threads start later and
+ * inherit the raised value: no worse than before.) Needs CAP_SYS_NICE (root
+ * has it; a container needs --cap-add SYS_NICE); without, nothing changes.
+ * Returns whether it was raised.
  *
  * Writing 1 GiB and then 100 files of 128 KiB on a foreground daemon, two
  * alternating pairs: the small files at 280 / 561 -> 728 / 751 files/s, the
