@@ -169,6 +169,8 @@ export class Wal {
   private writing?: InFlight
   /** Every record up to this one is written (in the page cache). */
   private writtenSeq = 0
+  /** Records queued or being written (not yet in the page cache), by sequence number. */
+  private readonly unwrittenRecords = new Map<number, Pending>()
   /** Writers waiting in room() for the queue to shrink. */
   private roomWaiters: Array<() => void> = []
   private flushScheduled = false
@@ -302,7 +304,9 @@ export class Wal {
   append(kind: number, payload: Buffer, readBack = false): WalLocation {
     if (this.failed) throw this.failed
     const seq = ++this.seq
-    this.batch.push({ seq, kind, payload, alone: readBack })
+    const record = { seq, kind, payload, alone: readBack }
+    this.batch.push(record)
+    this.unwrittenRecords.set(seq, record)
     this.batchBytes += RECORD_HEADER + payload.length
     this.stats.records++
     if (readBack) this.recent.set(seq, payload)
@@ -350,7 +354,7 @@ export class Wal {
       const seq = locs[i].seq
       const at = this.frameOf.get(seq)
       // Recent records are in memory; records not yet written are still in the queue.
-      const inMemory = this.recent.get(seq) ?? (at ? undefined : this.unwritten(seq)?.payload)
+      const inMemory = this.recent.get(seq) ?? (at ? undefined : this.unwrittenRecords.get(seq)?.payload)
       if (inMemory) visit(i, inMemory)
       else if (at) wanted.push({ i, seq, at })
       else throw new WalCorruptError(`log record ${seq} is not in the log`)
@@ -481,6 +485,7 @@ export class Wal {
   async abandon(): Promise<void> {
     this.batch = []
     this.batchBytes = 0
+    this.unwrittenRecords.clear()
     this.closed = true
     this.releaseRoom()
     await this.writing?.done
@@ -505,12 +510,6 @@ export class Wal {
     fs.writeSync(fd, bytes, 0, bytes.length, 0)
     this.current = { no, fd, size: bytes.length, maxSeq: this.seq }
     this.stats.files++
-  }
-
-  /** A record that is queued or being written (not yet in the page cache). */
-  private unwritten(seq: number): Pending | undefined {
-    if (seq <= this.writtenSeq) return undefined
-    return this.batch.find((p) => p.seq === seq) ?? this.writing?.batch.find((p) => p.seq === seq)
   }
 
   /**
@@ -625,6 +624,7 @@ export class Wal {
     file.size = end
     this.writtenSeq = batch[batch.length - 1].seq
     for (const { records, at } of placed) for (const r of records) this.frameOf.set(r.seq, at)
+    for (const r of batch) this.unwrittenRecords.delete(r.seq)
     // Written, and already out of the read-back cache (a large write passes it by): nothing reads them again.
     for (const r of batch) if (r.alone && !this.recent.has(r.seq)) freeBuffer(r.payload)
     this.stats.frames += placed.length
