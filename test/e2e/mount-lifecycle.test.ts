@@ -1,8 +1,9 @@
 import { spawn } from 'node:child_process'
-import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
+import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import path from 'node:path'
 import { describe, expect, it } from 'vitest'
 import { canonicalMountpoint, mountState } from '../../src/mount/registry.js'
+import { SERVING_NICE } from '../../src/mount/runtime.js'
 import { Repository } from '../../src/repo/index.js'
 import { sleep } from '../../src/store/index.js'
 import { BIN, runCli } from '../helpers/cli.js'
@@ -104,6 +105,18 @@ describe('mount life cycle', () => {
     expect(r.stderr).toMatch(/until|expires/i)
     expect(await mountState(canonicalMountpoint(other))).toBe('none')
     await first.umount()
+  }, 120_000)
+
+  it('answers requests from a thread that runs above its own background work (nice -5 against 0)', async () => {
+    const m = track(await mountVolume(files.backend, { volume: 'priority' }))
+    // Field 19 of /proc/PID/task/TID/stat is the thread's nice value; the main thread's TID is the PID.
+    const nice = (tid: string) => Number(readFileSync(`/proc/${m.pid}/task/${tid}/stat`, 'utf8').split(') ')[1].split(' ')[16])
+    const tasks = readdirSync(`/proc/${m.pid}/task`)
+    expect(nice(String(m.pid))).toBe(SERVING_NICE)
+    const others = tasks.filter((t) => t !== String(m.pid)).map(nice)
+    expect(others.length).toBeGreaterThanOrEqual(16) // the 16 pool threads (and V8's own), at the default
+    expect(others.every((n) => n === 0)).toBe(true)
+    await m.umount()
   }, 120_000)
 
   for (const signal of ['SIGTERM', 'SIGINT'] as const) {
