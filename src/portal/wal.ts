@@ -15,15 +15,16 @@ import { freeBuffer } from '../util/native.js'
  * for tens of milliseconds while the kernel throttles a disk busy with
  * writeback, and on the event loop every FUSE request waited meanwhile. One
  * write is in flight at a time, so frames land in sequence order; what
- * queues behind it is bounded (see `room`). Records that are never read back
- * (metadata) are sealed together as one frame: small records would otherwise
- * pay more for encryption set-up than for their bytes. A record that may be read back
- * (written file data) is a frame of its own, so reading it decrypts only its
- * bytes: the pieces of a file written at random sit all over the log, and
- * when they shared frames a flush decrypted a whole frame per 4 KiB piece
- * (25 s to store 128 MiB after 20 s of fio random writes; measured in
- * docs/performance.md). Frames stay in sequence order, so what recovery
- * keeps is always a prefix of the log. A frame's associated data names its
+ * queues behind it is bounded (see `room`).
+ *
+ * Records that are never read back (metadata) are sealed together as one
+ * frame: small records would otherwise pay more for encryption set-up than
+ * for their bytes. A record that may be read back (written file data) is a
+ * frame of its own, so reading it decrypts only its bytes: the pieces of a
+ * file written at random sit all over the log, and when they shared frames a
+ * flush decrypted a whole frame per 4 KiB piece (25 s to store 128 MiB after
+ * 20 s of fio random writes; measured in docs/performance.md). Frames stay
+ * in sequence order, so what recovery keeps is always a prefix of the log. A frame's associated data names its
  * volume, file and offset, so a torn, damaged or moved frame fails to open;
  * recovery keeps every frame before the first bad one and drops the rest —
  * nothing acknowledged as synced is ever after it.
