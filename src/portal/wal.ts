@@ -24,10 +24,11 @@ import { freeBuffer } from '../util/native.js'
  * file written at random sit all over the log, and when they shared frames a
  * flush decrypted a whole frame per 4 KiB piece (25 s to store 128 MiB after
  * 20 s of fio random writes; measured in docs/performance.md). Frames stay
- * in sequence order, so what recovery keeps is always a prefix of the log. A frame's associated data names its
- * volume, file and offset, so a torn, damaged or moved frame fails to open;
- * recovery keeps every frame before the first bad one and drops the rest —
- * nothing acknowledged as synced is ever after it.
+ * in sequence order, so what recovery keeps is always a prefix of the log.
+ * A frame's associated data names its volume, file and offset, so a torn,
+ * damaged or moved frame fails to open; recovery keeps every frame before
+ * the first bad one and drops the rest — nothing acknowledged as synced is
+ * ever after it.
  *
  *   file:  "S0FSWAL1" | u32 length | sealed header | frame…
  *   frame: u32 length | sealed( (u64 seq | u8 kind | u32 length | payload)… )
@@ -537,24 +538,10 @@ export class Wal {
    */
   private startWrite(): void {
     if (this.batch.length === 0 || this.closed || this.writing) return
-    const { count, bytes } = this.nextWrite()
+    const { runs, sizes, count, bytes } = this.nextWrite()
     const batch = this.batch.splice(0, count)
     this.batchBytes -= bytes
     const file = this.current
-    // Runs of records that share a frame (a read-back record has its own).
-    const runs: Pending[][] = []
-    let run: Pending[] = []
-    for (const r of batch) {
-      if (!r.alone) {
-        run.push(r)
-        continue
-      }
-      if (run.length) runs.push(run)
-      run = []
-      runs.push([r])
-    }
-    if (run.length) runs.push(run)
-    const sizes = runs.map((records) => records.reduce((n, r) => n + RECORD_HEADER + r.payload.length, SEAL_OVERHEAD))
     const out = this.frameBuffer(sizes.reduce((n, size) => n + 4 + size, 0))
     const placed: Array<{ records: Pending[]; at: FrameAt }> = []
     let pos = file.size
@@ -600,25 +587,38 @@ export class Wal {
     }
   }
 
-  /** A write is done: its records are in the page cache, where readEach finds them from now on. */
-  /** How many queued records the next write takes (at least one; up to FRAME_SCRATCH sealed), and their record bytes. */
-  private nextWrite(): { count: number; bytes: number } {
+  /**
+   * The queued records the next write takes — at least one, and up to
+   * FRAME_SCRATCH sealed bytes — grouped into frames: a read-back record is a
+   * frame of its own, a run of metadata records shares one. Returns the
+   * frames' records and sealed sizes, how many records that is, and their
+   * record bytes (as counted in batchBytes).
+   */
+  private nextWrite(): { runs: Pending[][]; sizes: number[]; count: number; bytes: number } {
+    const runs: Pending[][] = []
+    const sizes: number[] = []
     let count = 0
     let bytes = 0
     let sealed = 0
     for (const r of this.batch) {
       const size = RECORD_HEADER + r.payload.length
-      // A read-back record is a frame of its own; a metadata record joins the frame of the one before it.
       const opensFrame = r.alone || count === 0 || this.batch[count - 1].alone
       const more = size + (opensFrame ? 4 + SEAL_OVERHEAD : 0)
       if (count > 0 && sealed + more > FRAME_SCRATCH) break
+      if (opensFrame) {
+        runs.push([])
+        sizes.push(SEAL_OVERHEAD)
+      }
+      runs[runs.length - 1].push(r)
+      sizes[sizes.length - 1] += size
       count++
       bytes += size
       sealed += more
     }
-    return { count, bytes }
+    return { runs, sizes, count, bytes }
   }
 
+  /** A write is done: its records are in the page cache, where readEach finds them from now on. */
   private written(file: OpenFile, batch: Pending[], placed: Array<{ records: Pending[]; at: FrameAt }>, end: number): void {
     this.stall = undefined
     const start = file.size
