@@ -9,6 +9,7 @@ import {
   decodeDataHeader,
   decodeExtents,
   decodeKv,
+  decodeKvMsgpack,
   decodePunch,
   decodeTruncate,
   encodeExtents,
@@ -197,6 +198,18 @@ export function nowTimespec(): Timespec {
   return { s, ns: Math.min(999_999_999, Math.floor((ms - s * 1000) * 1e6)) }
 }
 
+/**
+ * One key change of a metadata operation: a value, or null to delete. An
+ * inode record carries the inode it encodes, which the inode cache takes
+ * instead of decoding the bytes again.
+ */
+type Change = [key: string, value: Buffer | null, inode?: Inode]
+
+function putInode(tx: Change[], inode: Inode): void {
+  // A copy: the caller may go on changing its inode (timespecs and targets are replaced, never changed in place).
+  tx.push([inodeKey(inode.ino), encodeInode(inode), { ...inode }])
+}
+
 function validName(name: Buffer): void {
   if (name.length === 0) throw fsError('ENOENT', 'empty name')
   if (name.length > NAME_MAX) throw fsError('ENAMETOOLONG', `name is ${name.length} bytes (max ${NAME_MAX})`)
@@ -325,6 +338,17 @@ export class FileSystem {
   }
 
   async lookup(cred: Cred, parent: number, name: Buffer): Promise<Inode> {
+    const inode = await this.tryLookup(cred, parent, name)
+    if (!inode) throw fsError('ENOENT')
+    return inode
+  }
+
+  /**
+   * lookup(), with undefined for a name that does not exist: the FUSE adapter
+   * answers every new name's negative lookup, and an FsError each cost more
+   * than the lookup itself.
+   */
+  async tryLookup(cred: Cred, parent: number, name: Buffer): Promise<Inode | undefined> {
     return this.lock.run(async () => {
       const dir = await this.getInode(parent)
       if (!isDir(dir.mode)) throw fsError('ENOTDIR')
@@ -333,8 +357,7 @@ export class FileSystem {
       if (name.length === 1 && name[0] === 0x2e) return dir
       if (name.length === 2 && name[0] === 0x2e && name[1] === 0x2e) return this.getInode(dir.parent)
       const raw = await this.tree.get(direntKey(parent, name))
-      if (!raw) throw fsError('ENOENT')
-      return this.getInode(decodeDirent(raw).ino)
+      return raw && this.getInode(decodeDirent(raw).ino)
     })
   }
 
@@ -425,7 +448,7 @@ export class FileSystem {
         target: extra.target,
       }
       tx.push([superKey, encodeSuper(sb)])
-      tx.push([inodeKey(ino), encodeInode(inode)])
+      putInode(tx, inode)
       if (!name) {
         tx.push([orphanKey(ino), Buffer.alloc(0)])
         return inode
@@ -435,7 +458,7 @@ export class FileSystem {
       dir.mtime = dir.ctime = now
       tx.push([direntKey(parent, name), encodeDirent({ ino, type: mode & S_IFMT, cookie })])
       tx.push([cookieKey(parent, cookie), name])
-      tx.push([inodeKey(parent), encodeInode(dir)])
+      putInode(tx, dir)
       return inode
     })
   }
@@ -459,8 +482,8 @@ export class FileSystem {
       dir.mtime = dir.ctime = now
       tx.push([direntKey(newParent, newName), encodeDirent({ ino, type: inode.mode & S_IFMT, cookie })])
       tx.push([cookieKey(newParent, cookie), newName])
-      tx.push([inodeKey(ino), encodeInode(inode)])
-      tx.push([inodeKey(newParent), encodeInode(dir)])
+      putInode(tx, inode)
+      putInode(tx, dir)
       if (this.pins.has(ino)) tx.push([orphanKey(ino), null])
       return inode
     })
@@ -500,8 +523,8 @@ export class FileSystem {
       inode.ctime = now
       d.mtime = d.ctime = now
       tx.push([direntKey(dir, name), encodeDirent({ ino, type: S_IFREG, cookie })])
-      tx.push([inodeKey(ino), encodeInode(inode)])
-      tx.push([inodeKey(dir), encodeInode(d)])
+      putInode(tx, inode)
+      putInode(tx, d)
       tx.push([orphanKey(ino), null])
       return inode
     })
@@ -526,7 +549,7 @@ export class FileSystem {
       tx.push([direntKey(parent, name), null])
       tx.push([cookieKey(parent, entry.cookie), null])
       dir.mtime = dir.ctime = now
-      tx.push([inodeKey(parent), encodeInode(dir)])
+      putInode(tx, dir)
       await this.dropLink(tx, victim, now)
     })
   }
@@ -551,7 +574,7 @@ export class FileSystem {
       tx.push([cookieKey(parent, entry.cookie), null])
       dir.nlink--
       dir.mtime = dir.ctime = now
-      tx.push([inodeKey(parent), encodeInode(dir)])
+      putInode(tx, dir)
       victim.nlink = 0
       victim.ctime = now
       await this.retire(tx, victim)
@@ -565,17 +588,17 @@ export class FileSystem {
   }
 
   /** One name of `victim` is gone: drop a link, and the inode with its last one. */
-  private async dropLink(tx: [string, Buffer | null][], victim: Inode, now: Timespec): Promise<void> {
+  private async dropLink(tx: Change[], victim: Inode, now: Timespec): Promise<void> {
     victim.nlink--
     victim.ctime = now
-    if (victim.nlink > 0) tx.push([inodeKey(victim.ino), encodeInode(victim)])
+    if (victim.nlink > 0) putInode(tx, victim)
     else await this.retire(tx, victim)
   }
 
   /** An inode without names: delete it now, or keep it as an orphan while something holds it open. */
-  private async retire(tx: [string, Buffer | null][], victim: Inode): Promise<void> {
+  private async retire(tx: Change[], victim: Inode): Promise<void> {
     if (this.pins.has(victim.ino)) {
-      tx.push([inodeKey(victim.ino), encodeInode(victim)])
+      putInode(tx, victim)
       tx.push([orphanKey(victim.ino), Buffer.alloc(0)])
       return
     }
@@ -583,7 +606,7 @@ export class FileSystem {
   }
 
   /** Deletes an inode and everything it owns (extents, xattrs, pending bytes). */
-  private async purgeInto(tx: [string, Buffer | null][], ino: number): Promise<void> {
+  private async purgeInto(tx: Change[], ino: number): Promise<void> {
     tx.push([inodeKey(ino), null])
     tx.push([orphanKey(ino), null])
     for (const prefix of [extentPrefix(ino), xattrPrefix(ino)]) {
@@ -646,8 +669,8 @@ export class FileSystem {
           d.parent = parent
         }
         src.ctime = d.ctime = now
-        tx.push([inodeKey(src.ino), encodeInode(src)])
-        tx.push([inodeKey(d.ino), encodeInode(d)])
+        putInode(tx, src)
+        putInode(tx, d)
       } else {
         if (dst) {
           if (isDir(src.mode) && !isDir(dst.mode)) throw fsError('ENOTDIR')
@@ -674,12 +697,12 @@ export class FileSystem {
         }
         src.parent = newParent
         src.ctime = now
-        tx.push([inodeKey(src.ino), encodeInode(src)])
+        putInode(tx, src)
       }
       srcDir.mtime = srcDir.ctime = now
       dstDir.mtime = dstDir.ctime = now
-      tx.push([inodeKey(parent), encodeInode(srcDir)])
-      if (!sameDir) tx.push([inodeKey(newParent), encodeInode(dstDir)])
+      putInode(tx, srcDir)
+      if (!sameDir) putInode(tx, dstDir)
     })
   }
 
@@ -752,7 +775,7 @@ export class FileSystem {
         changed = true
       }
       inode.ctime = set.ctime ?? now
-      if (changed || set.ctime) tx.push([inodeKey(ino), encodeInode(inode)])
+      if (changed || set.ctime) putInode(tx, inode)
       return inode
     })
   }
@@ -1012,7 +1035,7 @@ export class FileSystem {
       if (!(mode & FALLOC_FL_KEEP_SIZE) && offset + length > inode.size) {
         await this.truncateInto(inode, offset + length, now, true)
       }
-      tx.push([inodeKey(ino), encodeInode(inode)])
+      putInode(tx, inode)
     })
   }
 
@@ -1069,13 +1092,22 @@ export class FileSystem {
   }
 
   async getxattr(cred: Cred, ino: number, name: Buffer): Promise<Buffer> {
+    const value = await this.tryGetxattr(cred, ino, name)
+    if (!value) throw fsError('ENODATA')
+    return value
+  }
+
+  /**
+   * getxattr(), with undefined for an attribute the file does not have: the
+   * kernel asks for "security.capability" before a new file's first write
+   * and every chown.
+   */
+  async tryGetxattr(cred: Cred, ino: number, name: Buffer): Promise<Buffer | undefined> {
     if (name.length > XATTR_NAME_MAX) throw fsError('ERANGE')
     return this.lock.run(async () => {
       const inode = await this.getInode(ino)
       this.xattrAllowed(cred, inode, name, false)
-      const value = await this.tree.get(xattrKey(ino, name))
-      if (!value) throw fsError('ENODATA')
-      return value
+      return this.tree.get(xattrKey(ino, name))
     })
   }
 
@@ -1090,7 +1122,7 @@ export class FileSystem {
       if (flags & XATTR_REPLACE && !exists) throw fsError('ENODATA')
       inode.ctime = this.now()
       tx.push([xattrKey(ino, name), Buffer.from(value)])
-      tx.push([inodeKey(ino), encodeInode(inode)])
+      putInode(tx, inode)
     })
   }
 
@@ -1117,7 +1149,7 @@ export class FileSystem {
       if (!(await this.tree.get(xattrKey(ino, name)))) throw fsError('ENODATA')
       inode.ctime = this.now()
       tx.push([xattrKey(ino, name), null])
-      tx.push([inodeKey(ino), encodeInode(inode)])
+      putInode(tx, inode)
     })
   }
 
@@ -1170,7 +1202,8 @@ export class FileSystem {
     await this.lock.run(async () => {
       switch (record.kind) {
         case REC.kv:
-          for (const [key, val] of decodeKv(record.payload)) {
+        case REC.kvMsgpack:
+          for (const [key, val] of (record.kind === REC.kv ? decodeKv : decodeKvMsgpack)(record.payload)) {
             if (val) await this.tree.put(key, val)
             else await this.tree.delete(key)
           }
@@ -1325,10 +1358,10 @@ export class FileSystem {
    * queues key changes; they are then applied to the tree and logged as one
    * absolute record. A failure before that point changes nothing.
    */
-  private async mutate<T>(fn: (tx: [string, Buffer | null][]) => Promise<T>): Promise<T> {
+  private async mutate<T>(fn: (tx: Change[]) => Promise<T>): Promise<T> {
     this.requireWritable()
     return this.lock.run(async () => {
-      const tx: [string, Buffer | null][] = []
+      const tx: Change[] = []
       let result: T
       try {
         result = await fn(tx)
@@ -1338,15 +1371,15 @@ export class FileSystem {
       }
       if (tx.length === 0) return result
       // Load every page the change touches first, so applying it cannot stop half-way.
-      for (const [key] of tx) await this.tree.get(key)
-      for (const [key, val] of tx) {
-        if (val) await this.tree.put(key, val)
-        else await this.tree.delete(key)
+      for (const [key] of tx) if (!this.tree.isResident(key)) await this.tree.get(key)
+      for (const [key, val, inode] of tx) {
+        if (!val) await this.tree.delete(key)
+        else if (!this.tree.putResident(key, val)) await this.tree.put(key, val)
         if (key.charCodeAt(0) === KIND.inode) {
           // Cache the new record rather than drop the old: lru-cache's delete of its last entry clears
           // every slot (O(max)), and a volume being filled keeps its cache near one entry that way.
           const ino = readU64(key, 1)
-          if (val) this.inodeCache.set(ino, decodeInode(ino, val))
+          if (val) this.inodeCache.set(ino, inode ?? decodeInode(ino, val))
           else this.inodeCache.delete(ino)
         }
       }

@@ -7,8 +7,8 @@ import { decodeExtent, encodeExtent, type Extent, type Timespec } from './record
  * at or before the committed head reproduces exactly the state at the end.
  */
 export const REC = {
-  /** Metadata changes: keys to set or delete. */
-  kv: 1,
+  /** Metadata changes as msgpack: written by s0fs before 2026-12-02, still replayed. */
+  kvMsgpack: 1,
   /** Bytes written to a file (size grows to cover them, mtime set). */
   data: 2,
   /** File size set (shrinking drops data beyond it). */
@@ -17,17 +17,63 @@ export const REC = {
   punch: 4,
   /** Pending bytes of a range replaced by stored blobs. */
   extents: 5,
+  /** Metadata changes: keys to set or delete (encodeKv). */
+  kv: 6,
 } as const
 
 const packr = new Packr({ useRecords: false })
 
 export const DATA_HEADER = 28
 
-export function encodeKv(changes: [string, Buffer | null][]): Buffer {
-  return packr.pack(changes.map(([k, v]) => [Buffer.from(k, 'latin1'), v]))
+/** A value length that marks a deleted key in a metadata-changes record. */
+const DELETED = 0xffff_ffff
+
+/**
+ * A metadata-changes record: u32 count, then per change u16 key length, the
+ * key (latin1), u32 value length (DELETED for a deletion) and the value.
+ * Every create, setattr and rename logs one; as msgpack (REC.kvMsgpack) its
+ * encoding cost ~10 µs, this layout ~1.5.
+ */
+export function encodeKv(changes: readonly (readonly [string, Buffer | null, ...unknown[]])[]): Buffer {
+  let size = 4
+  for (const [key, val] of changes) size += 6 + key.length + (val ? val.length : 0)
+  const out = Buffer.allocUnsafe(size)
+  out.writeUInt32LE(changes.length, 0)
+  let at = 4
+  for (const [key, val] of changes) {
+    out.writeUInt16LE(key.length, at)
+    at += 2 + out.write(key, at + 2, 'latin1')
+    out.writeUInt32LE(val ? val.length : DELETED, at)
+    at += 4 + (val ? val.copy(out, at + 4) : 0)
+  }
+  return out
 }
 
 export function decodeKv(payload: Buffer): [string, Buffer | null][] {
+  const changes: [string, Buffer | null][] = []
+  const count = payload.readUInt32LE(0)
+  let at = 4
+  const take = (length: number): number => {
+    if (at + length > payload.length) throw new RangeError('metadata record overruns its payload')
+    at += length
+    return at - length
+  }
+  for (let i = 0; i < count; i++) {
+    const keyLength = payload.readUInt16LE(take(2))
+    const keyAt = take(keyLength)
+    const key = payload.toString('latin1', keyAt, keyAt + keyLength)
+    const valLength = payload.readUInt32LE(take(4))
+    if (valLength === DELETED) changes.push([key, null])
+    else {
+      const valAt = take(valLength)
+      changes.push([key, Buffer.from(payload.subarray(valAt, valAt + valLength))])
+    }
+  }
+  return changes
+}
+
+/** A metadata-changes record of the older msgpack layout (REC.kvMsgpack). */
+export function decodeKvMsgpack(payload: Buffer): [string, Buffer | null][] {
   return (packr.unpack(payload) as [Uint8Array, Uint8Array | null][]).map(([k, v]) => [
     Buffer.from(k).toString('latin1'),
     v ? Buffer.from(v) : null,

@@ -91,6 +91,7 @@ const ENOSYS = -38
 const SEEK_DATA = 3
 const SEEK_HOLE = 4
 const ERANGE = -34
+const ENODATA = -61
 const MAX_WRITE = 1024 * 1024
 /**
  * Requests the kernel sends without a caller waiting on each (writeback
@@ -181,14 +182,8 @@ export class FuseAdapter {
     switch (op) {
       case Op.LOOKUP: {
         const name = cString(body, 0).value
-        return fs.lookup(cred, node, name).then(
-          (inode) => this.replyEntry(u, inode),
-          (err) => {
-            // Cache the miss: the kernel will not ask again until it creates the name itself.
-            if (err instanceof FsError && err.code === 'ENOENT') return this.replyEntry(u, undefined)
-            throw err
-          },
-        )
+        // A miss is cached too: the kernel will not ask again until it creates the name itself.
+        return fs.tryLookup(cred, node, name).then((inode) => this.replyEntry(u, inode))
       }
       case Op.GETATTR:
         return fs.getattr(node).then((inode) => this.replyAttr(u, inode))
@@ -279,7 +274,7 @@ export class FuseAdapter {
       case Op.GETXATTR: {
         const size = body.readUInt32LE(0)
         const name = cString(body, 8).value
-        return fs.getxattr(cred, node, name).then((value) => this.replySized(u, size, value))
+        return fs.tryGetxattr(cred, node, name).then((value) => (value ? this.replySized(u, size, value) : this.device.reply(u, ENODATA)))
       }
       case Op.LISTXATTR: {
         const size = body.readUInt32LE(0)

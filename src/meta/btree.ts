@@ -106,12 +106,33 @@ export class Tree {
   }
 
   async put(key: string, val: Buffer): Promise<void> {
+    if (this.putResident(key, val)) return
+    const { leaf, stack } = await this.writablePath(key)
+    this.putInto(leaf, stack, key, val)
+  }
+
+  /**
+   * put() when every page on the key's path is in memory (the usual case),
+   * without an await; false, and nothing observable changed, otherwise.
+   */
+  putResident(key: string, val: Buffer): boolean {
     if (!this.root) {
       this.root = newLeaf(this.epoch, [key], [val])
       this.owned++
-      return
+      return true
     }
-    const { leaf, stack } = await this.writablePath(key)
+    const path = this.mutablePath(key)
+    if (!path) return false
+    this.putInto(path.leaf, path.stack, key, val)
+    return true
+  }
+
+  /** Whether reading `key` needs no page load. */
+  isResident(key: string): boolean {
+    return this.getResident(key) !== NOT_RESIDENT
+  }
+
+  private putInto(leaf: Node, stack: { node: Node; index: number }[], key: string, val: Buffer): void {
     const { index, found } = leafSearch(leaf, key)
     if (found) {
       leaf.bytes += val.length - leafValueLength(leaf, index)
@@ -139,10 +160,6 @@ export class Tree {
 
   private resident(child: Child): Node | undefined {
     return isPageRef(child) ? this.pages.peek(child) : child
-  }
-
-  private pathResident(key: string): boolean {
-    return this.getResident(key) !== NOT_RESIDENT
   }
 
   /**
@@ -323,7 +340,7 @@ export class Tree {
    */
   private async writablePath(key: string): Promise<MutablePath> {
     for (;;) {
-      const loaded = this.pathResident(key) ? undefined : await this.loadPath(key)
+      const loaded = this.isResident(key) ? undefined : await this.loadPath(key)
       const path = this.mutablePath(key, loaded)
       if (path) return path
     }
