@@ -135,13 +135,15 @@ export interface FileSystemOptions {
   onDirty?: (ino: number) => void
   /**
    * Awaited before bytes are accepted: the portal's admission control (waits
-   * while the portal is full, throws ENOSPC when the disk is). Resolves to a
-   * function called once the bytes are in the log (it ends their reservation).
+   * while the portal is full, throws ENOSPC when the disk is). Gives (or
+   * resolves to) a function called once the bytes are in the log (it ends
+   * their reservation).
    */
   admit?: Admit
 }
 
-export type Admit = (bytes: number) => Promise<() => void>
+/** Returns at once when there is room, as most writes find: a promise only when it must wait or check. */
+export type Admit = (bytes: number) => (() => void) | Promise<() => void>
 
 /** Extents of a file intersecting [start, end), in order. */
 export async function extentsInTree(tree: Tree, ino: number, start: number, end: number): Promise<Extent[]> {
@@ -208,6 +210,10 @@ type Change = [key: string, value: Buffer | null, inode?: Inode]
 function putInode(tx: Change[], inode: Inode): void {
   // A copy: the caller may go on changing its inode (timespecs and targets are replaced, never changed in place).
   tx.push([inodeKey(inode.ino), encodeInode(inode), { ...inode }])
+}
+
+function missingInode(ino: number): never {
+  throw fsError('ENOENT', `inode ${ino}`)
 }
 
 function validName(name: Buffer): void {
@@ -311,24 +317,30 @@ export class FileSystem {
 
   /**
    * An inode, as a private copy the caller may change (and then write back).
-   * Decoded inodes are cached: every operation reads at least one.
+   * Decoded inodes are cached: every operation reads at least one, most
+   * several, so a cached one is returned as it is rather than as a promise
+   * (callers await either; an async function here was a promise and a
+   * suspended frame per call, a tenth of a metadata operation's garbage).
    */
-  async getInode(ino: number): Promise<Inode> {
-    const inode = await this.tryInode(ino)
-    if (!inode) throw fsError('ENOENT', `inode ${ino}`)
-    return inode
+  private getInode(ino: number): Inode | Promise<Inode> {
+    const inode = this.tryInode(ino)
+    if (inode instanceof Promise) return inode.then((found) => found ?? missingInode(ino))
+    return inode ?? missingInode(ino)
   }
 
-  private async tryInode(ino: number): Promise<Inode | undefined> {
-    let cached = this.inodeCache.get(ino)
-    if (!cached) {
-      const raw = await this.tree.get(inodeKey(ino))
-      if (!raw) return undefined
-      cached = decodeInode(ino, raw)
-      this.inodeCache.set(ino, cached)
-    }
+  private tryInode(ino: number): Inode | undefined | Promise<Inode | undefined> {
+    const cached = this.inodeCache.get(ino)
     // Timespecs and targets are replaced, never changed in place: a shallow copy is private enough.
-    return { ...cached }
+    if (cached) return { ...cached }
+    return this.loadInode(ino)
+  }
+
+  private async loadInode(ino: number): Promise<Inode | undefined> {
+    const raw = await this.tree.get(inodeKey(ino))
+    if (!raw) return undefined
+    const inode = decodeInode(ino, raw)
+    this.inodeCache.set(ino, inode)
+    return { ...inode }
   }
 
   /** Writes an inode record straight to the tree (changes implied by a log record of their own). */
@@ -973,12 +985,14 @@ export class FileSystem {
     this.requireWritable()
     const record = dataRecord(data)
     // Behind a slow disk the log's queue fills up: wait for it instead of holding ever more in memory.
-    await this.wal!.room()
-    const admitted = this.admit ? await this.admit(data.length) : undefined
+    const room = this.wal!.room()
+    if (room) await room
+    const admitted = this.admit?.(data.length)
+    const release = admitted instanceof Promise ? await admitted : admitted
     try {
       return await this.writeAdmitted(cred, ino, offset, record, options)
     } finally {
-      admitted?.()
+      release?.()
     }
   }
 

@@ -65,16 +65,32 @@ export class PortalAdmission {
     return this.logBytes + incoming > this.portal.capBytes * EARLY_COMMIT_FRACTION
   }
 
-  /** Waits until `bytes` of data fit in the portal; call the returned function once they are in the log. */
-  async admit(bytes: number): Promise<() => void> {
+  /**
+   * Waits until `bytes` of data fit in the portal; call the returned function
+   * once they are in the log. Without a promise when the room is there and
+   * no disk check or early commit is due: every write asks.
+   */
+  admit(bytes: number): (() => void) | Promise<() => void> {
     const need = bytes + RECORD_OVERHEAD
-    await this.reserve(need)
+    if (this.mayTakeNow(need) && this.take(need)) return this.releaser(need)
+    return this.reserve(need).then(() => this.releaser(need))
+  }
+
+  private releaser(bytes: number): () => void {
     let released = false
     return () => {
       if (released) return
       released = true
-      this.reserved -= need
+      this.reserved -= bytes
     }
+  }
+
+  /** Whether `bytes` may be taken at once: no disk check due (see diskIsFull), and the logs not filling. */
+  private mayTakeNow(bytes: number): boolean {
+    if (this.sinceDiskCheck + bytes >= DISK_CHECK_BYTES || Date.now() - this.lastDiskCheck >= DISK_CHECK_MS) return false
+    if (this.filling(bytes)) return false
+    this.sinceDiskCheck += bytes
+    return true
   }
 
   /**
