@@ -344,9 +344,13 @@ export class FileSystem {
   }
 
   /** Writes an inode record straight to the tree (changes implied by a log record of their own). */
-  private async storeInode(inode: Inode): Promise<void> {
-    await this.tree.put(inodeKey(inode.ino), encodeInode(inode))
-    this.inodeCache.set(inode.ino, { ...inode })
+  private storeInode(inode: Inode): void | Promise<void> {
+    const key = inodeKey(inode.ino)
+    const record = encodeInode(inode)
+    const cache = () => void this.inodeCache.set(inode.ino, { ...inode })
+    // Every write stores its inode (size, mtime): no promise when the page is in memory, as it nearly always is.
+    if (this.tree.putResident(key, record)) return cache()
+    return this.tree.put(key, record).then(cache)
   }
 
   async lookup(cred: Cred, parent: number, name: Buffer): Promise<Inode> {

@@ -1,4 +1,5 @@
 import { Packr } from 'msgpackr'
+import { readU64, writeU64 } from '../util/u64.js'
 import { decodeExtent, encodeExtent, type Extent, type Timespec } from './records.js'
 
 /**
@@ -92,17 +93,17 @@ export function dataRecord(data: Uint8Array): Buffer {
 }
 
 export function writeDataHeader(record: Buffer, ino: number, off: number, time: Timespec): void {
-  record.writeBigUInt64LE(BigInt(ino), 0)
-  record.writeBigUInt64LE(BigInt(off), 8)
-  record.writeBigUInt64LE(BigInt(time.s), 16)
+  writeU64(record, 0, ino)
+  writeU64(record, 8, off)
+  writeU64(record, 16, time.s)
   record.writeUInt32LE(time.ns, 24)
 }
 
 export function decodeDataHeader(payload: Buffer): { ino: number; off: number; time: Timespec; length: number } {
   return {
-    ino: Number(payload.readBigUInt64LE(0)),
-    off: Number(payload.readBigUInt64LE(8)),
-    time: { s: Number(payload.readBigUInt64LE(16)), ns: payload.readUInt32LE(24) },
+    ino: readU64(payload, 0),
+    off: readU64(payload, 8),
+    time: { s: readU64(payload, 16), ns: payload.readUInt32LE(24) },
     length: payload.length - DATA_HEADER,
   }
 }

@@ -4,6 +4,10 @@
  * All integers are little-endian.
  */
 
+import { readU64, writeU64 } from '../util/u64.js'
+
+export { readS64, readU64, writeU64 } from '../util/u64.js'
+
 export const FUSE_KERNEL_VERSION = 7
 /** The minor version s0fs implements; the session uses min(this, kernel's). */
 export const FUSE_KERNEL_MINOR_VERSION = 33
@@ -129,7 +133,7 @@ export function readHeader(buf: Buffer): Header {
     len: buf.readUInt32LE(0),
     opcode: buf.readUInt32LE(4),
     unique: buf.readBigUInt64LE(8),
-    nodeid: Number(buf.readBigUInt64LE(16)),
+    nodeid: readU64(buf, 16),
     uid: buf.readUInt32LE(24),
     gid: buf.readUInt32LE(28),
     pid: buf.readUInt32LE(32),
@@ -184,20 +188,6 @@ export function writeTtl(buf: Buffer, secAt: number, nsecAt: number, seconds: nu
   const s = Math.floor(seconds)
   writeU64(buf, secAt, s)
   buf.writeUInt32LE(Math.floor((seconds - s) * 1e9), nsecAt)
-}
-
-export function writeU64(buf: Buffer, off: number, n: number): void {
-  buf.writeUInt32LE(n >>> 0, off)
-  buf.writeUInt32LE(Math.floor(n / 0x1_0000_0000) >>> 0, off + 4)
-}
-
-export function readU64(buf: Buffer, off: number): number {
-  return buf.readUInt32LE(off) + buf.readUInt32LE(off + 4) * 0x1_0000_0000
-}
-
-/** A signed 64-bit field (times before 1970 are negative seconds). writeU64 writes negatives as two's complement already. */
-export function readS64(buf: Buffer, off: number): number {
-  return buf.readUInt32LE(off) + buf.readInt32LE(off + 4) * 0x1_0000_0000
 }
 
 /** Bytes a directory entry takes in a READDIR reply (8-byte aligned). */

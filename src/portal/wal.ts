@@ -3,6 +3,7 @@ import path from 'node:path'
 import { LRUCache } from 'lru-cache'
 import { SEAL_OVERHEAD, type RepoKeys } from '../crypto/index.js'
 import { freeBuffer } from '../util/native.js'
+import { readU64, writeU64 } from '../util/u64.js'
 
 /**
  * The write-ahead log of one volume on the local disk (the portal). Every
@@ -550,7 +551,7 @@ export class Wal {
       const parts: Buffer[] = []
       for (const r of runs[k]) {
         const h = Buffer.allocUnsafe(RECORD_HEADER)
-        h.writeBigUInt64LE(BigInt(r.seq), 0)
+        writeU64(h, 0, r.seq)
         h[8] = r.kind
         h.writeUInt32LE(r.payload.length, 9)
         parts.push(h, r.payload)
@@ -774,7 +775,7 @@ function splitFrame(plain: Buffer): Map<number, Buffer> {
 function* frameRecords(plain: Buffer): Generator<{ seq: number; kind: number; payload: Buffer }> {
   let at = 0
   while (at + RECORD_HEADER <= plain.length) {
-    const seq = Number(plain.readBigUInt64LE(at))
+    const seq = readU64(plain, at)
     const kind = plain[at + 8]
     const len = plain.readUInt32LE(at + 9)
     if (at + RECORD_HEADER + len > plain.length) throw new WalCorruptError('frame record overruns its frame')
