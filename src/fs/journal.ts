@@ -1,5 +1,5 @@
 import { Packr } from 'msgpackr'
-import { readU64, writeU64 } from '../util/u64.js'
+import { readS64, readU64, writeU64 } from '../util/u64.js'
 import { decodeExtent, encodeExtent, type Extent, type Timespec } from './records.js'
 
 /**
@@ -103,7 +103,7 @@ export function decodeDataHeader(payload: Buffer): { ino: number; off: number; t
   return {
     ino: readU64(payload, 0),
     off: readU64(payload, 8),
-    time: { s: readU64(payload, 16), ns: payload.readUInt32LE(24) },
+    time: { s: readS64(payload, 16), ns: payload.readUInt32LE(24) },
     length: payload.length - DATA_HEADER,
   }
 }

@@ -1,6 +1,6 @@
 import { Packr } from 'msgpackr'
 import { describe, expect, it } from 'vitest'
-import { decodeKv, decodeKvMsgpack, encodeKv } from '../../src/fs/journal.js'
+import { dataRecord, decodeDataHeader, decodeKv, decodeKvMsgpack, encodeKv, writeDataHeader } from '../../src/fs/journal.js'
 import { decodeInode, encodeInode, packRecord, type Inode } from '../../src/fs/records.js'
 
 const msgpackr = new Packr({ useRecords: false })
@@ -51,5 +51,17 @@ describe('record encoding', () => {
     const old = Buffer.from(msgpackr.pack(changes.map(([k, v]) => [Buffer.from(k, 'latin1'), v])))
     expect(decodeKvMsgpack(old)).toEqual(changes)
     expect(() => decodeKv(encodeKv(changes).subarray(0, 20))).toThrow(RangeError)
+  })
+
+  it('round-trips a data record header at 64-bit widths, a time before 1970 included', () => {
+    for (const [ino, off, s] of [
+      [2, 0, 1_764_660_000],
+      [2 ** 40 + 3, 2 ** 50 + 5, 2 ** 33],
+      [7, 4096, -86_400],
+    ]) {
+      const record = dataRecord(Buffer.from('bytes'))
+      writeDataHeader(record, ino, off, { s, ns: 999_999_999 })
+      expect(decodeDataHeader(record)).toEqual({ ino, off, time: { s, ns: 999_999_999 }, length: 5 })
+    }
   })
 })
