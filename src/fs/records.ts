@@ -41,8 +41,6 @@ function numberSize(n: number): number {
   return 9 // float64, as msgpackr writes every number beyond 32 bits and every fraction
 }
 
-const float64 = new DataView(new ArrayBuffer(8))
-
 /** Writes a number as msgpackr does: the smallest integer form within 32 bits, float64 beyond. */
 function writeNumber(out: Buffer, at: number, n: number): number {
   if (n >>> 0 === n || n >> 0 === n) {
@@ -70,9 +68,7 @@ function writeNumber(out: Buffer, at: number, n: number): number {
     return at + 5
   }
   out[at] = 0xcb
-  float64.setFloat64(0, n)
-  for (let i = 0; i < 8; i++) out[at + 1 + i] = float64.getUint8(i)
-  return at + 9
+  return out.writeDoubleBE(n, at + 1)
 }
 
 const binSize = (length: number) => (length < 0x100 ? 2 : length < 0x10000 ? 3 : 5)

@@ -72,7 +72,10 @@ export class PortalAdmission {
    */
   admit(bytes: number): (() => void) | Promise<() => void> {
     const need = bytes + RECORD_OVERHEAD
-    if (this.mayTakeNow(need) && this.take(need)) return this.releaser(need)
+    if (this.mayTakeNow(need) && this.take(need)) {
+      this.sinceDiskCheck += need
+      return this.releaser(need)
+    }
     return this.reserve(need).then(() => this.releaser(need))
   }
 
@@ -88,9 +91,7 @@ export class PortalAdmission {
   /** Whether `bytes` may be taken at once: no disk check due (see diskIsFull), and the logs not filling. */
   private mayTakeNow(bytes: number): boolean {
     if (this.sinceDiskCheck + bytes >= DISK_CHECK_BYTES || Date.now() - this.lastDiskCheck >= DISK_CHECK_MS) return false
-    if (this.filling(bytes)) return false
-    this.sinceDiskCheck += bytes
-    return true
+    return !this.filling(bytes)
   }
 
   /**
