@@ -25,6 +25,8 @@ export interface WorkloadReport {
   rclone_ratio_to_local?: Record<string, number>
   /** Why the workload could not run to its end on rclone (its figures are then absent). */
   rclone_error?: string
+  /** With `--rounds N` (N > 1): each round's own figures, s0fs and local disk measured back to back in every round. */
+  rounds?: { s0fs: Figures[]; local: Figures[]; rclone?: Figures[] }
 }
 
 /** A tool the run compared s0fs with, and how it was set up. */
@@ -47,6 +49,12 @@ export interface Report {
   date: string
   machine: { cpus: number; memory_gib: number; kernel: string; node: string }
   repository: string
+  /**
+   * Rounds per workload (`--rounds`, when more than 1): figures are then the
+   * median of the rounds, peaks the largest, and ratios the median of each
+   * round's own ratio.
+   */
+  rounds?: number
   /** Options given to every s0fs mount of the run (`--mount-options`), when any. */
   mount_options?: string[]
   page_cache_dropped: boolean
@@ -73,6 +81,50 @@ export function ratios(s0fs: Figures, local: Figures): Record<string, number> {
     if (r !== undefined) out[key] = r
   }
   return out
+}
+
+/** A figure that must hold throughout, so several rounds report their largest. */
+const PEAK = /peak/
+
+/**
+ * Several rounds' figures as one: each number the median of the rounds (the
+ * largest for peaks), a check (`tree_matches`) false if any round's was, and
+ * anything else the first round's.
+ */
+export function combineRounds(rounds: Figures[]): Figures {
+  const out: Figures = {}
+  for (const key of Object.keys(rounds[0] ?? {})) {
+    const values = rounds.map((r) => r[key]).filter((v) => v !== undefined)
+    if (values.every((v) => typeof v === 'number')) {
+      const numbers = values as number[]
+      out[key] = PEAK.test(key) ? Math.max(...numbers) : median(numbers)
+    } else if (values.every((v) => typeof v === 'boolean')) {
+      out[key] = values.every(Boolean)
+    } else {
+      out[key] = values[0]
+    }
+  }
+  return out
+}
+
+/** Per figure, the median of each round's own speed ratio: each round's pair was measured minutes apart, the rounds may be an hour apart. */
+export function roundRatios(s0fs: Figures[], local: Figures[]): Record<string, number> {
+  const perRound = s0fs.map((f, i) => ratios(f, local[i] ?? {}))
+  const out: Record<string, number> = {}
+  for (const key of Object.keys(perRound[0] ?? {})) {
+    const values = perRound.map((r) => r[key]).filter((v): v is number => v !== undefined)
+    if (values.length) out[key] = round3(median(values))
+  }
+  return out
+}
+
+/** The median; of an even count, the mean of the middle two (rounded as the inputs are, to 3 decimals at most). */
+export function median(values: number[]): number {
+  const sorted = [...values].sort((a, b) => a - b)
+  const mid = sorted.length >> 1
+  if (sorted.length % 2) return sorted[mid]
+  const mean = (sorted[mid - 1] + sorted[mid]) / 2
+  return Number.isInteger(sorted[mid - 1]) && Number.isInteger(sorted[mid]) ? Math.round(mean) : round3(mean)
 }
 
 interface Rule {
@@ -162,7 +214,10 @@ export function markdown(report: Report): string {
   lines.push(
     `Machine: ${report.machine.cpus} CPUs, ${report.machine.memory_gib} GiB, Linux ${report.machine.kernel}, Node ${report.machine.node}. ` +
       `Repository: \`${report.repository}\`. Page cache dropped before cold steps: ${report.page_cache_dropped ? 'yes' : 'no (needs root)'}.` +
-      (report.mount_options?.length ? ` Every s0fs mount had \`${report.mount_options.join(' ')}\`.` : ''),
+      (report.mount_options?.length ? ` Every s0fs mount had \`${report.mount_options.join(' ')}\`.` : '') +
+      (report.rounds && report.rounds > 1
+        ? ` Each workload ran ${report.rounds} rounds (s0fs, then local disk, in each): figures are medians with the rounds' range in brackets, peaks the largest, ratios the median of each round's own ratio.`
+        : ''),
     '',
   )
   const rclone = report.compared?.rclone
@@ -177,20 +232,22 @@ export function markdown(report: Report): string {
     lines.push('| workload | figure | s0fs | local disk | s0fs speed ÷ local |', '| --- | --- | ---: | ---: | ---: |')
   }
   const x = (r: number | undefined) => (r === undefined ? '—' : r.toFixed(2) + '×')
-  const cell = (v: unknown) => (v === undefined ? '—' : fmt(v))
   for (const [name, w] of Object.entries(report.workloads)) {
+    const cell = (v: unknown, key?: string, side?: Figures[]) => (v === undefined ? '—' : fmt(v) + (key && side ? range(side, key) : ''))
     // s0fs's figures first, in its order, then what only rclone reports (its upload waits, tar's differences).
     const keys = [...Object.keys(w.s0fs), ...Object.keys(w.rclone ?? {}).filter((k) => !(k in w.s0fs))]
     for (const key of keys) {
       const value = w.s0fs[key]
       const local = w.local?.[key]
       if (!rclone) {
-        lines.push(`| ${name} | ${key} | ${cell(value)} | ${cell(local)} | ${x(w.ratio_to_local?.[key])} |`)
+        lines.push(`| ${name} | ${key} | ${cell(value, key, w.rounds?.s0fs)} | ${cell(local, key, w.rounds?.local)} | ${x(w.ratio_to_local?.[key])} |`)
         continue
       }
       const other = w.rclone?.[key]
       const vs = typeof value === 'number' && typeof other === 'number' ? speedRatio(key, value, other) : undefined
-      lines.push(`| ${name} | ${key} | ${cell(value)} | ${cell(other)} | ${cell(local)} | ${x(w.ratio_to_local?.[key])} | ${x(w.rclone_ratio_to_local?.[key])} | ${x(vs)} |`)
+      lines.push(
+        `| ${name} | ${key} | ${cell(value, key, w.rounds?.s0fs)} | ${cell(other, key, w.rounds?.rclone)} | ${cell(local, key, w.rounds?.local)} | ${x(w.ratio_to_local?.[key])} | ${x(w.rclone_ratio_to_local?.[key])} | ${x(vs)} |`,
+      )
     }
     const q = w.requests
     if (q) lines.push(`| ${name} | requests (PUT/GET/LIST/DELETE), MiB up/down | ${q.put}/${q.get}/${q.list}/${q.delete}, ${mib(q.bytes_up)}/${mib(q.bytes_down)} |${rclone ? ' — | — | — |' : ''} — | — |`)
@@ -297,6 +354,14 @@ function chartFrame(o: { height: number; top: number; x: (ratio: number) => numb
 function fmt(v: unknown): string {
   if (typeof v === 'number') return Number.isInteger(v) ? v.toLocaleString('en-US') : String(v)
   return String(v)
+}
+
+/** " (min–max)" of a figure over the rounds, when they differ. */
+function range(rounds: Figures[], key: string): string {
+  const values = rounds.map((r) => r[key]).filter((v): v is number => typeof v === 'number')
+  if (values.length < 2) return ''
+  const [lo, hi] = [Math.min(...values), Math.max(...values)]
+  return lo === hi ? '' : ` (${fmt(lo)}–${fmt(hi)})`
 }
 
 function mib(bytes: number): string {

@@ -14,7 +14,7 @@ import { parseArgs } from 'node:util'
 import { ProgressLine } from '../src/cli/progress.js'
 import { LocalTarget, prepareContext, RcloneTarget, removeWork, S0fsTarget, type BenchContext, type FinishInfo, type RequestCounts, type Target } from './harness.js'
 import { runMicro } from './micro.js'
-import { checkTargets, markdown, ratios, svgChart, type ComparedTool, type Report, type WorkloadReport } from './report.js'
+import { checkTargets, combineRounds, markdown, ratios, roundRatios, svgChart, type ComparedTool, type Report, type WorkloadReport } from './report.js'
 import { WORKLOADS, type Figures, type Workload } from './workloads.js'
 
 const micro: Workload = {
@@ -40,13 +40,17 @@ const RCLONE_NOTE =
   "s0fs's write figures stop the clock when fsync returns, i.e. when the data is in its local log (default `--sync local`); its commit to the bucket is likewise untimed (the harness commits before each cold step). " +
   "rclone's cold steps remount it (and drop the page cache); reads from the bucket (`read_cold_bucket`) also empty rclone's VFS cache first, as s0fs's portal is emptied."
 
-const USAGE = `Usage: s0fs bench [--repo URL] [--workload NAMES] [--compare TOOLS] [--mount-options OPTS] [--out DIR] [--json] [--quick]
+const USAGE = `Usage: s0fs bench [--repo URL] [--workload NAMES] [--rounds N] [--compare TOOLS] [--mount-options OPTS] [--out DIR] [--json] [--quick]
 
 Runs each workload on a fresh s0fs volume and on a local directory in the same
 run, and prints s0fs's figures next to local disk's.
 
   --repo URL        repository to benchmark (default: a new file:// repository in a temporary directory)
   --workload NAMES  comma-separated, from: ${ALL.map((w) => w.name).join(', ')} (default: all)
+  --rounds N        run each workload N times, s0fs and local disk back to back in every round, and report
+                    medians with the rounds' range (peaks: the largest); default 1. This VM's timings swing
+                    by a third from one hour to the next: 3 or 5 rounds make a figure worth comparing.
+                    (micro and meta run once.)
   --compare TOOLS   also run each workload that has a local-disk counterpart on these, comma-separated, from:
                     rclone (rclone mount of a directory on the local disk, --vfs-cache-mode full;
                     needs the rclone command: apt-get install rclone)
@@ -67,13 +71,14 @@ tool cannot run is reported as such, not as a failure. Exit status: 0 done,
 `
 
 export async function runBench(argv: string[]): Promise<number> {
-  let values: { repo?: string; workload?: string; compare?: string; 'mount-options'?: string; out?: string; json?: boolean; quick?: boolean; help?: boolean }
+  let values: { repo?: string; workload?: string; rounds?: string; compare?: string; 'mount-options'?: string; out?: string; json?: boolean; quick?: boolean; help?: boolean }
   try {
     values = parseArgs({
       args: argv,
       options: {
         repo: { type: 'string' },
         workload: { type: 'string' },
+        rounds: { type: 'string' },
         compare: { type: 'string' },
         'mount-options': { type: 'string' },
         out: { type: 'string' },
@@ -97,6 +102,11 @@ export async function runBench(argv: string[]): Promise<number> {
     return 2
   }
   const selected = ALL.filter((w) => names.includes(w.name))
+  const rounds = values.rounds === undefined ? 1 : Number(values.rounds)
+  if (!Number.isInteger(rounds) || rounds < 1 || rounds > 20) {
+    process.stderr.write(`s0fs bench: --rounds takes a whole number from 1 to 20, not ${JSON.stringify(values.rounds)}\n`)
+    return 2
+  }
   const compare = (values.compare ?? '')
     .split(',')
     .map((s) => s.trim())
@@ -127,6 +137,7 @@ export async function runBench(argv: string[]): Promise<number> {
     date: new Date().toISOString(),
     machine: { cpus: os.availableParallelism(), memory_gib: Math.round(os.totalmem() / 2 ** 30), kernel: os.release(), node: process.version },
     repository: values.repo ?? 'file:// (temporary)',
+    ...(rounds > 1 ? { rounds } : {}),
     ...(mountOptions.length ? { mount_options: mountOptions } : {}),
     page_cache_dropped: ctx.canDropCaches,
     workloads: {},
@@ -136,9 +147,10 @@ export async function runBench(argv: string[]): Promise<number> {
   let failed = false
   try {
     for (const [i, w] of selected.entries()) {
-      const step = (side: string) => (s: string) => progress.update(`[${i + 1}/${selected.length}] ${w.name} · ${side} · ${s}`)
+      const step = (round: number) => (side: string) => (s: string) =>
+        progress.update(`[${i + 1}/${selected.length}] ${w.name}${rounds > 1 && !w.runOnce ? ` · round ${round}/${rounds}` : ''} · ${side} · ${s}`)
       try {
-        report.workloads[w.name] = await runWorkload(ctx, w, step, compare as CompareTool[], (line) => progress.line(line))
+        report.workloads[w.name] = await runRounds(ctx, w, rounds, step, compare as CompareTool[], (line) => progress.line(line))
       } catch (err) {
         failed = true
         progress.line(`${w.name}: FAILED: ${(err as Error).message}`)
@@ -157,6 +169,38 @@ export async function runBench(argv: string[]): Promise<number> {
   process.stdout.write(values.json ? JSON.stringify(report, null, 2) + '\n' : md)
   process.stderr.write(`report written to ${out}/{report.json,report.md,ratios.svg}\n`)
   return failed ? 1 : 0
+}
+
+/** Runs a workload `rounds` times (once if it runs only on s0fs) and combines the rounds (see combineRounds). */
+async function runRounds(
+  ctx: BenchContext,
+  w: Workload,
+  rounds: number,
+  step: (round: number) => (side: string) => (s: string) => void,
+  compare: CompareTool[],
+  note: (line: string) => void,
+): Promise<WorkloadReport> {
+  if (w.runOnce || rounds === 1) return runWorkload(ctx, w, step(1), compare, note)
+  const each: WorkloadReport[] = []
+  for (let r = 1; r <= rounds; r++) each.push(await runWorkload(ctx, w, step(r), compare, note))
+  const s0fs = each.map((e) => e.s0fs)
+  const local = each.map((e) => e.local ?? {})
+  const rclone = each.flatMap((e) => (e.rclone ? [e.rclone] : []))
+  const report: WorkloadReport = {
+    summary: w.summary,
+    s0fs: combineRounds(s0fs),
+    local: combineRounds(local),
+    requests: each[0].requests && (combineRounds(each.map((e) => ({ ...e.requests! }))) as unknown as RequestCounts),
+    ratio_to_local: roundRatios(s0fs, local),
+    rounds: { s0fs, local, ...(rclone.length ? { rclone } : {}) },
+  }
+  if (rclone.length === rounds) {
+    report.rclone = combineRounds(rclone)
+    report.rclone_ratio_to_local = roundRatios(rclone, local)
+  }
+  const rcloneError = each.find((e) => e.rclone_error)?.rclone_error
+  if (rcloneError) report.rclone_error = rcloneError
+  return report
 }
 
 async function runWorkload(

@@ -88,6 +88,37 @@ describe('s0fs bench', () => {
     }
   }, 300_000)
 
+  it('runs each workload --rounds times and reports medians, the largest peak and every round', async () => {
+    const dir = mkdtempSync(path.join(tmpdir(), 's0fs-bench-rounds-'))
+    try {
+      const r = await runCli(['bench', '--quick', '--workload', 'small', '--rounds', '3', '--out', dir, '--json'], { timeoutMs: 240_000 })
+      expect(r.code, r.stderr).toBe(0)
+      const report = JSON.parse(readFileSync(path.join(dir, 'report.json'), 'utf8'))
+      expect(report.rounds).toBe(3)
+      const small = report.workloads.small
+      expect(small.rounds.s0fs).toHaveLength(3)
+      expect(small.rounds.local).toHaveLength(3)
+      const creates = small.rounds.s0fs.map((f: { create_files_per_s: number }) => f.create_files_per_s).sort((a: number, b: number) => a - b)
+      expect(small.s0fs.create_files_per_s).toBe(creates[1])
+      expect(small.s0fs.daemon_peak_rss_mib).toBe(Math.max(...small.rounds.s0fs.map((f: { daemon_peak_rss_mib: number }) => f.daemon_peak_rss_mib)))
+      expect(small.ratio_to_local.create_files_per_s).toBeGreaterThan(0)
+      expect(r.stderr).toMatch(/round 3\/3/)
+      const md = readFileSync(path.join(dir, 'report.md'), 'utf8')
+      expect(md).toContain('Each workload ran 3 rounds')
+      expect(md).toMatch(/\| small \| create_files_per_s \| [\d,]+ \([\d,]+–[\d,]+\) \|/)
+    } finally {
+      rmSync(dir, { recursive: true, force: true })
+    }
+  }, 300_000)
+
+  it('rejects --rounds that is not a whole number from 1 to 20, with exit status 2', async () => {
+    for (const bad of ['0', '2.5', 'many', '21']) {
+      const r = await runCli(['bench', '--workload', 'small', '--rounds', bad, '--out', out])
+      expect(r.code, bad).toBe(2)
+      expect(r.stderr).toContain(`--rounds takes a whole number from 1 to 20, not "${bad}"`)
+    }
+  })
+
   it('rejects an unknown --compare tool, and a missing rclone, with exit status 2', async () => {
     const r = await runCli(['bench', '--workload', 'small', '--compare', 'rclone,nosuch', '--out', out])
     expect(r.code).toBe(2)
