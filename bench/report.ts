@@ -91,7 +91,7 @@ const PEAK = /peak/
  * largest for peaks), a check (`tree_matches`) false if any round's was, and
  * anything else the first round's.
  */
-export function combineRounds(rounds: Figures[]): Figures {
+export function combineRounds<T extends Figures>(rounds: T[]): T {
   const out: Figures = {}
   for (const key of Object.keys(rounds[0] ?? {})) {
     const values = rounds.map((r) => r[key]).filter((v) => v !== undefined)
@@ -104,7 +104,7 @@ export function combineRounds(rounds: Figures[]): Figures {
       out[key] = values[0]
     }
   }
-  return out
+  return out as T
 }
 
 /** Per figure, the median of each round's own speed ratio: each round's pair was measured minutes apart, the rounds may be an hour apart. */

@@ -190,7 +190,7 @@ async function runRounds(
     summary: w.summary,
     s0fs: combineRounds(s0fs),
     local: combineRounds(local),
-    requests: each[0].requests && (combineRounds(each.map((e) => ({ ...e.requests! }))) as unknown as RequestCounts),
+    requests: each[0].requests && combineRounds(each.map((e) => ({ ...e.requests! }))),
     ratio_to_local: roundRatios(s0fs, local),
     rounds: { s0fs, local, ...(rclone.length ? { rclone } : {}) },
   }

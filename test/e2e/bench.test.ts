@@ -10,6 +10,21 @@ import { runCli } from '../helpers/cli.js'
  * checked is the harness (keys, pairing, files, exit codes), never a speed:
  * speed targets live in the benchmark itself.
  */
+/**
+ * Runs `s0fs bench ARGS --out DIR --json` into a fresh directory, checks it
+ * succeeded, and hands `check` the report with its stderr and directory.
+ */
+async function benchInto(prefix: string, args: string[], check: (report: any, stderr: string, dir: string) => void): Promise<void> {
+  const dir = mkdtempSync(path.join(tmpdir(), prefix))
+  try {
+    const r = await runCli(['bench', ...args, '--out', dir, '--json'], { timeoutMs: 240_000 })
+    expect(r.code, r.stderr).toBe(0)
+    check(JSON.parse(readFileSync(path.join(dir, 'report.json'), 'utf8')), r.stderr, dir)
+  } finally {
+    rmSync(dir, { recursive: true, force: true })
+  }
+}
+
 describe('s0fs bench', () => {
   const out = mkdtempSync(path.join(tmpdir(), 's0fs-bench-out-'))
   afterAll(() => rmSync(out, { recursive: true, force: true }))
@@ -43,11 +58,7 @@ describe('s0fs bench', () => {
   }, 300_000)
 
   it('runs a workload on an rclone mount too with --compare rclone, and reports its figures beside s0fs and local disk', async () => {
-    const dir = mkdtempSync(path.join(tmpdir(), 's0fs-bench-rclone-'))
-    try {
-      const r = await runCli(['bench', '--quick', '--workload', 'small', '--compare', 'rclone', '--out', dir, '--json'], { timeoutMs: 240_000 })
-      expect(r.code, r.stderr).toBe(0)
-      const report = JSON.parse(readFileSync(path.join(dir, 'report.json'), 'utf8'))
+    await benchInto('s0fs-bench-rclone-', ['--quick', '--workload', 'small', '--compare', 'rclone'], (report, _stderr, dir) => {
       const small = report.workloads.small
       expect(small.rclone_error).toBeUndefined()
       for (const key of ['create_files_per_s', 'stat_files_per_s', 'read_files_per_s', 'delete_files_per_s']) {
@@ -69,31 +80,19 @@ describe('s0fs bench', () => {
       expect(readFileSync(path.join(dir, 'ratios.svg'), 'utf8')).toContain('rclone')
       // Nothing is left mounted.
       expect(readFileSync('/proc/self/mountinfo', 'utf8')).not.toContain('rclone-mnt-small')
-    } finally {
-      rmSync(dir, { recursive: true, force: true })
-    }
+    })
   }, 300_000)
 
   it('adds --mount-options to every s0fs mount and records them in the report', async () => {
-    const dir = mkdtempSync(path.join(tmpdir(), 's0fs-bench-opts-'))
-    try {
-      const r = await runCli(['bench', '--quick', '--workload', 'tar', '--mount-options=--no-xattrs --busy-poll 0', '--out', dir, '--json'], { timeoutMs: 240_000 })
-      expect(r.code, r.stderr).toBe(0)
-      const report = JSON.parse(readFileSync(path.join(dir, 'report.json'), 'utf8'))
+    await benchInto('s0fs-bench-opts-', ['--quick', '--workload', 'tar', '--mount-options=--no-xattrs --busy-poll 0'], (report, _stderr, dir) => {
       expect(report.mount_options).toEqual(['--no-xattrs', '--busy-poll', '0'])
       expect(report.workloads.tar.s0fs.tree_matches).toBe(true)
       expect(readFileSync(path.join(dir, 'report.md'), 'utf8')).toContain('Every s0fs mount had `--no-xattrs --busy-poll 0`.')
-    } finally {
-      rmSync(dir, { recursive: true, force: true })
-    }
+    })
   }, 300_000)
 
   it('runs each workload --rounds times and reports medians, the largest peak and every round', async () => {
-    const dir = mkdtempSync(path.join(tmpdir(), 's0fs-bench-rounds-'))
-    try {
-      const r = await runCli(['bench', '--quick', '--workload', 'small', '--rounds', '3', '--out', dir, '--json'], { timeoutMs: 240_000 })
-      expect(r.code, r.stderr).toBe(0)
-      const report = JSON.parse(readFileSync(path.join(dir, 'report.json'), 'utf8'))
+    await benchInto('s0fs-bench-rounds-', ['--quick', '--workload', 'small', '--rounds', '3'], (report, stderr, dir) => {
       expect(report.rounds).toBe(3)
       const small = report.workloads.small
       expect(small.rounds.s0fs).toHaveLength(3)
@@ -102,16 +101,14 @@ describe('s0fs bench', () => {
       expect(small.s0fs.create_files_per_s).toBe(creates[1])
       expect(small.s0fs.daemon_peak_rss_mib).toBe(Math.max(...small.rounds.s0fs.map((f: { daemon_peak_rss_mib: number }) => f.daemon_peak_rss_mib)))
       expect(small.ratio_to_local.create_files_per_s).toBeGreaterThan(0)
-      expect(r.stderr).toMatch(/round 3\/3/)
+      expect(stderr).toMatch(/round 3\/3/)
       const md = readFileSync(path.join(dir, 'report.md'), 'utf8')
       expect(md).toContain('Each workload ran 3 rounds')
       // The median, then the rounds' range when they differ (as fmt writes numbers: whole ones with separators).
       const fmt = (v: number) => (Number.isInteger(v) ? v.toLocaleString('en-US') : String(v))
       const range = creates[0] === creates[2] ? '' : ` (${fmt(creates[0])}–${fmt(creates[2])})`
       expect(md).toContain(`| small | create_files_per_s | ${fmt(creates[1])}${range} |`)
-    } finally {
-      rmSync(dir, { recursive: true, force: true })
-    }
+    })
   }, 300_000)
 
   it('rejects --rounds that is not a whole number from 1 to 20, with exit status 2', async () => {
