@@ -17,6 +17,8 @@ import { readSegmentIndex, SegmentBuilder, segmentKey, TRAILER_BYTES, type BlobR
 export interface SegmentSource {
   /** Bytes of a segment. They are the caller's: a blob read is decrypted over them (no buffer shared with another reader). */
   read(seg: string, off: number, len: number): Promise<Buffer>
+  /** A segment being stored, with its bytes: the source may keep a copy (the portal caches it). Must not throw. */
+  writeThrough?(seg: string, parts: Buffer[]): Promise<void>
 }
 
 export interface BlobStoreOptions {
@@ -77,6 +79,8 @@ interface SealedSegment {
   length: number
   upload?: Promise<void>
   error?: unknown
+  /** The source's copy (write-through), made once, alongside the first upload attempt. */
+  copied?: Promise<void>
 }
 
 const ENCODE_BATCH_BYTES = 2 * 1024 * 1024
@@ -520,7 +524,10 @@ export class BlobStore {
 
   private startUpload(seg: string, s: SealedSegment): void {
     s.error = undefined
-    s.upload = this.store.put(segmentKey(seg), s.parts).then(
+    // The copy runs alongside the put rather than after it, so the segment's memory (freed below, with its
+    // arenas) is held no longer than the slower of the two: the put, against a bucket across a network.
+    s.copied ??= this.source.writeThrough?.(seg, s.parts).catch(() => undefined)
+    s.upload = Promise.all([this.store.put(segmentKey(seg), s.parts), s.copied]).then(
       () => {
         this.sealed.delete(seg)
         this.arenas.stored(seg)

@@ -1,15 +1,20 @@
-import { promises as fsp } from 'node:fs'
+import fs from 'node:fs'
 
 /**
- * Read-only file handles kept open between reads of the same files, least
- * recently used closed first. For files that never change once written (the
- * portal's segment windows): a sequential reader reads each 4 MiB window in
- * several pieces, and opening and closing it around every piece cost two of
- * every three thread-pool round trips of a portal read.
+ * Read-only file descriptors kept open between reads of the same files,
+ * least recently used closed first. For files that never change once written
+ * (the portal's segment windows): a sequential reader reads each 4 MiB window
+ * in several pieces, and opening and closing it around every piece cost two
+ * of every three thread-pool round trips of a portal read.
  *
- * A handle in use is closed only once its last reader is done. A file
- * deleted while its handle is open still reads the same bytes (and holds its
- * disk space until the handle closes: at most `max` files).
+ * Files are opened synchronously (a path lookup on local disk, microseconds),
+ * so a small read can be served synchronously too (`withSync`); large reads
+ * go through the thread pool (`with`).
+ *
+ * A descriptor in use is closed only once its last reader is done: never
+ * under an asynchronous read, where a reused number would read another file.
+ * A file deleted while its descriptor is open still reads the same bytes (and
+ * holds its disk space until the descriptor closes: at most `max` files).
  */
 export class OpenFiles {
   private readonly entries = new Map<string, Entry>()
@@ -17,37 +22,59 @@ export class OpenFiles {
   constructor(private readonly max = 16) {}
 
   /**
-   * Runs `use` with an open handle of `file`, or returns undefined when the
-   * file cannot be opened (e.g. not there yet: that is not remembered).
+   * Runs `use` with an open descriptor of `file`, or returns undefined when
+   * the file cannot be opened (e.g. not there yet: that is not remembered).
    */
-  async with<T>(file: string, use: (handle: fsp.FileHandle) => Promise<T>): Promise<T | undefined> {
+  async with<T>(file: string, use: (fd: number) => Promise<T>): Promise<T | undefined> {
+    const entry = this.acquire(file)
+    if (!entry) return undefined
+    try {
+      return await use(entry.fd)
+    } finally {
+      this.release(entry)
+    }
+  }
+
+  /** `with` for a synchronous `use`. */
+  withSync<T>(file: string, use: (fd: number) => T): T | undefined {
+    const entry = this.acquire(file)
+    if (!entry) return undefined
+    try {
+      return use(entry.fd)
+    } finally {
+      this.release(entry)
+    }
+  }
+
+  /** Closes every descriptor (once its readers are done). */
+  clear(): void {
+    this.evictBeyond(0)
+  }
+
+  private acquire(file: string): Entry | undefined {
     let entry = this.entries.get(file)
     if (entry) {
       // Most recently used last.
       this.entries.delete(file)
       this.entries.set(file, entry)
     } else {
-      entry = { handle: fsp.open(file, 'r').catch(() => undefined), users: 0, dropped: false }
+      let fd: number
+      try {
+        fd = fs.openSync(file, 'r')
+      } catch {
+        return undefined
+      }
+      entry = { fd, users: 0, dropped: false }
       this.entries.set(file, entry)
       this.evictBeyond(this.max)
     }
     entry.users++
-    try {
-      const handle = await entry.handle
-      if (!handle) {
-        if (this.entries.get(file) === entry) this.entries.delete(file)
-        return undefined
-      }
-      return await use(handle)
-    } finally {
-      entry.users--
-      if (entry.dropped && entry.users === 0) close(entry)
-    }
+    return entry
   }
 
-  /** Closes every handle (once its readers are done). */
-  clear(): void {
-    this.evictBeyond(0)
+  private release(entry: Entry): void {
+    entry.users--
+    if (entry.dropped && entry.users === 0) close(entry)
   }
 
   private evictBeyond(max: number): void {
@@ -61,12 +88,12 @@ export class OpenFiles {
 }
 
 interface Entry {
-  handle: Promise<fsp.FileHandle | undefined>
+  fd: number
   users: number
   /** Out of the cache: close when the last user is done. */
   dropped: boolean
 }
 
 function close(entry: Entry): void {
-  void entry.handle.then((h) => h?.close()).catch(() => undefined)
+  fs.close(entry.fd, () => undefined)
 }

@@ -1,5 +1,4 @@
-import { mkdtempSync, readdirSync, readlinkSync, rmSync, unlinkSync, writeFileSync } from 'node:fs'
-import type { FileHandle } from 'node:fs/promises'
+import { fstatSync, mkdtempSync, readdirSync, readlinkSync, readSync, rmSync, unlinkSync, writeFileSync } from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
 import { afterAll, describe, expect, it } from 'vitest'
@@ -14,7 +13,13 @@ function file(name: string, text: string): string {
   return p
 }
 
-const readAll = async (h: FileHandle) => (await h.readFile()).toString()
+/** The whole file, by position (a descriptor is shared by its readers: none moves its offset). */
+const readWhole = (fd: number) => {
+  const buf = Buffer.alloc(fstatSync(fd).size)
+  readSync(fd, buf, 0, buf.length, 0)
+  return buf.toString()
+}
+const readAll = async (fd: number) => readWhole(fd)
 /** Descriptors open on this test's files (other tests in this process open and close their own meanwhile). */
 const openFds = () =>
   readdirSync('/proc/self/fd').filter((fd) => {
@@ -37,7 +42,7 @@ describe('OpenFiles', () => {
     const p = file('a', 'window a')
     expect(await files.with(p, readAll)).toBe('window a')
     unlinkSync(p)
-    expect(await files.with(p, (h) => h.read(Buffer.alloc(6), 0, 6, 0).then((r) => r.buffer.toString()))).toBe('window')
+    expect(files.withSync(p, (fd) => readWhole(fd).slice(0, 6))).toBe('window')
     files.clear()
     expect(await files.with(p, readAll)).toBeUndefined()
   })
@@ -46,9 +51,24 @@ describe('OpenFiles', () => {
     const files = new OpenFiles(4)
     const p = path.join(dir, 'later')
     expect(await files.with(p, readAll)).toBeUndefined()
+    expect(files.withSync(p, readWhole)).toBeUndefined()
     writeFileSync(p, 'there now')
-    expect(await files.with(p, readAll)).toBe('there now')
+    expect(files.withSync(p, readWhole)).toBe('there now')
     files.clear()
+  })
+
+  it('closes a descriptor that a synchronous reader threw from, once it is evicted', async () => {
+    await settlesTo(0)
+    const files = new OpenFiles(1)
+    const p = file('throws', 'x')
+    expect(() => files.withSync(p, () => {
+      throw new Error('reader failed')
+    })).toThrow('reader failed')
+    // The throw released the descriptor: evicting it (by opening another file) closes it.
+    expect(files.withSync(file('next', 'y'), readWhole)).toBe('y')
+    await settlesTo(1)
+    files.clear()
+    await settlesTo(0)
   })
 
   it('holds at most `max` handles, and never closes one a reader is using', async () => {
@@ -59,9 +79,9 @@ describe('OpenFiles', () => {
     const held = new Promise<void>((r) => (release = r))
     const first = file('held', 'still readable')
     // A reader holds the first handle while ten other files push it out of the cache.
-    const reading = files.with(first, async (h) => {
+    const reading = files.with(first, async (fd) => {
       await held
-      return readAll(h)
+      return readAll(fd)
     })
     for (let i = 0; i < 10; i++) expect(await files.with(file(`f${i}`, `file ${i}`), readAll)).toBe(`file ${i}`)
     // Three cached plus the one in use.
