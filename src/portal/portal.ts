@@ -7,7 +7,7 @@ import { SegmentCache } from './segment-cache.js'
  * The node-local portal directory, shared by every volume mounted on the node:
  *
  *   volumes/<volume id>/wal/   each writer's log (dirty data and metadata)
- *   cache/<xx>/<segment>.<n>   windows of segments read from the bucket
+ *   cache/<xx>/<segment>.<n>   windows of segments read from the bucket or stored there
  *
  * One byte cap covers both. Clean cache is evicted first; when the logs alone
  * reach the cap, writers wait for the flusher; when the disk itself runs low,

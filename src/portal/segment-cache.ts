@@ -11,17 +11,18 @@ import { OpenFiles } from './open-files.js'
  * exactly as they are in the bucket (sealed blobs: nothing here is
  * plaintext). A miss fetches the whole aligned window with one ranged GET,
  * so the many small files written together — and packed together — come in
- * with one request. Shared by every volume and mount on the node (segment
+ * with one request; segments this node stores are written through as they
+ * upload, so data just committed is read back without one. Shared by every volume and mount on the node (segment
  * IDs are random and never reused); bounded by the portal's byte cap with
  * least-recently-used eviction across processes (file mtimes).
  */
 
 /**
  * Reads up to this size are served on the calling thread. A blob of a small
- * file is a few KiB: through the thread pool its read from a window cost
- * ~150 µs of round trip on this 2-core VM (the disk read itself, from the page
- * cache, a few µs), longer than decrypting and decompressing it. Larger reads
- * (a sequential reader's blobs, up to a window) stay off the event loop.
+ * file is a few KiB: through the thread pool, each read from a window made a
+ * round trip of tens of µs on this 2-core VM (the read itself, from the page
+ * cache, takes ~5), longer than decrypting and decompressing the blob. Larger
+ * reads (a sequential reader's blobs, up to a window) stay off the event loop.
  */
 const SYNC_READ_BYTES = 64 * 1024
 
