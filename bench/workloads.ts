@@ -90,14 +90,16 @@ const SMALL_PY = String.raw`
 import os, sys, time
 root, step, dirs, files, size = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
 names = [os.path.join(root, 'd%02d' % (i % dirs), 'f%05d' % i) for i in range(files)]
+# Every file its own random bytes, made before the clock starts: files with one content would be one
+# blob to s0fs (deduplicated, then decoded once for every read).
+data = memoryview(os.urandom(size * files)) if step == 'create' else None
 t0 = time.perf_counter()
 if step == 'create':
-    data = os.urandom(size)
     for d in range(dirs):
         os.mkdir(os.path.join(root, 'd%02d' % d))
-    for n in names:
+    for i, n in enumerate(names):
         fd = os.open(n, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        os.write(fd, data)
+        os.write(fd, data[i * size:(i + 1) * size])
         os.close(fd)
     # Durable before the clock stops: on s0fs one fsync orders everything before it (one log);
     # on local disk sync() flushes every file.

@@ -342,9 +342,13 @@ export class BlobStore {
     return this.readRange(ref, 0, ref.raw)
   }
 
-  /** Bytes [from, to) of a blob's plaintext: of a framed blob, only the frames holding them are decompressed. */
-  async readRange(ref: BlobRef, from: number, to: number): Promise<Buffer> {
-    const blob = await this.opened(ref)
+  /**
+   * Bytes [from, to) of a blob's plaintext: of a framed blob, only the frames
+   * holding them are decompressed. `keep: false` leaves the blob out of the
+   * decoded cache (see FileSystem.assembleParts).
+   */
+  async readRange(ref: BlobRef, from: number, to: number, keep = true): Promise<Buffer> {
+    const blob = await this.opened(ref, keep)
     try {
       return blob.slice(from, to)
     } catch (err) {

@@ -334,6 +334,32 @@ describe('read-ahead', () => {
   })
 })
 
+describe('the decoded-blob cache', () => {
+  it('leaves out a blob read whole (the kernel caches that read), and keeps one read in part', async () => {
+    const t = await setup()
+    const v = await t.repo.openVolume('vol', { portalDir: t.portalDir })
+    const small = randomBytes(4096)
+    const large = randomBytes(3 * MiB)
+    await writeFile(v, ['small.bin'], small)
+    await writeFile(v, ['large.bin'], large)
+    await v.commit()
+    await v.close()
+    const cold = await t.repo.openVolume('vol', { portalDir: t.portalDir, readOnly: true })
+    const decoded = () => cold.fs.blobs.stats.blobsDecoded
+    const smallIno = (await cold.fs.lookup(ROOT, ROOT_INO, b('small.bin'))).ino
+    const largeIno = (await cold.fs.lookup(ROOT, ROOT_INO, b('large.bin'))).ino
+    // A whole small file, twice (as after the kernel dropped its pages): decoded each time.
+    for (let i = 0; i < 2; i++) expect((await cold.fs.read(smallIno, 0, 128 * 1024)).equals(small)).toBe(true)
+    expect(decoded()).toBe(2)
+    // 4 KiB inside one chunk of the large file, twice: decoded once, then from the cache.
+    const [e] = await cold.fs.extentsIn(largeIno, MiB, MiB + 1)
+    const at = e.off + Math.floor(e.len / 2)
+    for (let i = 0; i < 2; i++) expect((await cold.fs.read(largeIno, at, 4096)).equals(large.subarray(at, at + 4096))).toBe(true)
+    expect(decoded()).toBe(3)
+    await cold.close()
+  })
+})
+
 describe('reads in parts', () => {
   it('returns stored chunks and holes as parts that join to the bytes, and one buffer under pending writes', async () => {
     const t = await setup()
