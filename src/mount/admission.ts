@@ -7,7 +7,8 @@ import { sleep } from '../store/index.js'
  * (this mount's and other mounts' on the node) and the read cache, and a
  * write is admitted only when its log record fits under it:
  *
- * - clean cache is evicted first;
+ * - clean cache is evicted first (to stay under the cap, or to make room on
+ *   a full disk);
  * - when the logs alone leave no room, the writer waits for a commit, after
  *   which the committed log files are dropped;
  * - commits start early, in the background, once the logs pass half the cap,
@@ -107,12 +108,16 @@ export class PortalAdmission {
 
   /** Waits until `bytes` fit under the cap, making room, and reserves them. */
   private async reserve(bytes: number): Promise<void> {
+    let commits = 0
     for (let attempt = 0; ; attempt++) {
       if (await this.diskIsFull(bytes, attempt > 0)) {
-        if (!this.writer.hasUncommitted() || attempt > 3) throw this.diskFull()
+        // Clean cache gives way first: windows read from the bucket, or written through as segments
+        // uploaded, may be what fills a disk smaller than the cap.
+        if ((await this.portal.cache.shrink(this.portal.reserveBytes + bytes)) > 0) continue
+        if (!this.writer.hasUncommitted() || commits > 3) throw this.diskFull()
         // Committing lets the log be dropped, which may be what fills the disk.
         await this.writer.commit('portal disk full').catch(() => undefined)
-        await sleep(Math.min(2_000, 100 * 2 ** attempt))
+        await sleep(Math.min(2_000, 100 * 2 ** commits++))
         continue
       }
       if (this.filling(bytes)) this.writer.commitSoon('portal filling')

@@ -33,7 +33,12 @@ export class Portal {
     readonly options: PortalOptions,
   ) {
     // The cap covers everything in the portal: the cache gets what the logs (this mount's and others') leave.
-    this.cache = new SegmentCache(store, path.join(dir, 'cache'), { capBytes: () => Math.max(0, this.dataCapBytes - this.dirtyElsewhereBytes - this.ownLogBytes()) })
+    this.cache = new SegmentCache(store, path.join(dir, 'cache'), {
+      capBytes: () => Math.max(0, this.dataCapBytes - this.dirtyElsewhereBytes - this.ownLogBytes()),
+      // The cache never takes the disk's last free space: it keeps twice the reserve free, so the logs
+      // (which answer ENOSPC at the reserve) have room to grow before cache must be evicted for them.
+      diskRoom: async (bytes) => (await this.freeBytes()) - bytes > 2 * this.reserveBytes,
+    })
   }
 
   get capBytes(): number {

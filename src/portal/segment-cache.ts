@@ -54,7 +54,12 @@ export class SegmentCache implements SegmentSource {
   constructor(
     private readonly store: ObjectStore,
     readonly dir: string,
-    private readonly options: { capBytes: () => number; windowBytes?: number },
+    private readonly options: {
+      capBytes: () => number
+      windowBytes?: number
+      /** Whether the disk can take `bytes` more of cache (the portal keeps room for its logs). */
+      diskRoom?: (bytes: number) => Promise<boolean>
+    },
   ) {}
 
   get windowBytes(): number {
@@ -142,7 +147,11 @@ export class SegmentCache implements SegmentSource {
   private async storeWindow(file: string, data: Buffer[], length: number): Promise<void> {
     const cap = this.options.capBytes
     if (length > cap()) return
+    // Under the cap is not enough when the disk is smaller than the cap: the logs come first.
+    if (this.options.diskRoom && !(await this.options.diskRoom(length).catch(() => false))) return
     if (this.bytes + length > cap()) await this.enforceCap(length).catch(() => undefined)
+    // The last check and the reservation (`writing`) in one synchronous step: admission takes room for
+    // the logs between awaits, and must see these bytes as taken.
     if (this.bytes + length > cap()) return
     this.writing += length
     const tmp = `${file}.${randomBytes(4).toString('hex')}.tmp`
@@ -175,7 +184,12 @@ export class SegmentCache implements SegmentSource {
    * caller that needs more room than the running scan makes checks again.
    */
   enforceCap(room = 0): Promise<void> {
-    this.scanning ??= this.scanAndEvict(room).finally(() => {
+    this.scanning ??= this.scanAndEvict(() => {
+      const cap = this.options.capBytes()
+      if (this.bytes + room <= cap) return Infinity
+      // Down to 90% of the cap (less if more room is wanted), so eviction does not run on every miss.
+      return Math.min(cap * 0.9, cap - room) - this.addedSinceScan - this.writing
+    }).finally(() => {
       this.scanning = undefined
       // Windows cached while the scan ran may have pushed it over again: look once more.
       if (this.bytes > this.options.capBytes()) this.enforceCap().catch(() => undefined)
@@ -183,26 +197,53 @@ export class SegmentCache implements SegmentSource {
     return this.scanning
   }
 
-  private async scanAndEvict(room: number): Promise<void> {
+  /**
+   * Evicts least-recently-used windows until `bytes` are freed, or none is
+   * left, whatever the cap: room for the logs on a full disk. Returns the
+   * bytes freed.
+   */
+  async shrink(bytes: number): Promise<number> {
+    while (this.scanning) await this.scanning.catch(() => undefined)
+    const before = this.stats.evictedBytes
+    this.scanning = this.scanAndEvict(() => this.usage - bytes).finally(() => (this.scanning = undefined))
+    await this.scanning
+    // A deleted window's space is freed once its descriptor closes.
+    this.handles.clear()
+    return this.stats.evictedBytes - before
+  }
+
+  /** Scans the cache (recounting its usage), then evicts oldest first down to `target()` bytes. */
+  private async scanAndEvict(target: () => number): Promise<void> {
     // Windows added from here on are counted in addedSinceScan; the listing skips them (and windows
     // still being written, counted in `writing`), so nothing is counted twice.
     const addedBefore = this.addedSinceScan
     const addedDuring = (this.addedDuringScan = new Set())
     try {
-      await this.scanAndEvictCounted(room, addedBefore, addedDuring)
+      const files = await this.scan(addedDuring)
+      this.addedSinceScan -= addedBefore
+      this.usage = files.reduce((n, f) => n + f.size, 0)
+      const goal = target()
+      if (this.usage <= goal) return
+      files.sort((a, b) => a.mtime - b.mtime)
+      for (const f of files) {
+        if (this.usage <= goal) break
+        await fsp.rm(f.file, { force: true })
+        this.usage -= f.size
+        this.stats.evictedBytes += f.size
+      }
     } finally {
       this.addedDuringScan = undefined
     }
   }
 
-  private async scanAndEvictCounted(room: number, addedBefore: number, addedDuring: Set<string>): Promise<void> {
+  /** The cached windows on disk, less those added during the scan and those being written. */
+  private async scan(addedDuring: Set<string>): Promise<{ file: string; size: number; mtime: number }[]> {
     const files: { file: string; size: number; mtime: number }[] = []
-    let total = 0
     let subdirs: string[] = []
     try {
       subdirs = await fsp.readdir(this.dir)
     } catch {
-      return
+      return files
     }
     for (const sub of subdirs) {
       let names: string[] = []
@@ -217,22 +258,9 @@ export class SegmentCache implements SegmentSource {
         const st = await fsp.stat(file).catch(() => undefined)
         if (!st?.isFile()) continue
         files.push({ file, size: st.size, mtime: st.mtimeMs })
-        total += st.size
       }
     }
-    this.addedSinceScan -= addedBefore
-    this.usage = total
-    const cap = this.options.capBytes()
-    if (this.bytes + room <= cap) return
-    files.sort((a, b) => a.mtime - b.mtime)
-    // Evict down to 90% of the cap (less if more room is wanted), so eviction does not run on every miss.
-    const target = Math.min(cap * 0.9, cap - room) - this.addedSinceScan - this.writing
-    for (const f of files) {
-      if (this.usage <= target) break
-      await fsp.rm(f.file, { force: true })
-      this.usage -= f.size
-      this.stats.evictedBytes += f.size
-    }
+    return files
   }
 
   /** Drops every cached window (the benchmark's "cold from the bucket"). */

@@ -67,6 +67,45 @@ describe('portal admission', () => {
   })
 })
 
+describe('portal admission on a full disk', () => {
+  it('evicts clean cache to make room before answering ENOSPC, and answers it once nothing is left to free', async () => {
+    const tmp = tempDir('s0fs-admission-disk-')
+    try {
+      const reserve = 64 * MiB
+      const portal = new Portal(tmp.dir, new MemoryStore('admission-disk'), { capBytes: 1024 * MiB, reserveBytes: reserve })
+      await portal.init()
+      for (let i = 0; i < 6; i++) {
+        const dir = path.join(tmp.dir, 'cache', `0${i}`)
+        mkdirSync(dir, { recursive: true })
+        writeFileSync(path.join(dir, `0${i}segment.0`), Buffer.alloc(4 * MiB))
+      }
+      await portal.cache.enforceCap()
+      // A disk of reserve + 16 MiB: the 24 MiB of cache leave less than the reserve free.
+      const disk = reserve + 16 * MiB
+      portal.freeBytes = async () => disk - portal.cache.bytes
+      const admission = new PortalAdmission(portal, {
+        volumeId: 'v',
+        logBytes: () => 0,
+        hasUncommitted: () => false,
+        commit: async () => undefined,
+        commitSoon: () => undefined,
+      })
+      // Nothing to commit, so without eviction this would be ENOSPC.
+      const release = await admission.admit(MiB)
+      release()
+      expect(portal.cache.bytes).toBeLessThanOrEqual(8 * MiB)
+      expect(portal.cache.stats.evictedBytes).toBeGreaterThanOrEqual(16 * MiB)
+
+      // With the cache gone and the disk still short, the writer is told (9 MiB: past the bytes between disk checks).
+      portal.freeBytes = async () => reserve
+      await expect(Promise.resolve(admission.admit(9 * MiB))).rejects.toMatchObject({ code: 'ENOSPC', message: expect.stringContaining(tmp.dir) })
+      expect(portal.cache.bytes).toBe(0)
+    } finally {
+      tmp.cleanup()
+    }
+  })
+})
+
 describe('read tracker', () => {
   it('waits only for the reads that began before it was asked', async () => {
     const reads = new ReadTracker()

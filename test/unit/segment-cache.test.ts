@@ -21,12 +21,16 @@ class CountingStore extends MemoryStore {
 }
 
 /** Small segments and windows, so segments span windows and windows span a segment's parts. */
-async function withBlobs(capBytes: number, run: (ctx: { blobs: BlobStore; cache: SegmentCache; store: CountingStore; dir: string }) => Promise<void>): Promise<void> {
+async function withBlobs(
+  capBytes: number,
+  run: (ctx: { blobs: BlobStore; cache: SegmentCache; store: CountingStore; dir: string }) => Promise<void>,
+  diskRoom?: (bytes: number) => Promise<boolean>,
+): Promise<void> {
   const keys = new RepoKeys(randomBytes(32), 'test-repo')
   const store = new CountingStore(`segcache-${randomBytes(4).toString('hex')}`)
   const dir = mkdtempSync(path.join(os.tmpdir(), 's0fs-segcache-'))
   dirs.push(dir)
-  const cache = new SegmentCache(store, dir, { capBytes: () => capBytes, windowBytes: 64 * 1024 })
+  const cache = new SegmentCache(store, dir, { capBytes: () => capBytes, windowBytes: 64 * 1024, diskRoom })
   const pool = new BlobWorkerPool({ master: keys.master, repoId: keys.repoId, chunking: { min: 1024, avg: 4096, max: 16384 } }, 1)
   try {
     const blobs = new BlobStore(store, keys, { pool, encoder: NativeEncoder.create(keys, false), segmentSize: 256 * 1024, source: cache })
@@ -74,6 +78,38 @@ describe('the portal segment cache', () => {
       for (let i = 0; i < files.length; i++) expect((await blobs.read(refs[i])).equals(files[i])).toBe(true)
       expect(store.gets).toBeGreaterThan(0)
       expect(cache.stats.hits).toBe(0)
+    })
+  })
+
+  it('writes nothing through when the disk has no room to spare, whatever the cap', async () => {
+    const asked: number[] = []
+    const noRoom = async (bytes: number) => {
+      asked.push(bytes)
+      return false
+    }
+    await withBlobs(1 << 30, async ({ blobs, dir }) => {
+      const refs = (await blobs.putWhole(Array.from({ length: 50 }, () => randomBytes(4096)))) as BlobRef[]
+      await blobs.flush()
+      expect(refs.length).toBe(50)
+      expect(readdirSync(dir, { recursive: true })).toEqual([])
+      expect(asked.length).toBeGreaterThan(0)
+    }, noRoom)
+  })
+
+  it('shrinks by evicting the least recently used windows, whatever the cap', async () => {
+    await withBlobs(1 << 30, async ({ blobs, cache, dir }) => {
+      await blobs.putWhole(Array.from({ length: 200 }, () => randomBytes(4096)))
+      await blobs.flush()
+      await cache.enforceCap() // counts what is on disk
+      const before = cache.bytes
+      expect(before).toBeGreaterThan(3 * cache.windowBytes)
+      const freed = await cache.shrink(2 * cache.windowBytes)
+      expect(freed).toBeGreaterThanOrEqual(2 * cache.windowBytes)
+      expect(cache.bytes).toBe(before - freed)
+      const left = readdirSync(dir, { recursive: true, withFileTypes: true }).filter((e) => e.isFile())
+      expect(left.reduce((n, e) => n + readFileSync(path.join(e.parentPath, e.name)).length, 0)).toBe(before - freed)
+      expect(await cache.shrink(Infinity)).toBe(before - freed)
+      expect(cache.bytes).toBe(0)
     })
   })
 })
