@@ -12,9 +12,10 @@ import { OpenFiles } from './open-files.js'
  * plaintext). A miss fetches the whole aligned window with one ranged GET,
  * so the many small files written together — and packed together — come in
  * with one request; segments this node stores are written through as they
- * upload, so data just committed is read back without one. Shared by every volume and mount on the node (segment
- * IDs are random and never reused); bounded by the portal's byte cap with
- * least-recently-used eviction across processes (file mtimes).
+ * upload, so data just committed is read back without one. Shared by every
+ * volume and mount on the node (segment IDs are random and never reused);
+ * bounded by the portal's byte cap with least-recently-used eviction across
+ * processes (file mtimes), and never filling the disk (see Portal).
  */
 
 /**
