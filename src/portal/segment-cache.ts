@@ -119,7 +119,7 @@ export class SegmentCache implements SegmentSource {
     const W = this.windowBytes
     const data = await this.store.get(segmentKey(seg), { start: window * W, end: (window + 1) * W })
     this.stats.bytesFetched += data.length
-    await this.storeWindow(file, [data], data.length)
+    await this.storeWindow(file, [data])
     return data
   }
 
@@ -135,7 +135,7 @@ export class SegmentCache implements SegmentSource {
     const length = bodyLength(parts)
     for (let w = 0; w * W < length; w++) {
       const window = sliceParts(parts, w * W, Math.min(length, (w + 1) * W))
-      await this.storeWindow(this.file(seg, w), window, bodyLength(window))
+      await this.storeWindow(this.file(seg, w), window)
     }
   }
 
@@ -145,7 +145,8 @@ export class SegmentCache implements SegmentSource {
    * cap). Best effort: a full disk or a race with eviction only costs a later
    * GET. Readers see the window whole or not at all (written aside, renamed).
    */
-  private async storeWindow(file: string, data: Buffer[], length: number): Promise<void> {
+  private async storeWindow(file: string, data: Buffer[]): Promise<void> {
+    const length = bodyLength(data)
     const cap = this.options.capBytes
     if (length > cap()) return
     // Under the cap is not enough when the disk is smaller than the cap: the logs come first.

@@ -10,20 +10,26 @@ import { tempDir } from '../helpers/stores.js'
 const MiB = 1024 * 1024
 const tick = () => new Promise((resolve) => setTimeout(resolve, 1))
 
+/** A portal in `dir` whose cache already holds 24 MiB: six cached windows of 4 MiB. */
+async function portalWithCache(dir: string, options: { capBytes: number; reserveBytes: number }): Promise<Portal> {
+  const portal = new Portal(dir, new MemoryStore(`admission-${path.basename(dir)}`), options)
+  await portal.init()
+  for (let i = 0; i < 6; i++) {
+    const sub = path.join(dir, 'cache', `0${i}`)
+    mkdirSync(sub, { recursive: true })
+    writeFileSync(path.join(sub, `0${i}segment.0`), Buffer.alloc(4 * MiB))
+  }
+  await portal.cache.enforceCap()
+  return portal
+}
+
 describe('portal admission', () => {
   it('keeps concurrent writers, the log and the cache together under the cap', async () => {
     const tmp = tempDir('s0fs-admission-')
     try {
       const cap = 64 * MiB
-      const portal = new Portal(tmp.dir, new MemoryStore('admission'), { capBytes: cap, reserveBytes: 0 })
-      await portal.init()
       // 24 MiB of cached windows that must make way for the log.
-      for (let i = 0; i < 6; i++) {
-        const dir = path.join(tmp.dir, 'cache', `0${i}`)
-        mkdirSync(dir, { recursive: true })
-        writeFileSync(path.join(dir, `0${i}segment.0`), Buffer.alloc(4 * MiB))
-      }
-      await portal.cache.enforceCap()
+      const portal = await portalWithCache(tmp.dir, { capBytes: cap, reserveBytes: 0 })
       expect(portal.cache.bytes).toBe(24 * MiB)
 
       let log = 0
@@ -72,14 +78,7 @@ describe('portal admission on a full disk', () => {
     const tmp = tempDir('s0fs-admission-disk-')
     try {
       const reserve = 64 * MiB
-      const portal = new Portal(tmp.dir, new MemoryStore('admission-disk'), { capBytes: 1024 * MiB, reserveBytes: reserve })
-      await portal.init()
-      for (let i = 0; i < 6; i++) {
-        const dir = path.join(tmp.dir, 'cache', `0${i}`)
-        mkdirSync(dir, { recursive: true })
-        writeFileSync(path.join(dir, `0${i}segment.0`), Buffer.alloc(4 * MiB))
-      }
-      await portal.cache.enforceCap()
+      const portal = await portalWithCache(tmp.dir, { capBytes: 1024 * MiB, reserveBytes: reserve })
       // A disk of reserve + 16 MiB: the 24 MiB of cache leave less than the reserve free.
       const disk = reserve + 16 * MiB
       portal.freeBytes = async () => disk - portal.cache.bytes
