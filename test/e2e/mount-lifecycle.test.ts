@@ -7,7 +7,7 @@ import { SERVING_NICE } from '../../src/mount/runtime.js'
 import { Repository } from '../../src/repo/index.js'
 import { sleep } from '../../src/store/index.js'
 import { BIN, runCli } from '../helpers/cli.js'
-import { bdiSetting, forceUnmount, mountVolume, mustSh, PASSPHRASE, sh, useBackend } from '../helpers/mount.js'
+import { bdiSetting, forceUnmount, fuseConnectionSetting, mountVolume, mustSh, PASSPHRASE, sh, useBackend } from '../helpers/mount.js'
 
 /**
  * The mount's life cycle through the CLI: --create, a second writer, signals,
@@ -59,6 +59,8 @@ describe('mount life cycle', () => {
     const m = track(await mountVolume(files.backend, { volume: 'readahead' }))
     expect(m.device).toMatch(/^\d+:\d+$/)
     expect(await bdiSetting(m, 'read_ahead_kb', (v) => v === '1024')).toBe('1024')
+    // Room for that readahead: 16 background requests (8 with --writeback-cache, mount-writeback.test.ts).
+    expect(await fuseConnectionSetting(m, 'max_background')).toBe('16')
     // The mount's options say what it does: no atime updates, no devices, no setuid.
     const options = (await mustSh(`findmnt -n -o OPTIONS ${m.mountpoint}`)).trim().split(',')
     expect(options).toEqual(expect.arrayContaining(['noatime', 'nodev', 'nosuid']))

@@ -6,7 +6,7 @@ import { controlRequest } from '../../src/mount/control.js'
 import { sleep } from '../../src/store/index.js'
 import { runCli } from '../helpers/cli.js'
 import { checkSurvivors } from '../helpers/crash.js'
-import { bdiSetting, mountVolume, mustCli, mustSh, useBackend, type Mounted } from '../helpers/mount.js'
+import { bdiSetting, fuseConnectionSetting, mountVolume, mustCli, mustSh, useBackend, type Mounted } from '../helpers/mount.js'
 
 const WRITER = path.join(import.meta.dirname, '../fixtures/crash-writer.py')
 const MiB = 1024 * 1024
@@ -32,6 +32,9 @@ describe('mount --writeback-cache', () => {
     const near256MiB = (v: string) => Math.abs(Number(v) - 256 * MiB) < MiB
     const dirtyLimit = Number(await bdiSetting(m, 'max_bytes', near256MiB))
     expect(Math.abs(dirtyLimit - 256 * MiB)).toBeLessThan(MiB)
+    // Background WRITEs in flight, each holding up to 1 MiB in the daemon: 8 here (16 without the writeback cache).
+    expect(await fuseConnectionSetting(m, 'max_background')).toBe('8')
+    expect(await fuseConnectionSetting(m, 'congestion_threshold')).toBe('6')
     const file = path.join(m.mountpoint, 'fio.bin')
     const job = `fio --name=wb --filename=${file} --size=32M --bs=4k --rw=randwrite --ioengine=psync --verify=crc32c --verify_state_save=0`
     await mustSh(`${job} --do_verify=0 --output-format=terse`, { timeoutMs: 120_000 })

@@ -1,5 +1,5 @@
 import { spawn, spawnSync } from 'node:child_process'
-import { mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs'
+import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
 import { afterAll, beforeAll } from 'vitest'
@@ -172,6 +172,20 @@ export async function bdiSetting(m: Mounted, name: string, settled: (value: stri
   const read = () => readFileSync(`/sys/class/bdi/${m.device}/${name}`, 'utf8').trim()
   for (let i = 0; i < 50 && !settled(read()); i++) await sleep(100)
   return read()
+}
+
+/**
+ * A setting of the mount's FUSE connection (/sys/fs/fuse/connections/N/NAME,
+ * e.g. max_background), mounting the fusectl filesystem there first if the
+ * machine has not. N is the device number, which for FUSE's major 0 is the minor.
+ */
+export async function fuseConnectionSetting(m: Mounted, name: string): Promise<string> {
+  const root = '/sys/fs/fuse/connections'
+  // Mounted, it lists at least this mount's connection.
+  if (readdirSync(root).length === 0) await mustSh(`mount -t fusectl fusectl ${root}`)
+  const [major, minor] = m.device.split(':').map(Number)
+  if (major !== 0) throw new Error(`unexpected FUSE device ${m.device}`)
+  return readFileSync(path.join(root, String(minor), name), 'utf8').trim()
 }
 
 /** Last resort: kill the daemon and detach the mount. */
