@@ -40,6 +40,7 @@ import {
   extentPrefix,
   FIRST_COOKIE,
   inodeKey,
+  recordCopy,
   isDir,
   KIND,
   isLnk,
@@ -473,7 +474,7 @@ export class FileSystem {
       if (isDir(mode)) dir.nlink++
       dir.mtime = dir.ctime = now
       tx.push([direntKey(parent, name), encodeDirent({ ino, type: mode & S_IFMT, cookie })])
-      tx.push([cookieKey(parent, cookie), name])
+      tx.push([cookieKey(parent, cookie), recordCopy(name)])
       putInode(tx, dir)
       return inode
     })
@@ -497,7 +498,7 @@ export class FileSystem {
       inode.ctime = now
       dir.mtime = dir.ctime = now
       tx.push([direntKey(newParent, newName), encodeDirent({ ino, type: inode.mode & S_IFMT, cookie })])
-      tx.push([cookieKey(newParent, cookie), newName])
+      tx.push([cookieKey(newParent, cookie), recordCopy(newName)])
       putInode(tx, inode)
       putInode(tx, dir)
       if (this.pins.has(ino)) tx.push([orphanKey(ino), null])
@@ -532,7 +533,7 @@ export class FileSystem {
         await this.dropLink(tx, victim, now)
       } else {
         cookie = d.nextCookie++
-        tx.push([cookieKey(dir, cookie), name])
+        tx.push([cookieKey(dir, cookie), recordCopy(name)])
       }
       inode.nlink = 1
       inode.parent = dir
@@ -706,7 +707,7 @@ export class FileSystem {
         tx.push([direntKey(parent, name), null])
         tx.push([cookieKey(parent, srcEntry.cookie), null])
         tx.push([direntKey(newParent, newName), encodeDirent({ ino: src.ino, type: src.mode & S_IFMT, cookie })])
-        tx.push([cookieKey(newParent, cookie), newName])
+        tx.push([cookieKey(newParent, cookie), recordCopy(newName)])
         if (!sameDir && isDir(src.mode)) {
           srcDir.nlink--
           dstDir.nlink++
@@ -1146,7 +1147,7 @@ export class FileSystem {
       if (flags & XATTR_CREATE && exists) throw fsError('EEXIST')
       if (flags & XATTR_REPLACE && !exists) throw fsError('ENODATA')
       inode.ctime = this.now()
-      tx.push([xattrKey(ino, name), Buffer.from(value)])
+      tx.push([xattrKey(ino, name), recordCopy(value)])
       putInode(tx, inode)
     })
   }

@@ -1,6 +1,6 @@
 import { Packr } from 'msgpackr'
 import { readS64, readU64, writeU64 } from '../util/u64.js'
-import { decodeExtent, encodeExtent, type Extent, type Timespec } from './records.js'
+import { decodeExtent, encodeExtent, recordCopy, type Extent, type Timespec } from './records.js'
 
 /**
  * Log record kinds. Every record states an absolute outcome (set these keys,
@@ -67,7 +67,7 @@ export function decodeKv(payload: Buffer): [string, Buffer | null][] {
     if (valLength === DELETED) changes.push([key, null])
     else {
       const valAt = take(valLength)
-      changes.push([key, Buffer.from(payload.subarray(valAt, valAt + valLength))])
+      changes.push([key, recordCopy(payload.subarray(valAt, valAt + valLength))])
     }
   }
   return changes

@@ -1,5 +1,6 @@
 import { Packr } from 'msgpackr'
 import type { BlobRef } from '../blob/index.js'
+import { RecordSlab } from '../util/record-slab.js'
 
 /**
  * How the filesystem lays its records out in the metadata tree. Keys are
@@ -18,6 +19,9 @@ import type { BlobRef } from '../blob/index.js'
 
 const packr = new Packr({ useRecords: false })
 
+/** Records live in the tree as long as their page does: they get slabs of their own (see RecordSlab). */
+const slab = new RecordSlab()
+
 /**
  * Records are msgpack arrays of numbers and byte strings, written here
  * directly rather than through msgpackr (~1 µs a record, and an inode record
@@ -28,10 +32,17 @@ export function packRecord(row: readonly (number | Uint8Array)[]): Buffer {
   if (row.length >= 16) throw new RangeError('packRecord: rows of up to 15 fields')
   let size = 1
   for (const field of row) size += typeof field === 'number' ? numberSize(field) : binSize(field.length) + field.length
-  const out = Buffer.allocUnsafe(size)
+  const out = slab.alloc(size)
   out[0] = 0x90 | row.length
   let at = 1
   for (const field of row) at = typeof field === 'number' ? writeNumber(out, at, field) : writeBin(out, at, field)
+  return out
+}
+
+/** A copy of `bytes` to keep in the tree as a value (a name, an attribute's value), cut from the records' slab. */
+export function recordCopy(bytes: Uint8Array): Buffer {
+  const out = slab.alloc(bytes.length)
+  out.set(bytes)
   return out
 }
 
